@@ -1,0 +1,127 @@
+//! librdkafka plumbing shared by every Kafka-facing actor: client settings, the idempotent
+//! producer, topic creation and a reachability probe. librdkafka's own log lines go to slog.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use slog::{error, info, warn, Logger};
+
+/// A librdkafka client context that forwards librdkafka's logs and errors to slog.
+#[derive(Clone)]
+pub struct SlogContext {
+    logger: Logger,
+}
+
+impl SlogContext {
+    /// A context logging to `logger`.
+    pub fn new(logger: Logger) -> Self {
+        Self { logger }
+    }
+}
+
+impl ClientContext for SlogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                error!(self.logger, "librdkafka"; "facility" => fac, "message" => log_message)
+            }
+            RDKafkaLogLevel::Warning => {
+                warn!(self.logger, "librdkafka"; "facility" => fac, "message" => log_message)
+            }
+            _ => info!(self.logger, "librdkafka"; "facility" => fac, "message" => log_message),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(self.logger, "kafka client error"; "error" => %error, "reason" => reason);
+    }
+}
+
+/// Base settings of every client: the bootstrap list and quick reconnects after a broker outage.
+pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", client_id)
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("log.connection.close", "false")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    config
+}
+
+/// The idempotent producer (`enable.idempotence=true`, `acks=all`): retries never duplicate or
+/// reorder records of one partition. A record that cannot be delivered within `delivery_timeout`
+/// fails (and is retried by its caller).
+pub fn idempotent_producer(
+    brokers: &str,
+    client_id: &str,
+    delivery_timeout: Duration,
+    logger: Logger,
+) -> KafkaResult<FutureProducer<SlogContext>> {
+    client_config(brokers, client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .set(
+            "message.timeout.ms",
+            delivery_timeout.as_millis().to_string(),
+        )
+        .create_with_context(SlogContext::new(logger))
+}
+
+/// Creates each of `topics` with `partitions` partitions unless it already exists.
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[String],
+    partitions: i32,
+    timeout: Duration,
+    logger: &Logger,
+) -> KafkaResult<()> {
+    let admin: AdminClient<SlogContext> = client_config(brokers, "recsys-admin")
+        .create_with_context(SlogContext::new(logger.clone()))?;
+    let new_topics: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(topic) => {
+                info!(logger, "topic created"; "topic" => topic, "partitions" => partitions)
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                warn!(logger, "topic creation failed"; "topic" => &topic, "error" => %code);
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asks the cluster for its metadata: `Ok` when a broker answered within `timeout`.
+///
+/// Blocking inside librdkafka, so it runs on tokio's blocking pool.
+pub async fn probe(producer: FutureProducer<SlogContext>, timeout: Duration) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

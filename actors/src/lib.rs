@@ -1,0 +1,18 @@
+//! # recsys-actors: generic actor machinery
+//!
+//! Nothing here knows about users, products or any other service: services plug in through
+//! traits ([`outbox_relay::OutboxStore`]) and typed messages.
+//!
+//! ## Layout
+//!
+//! - [`supervision`]: starting actors under an actix `Supervisor` and the [`supervision::Fail`]
+//!   message that makes a supervised actor restart.
+//! - [`kafka`]: librdkafka client settings, the idempotent producer and topic creation.
+//! - [`outbox_relay`]: the actor that publishes a transactional outbox to Kafka, in order, and
+//!   forgets a row only once the broker acknowledged it.
+//! - [`metrics`]: the metric families this machinery records (Kafka produce, outbox).
+
+pub mod kafka;
+pub mod metrics;
+pub mod outbox_relay;
+pub mod supervision;

@@ -1,0 +1,361 @@
+//! The outbox relay actor: publishes a transactional outbox to Kafka.
+//!
+//! Services write a state change and its event in one database transaction (the outbox row);
+//! this actor publishes pending rows in order through the idempotent producer and deletes a row
+//! only after the broker acknowledged it. With the broker down, writes keep succeeding and rows
+//! accumulate; they go out, in order, once it is back. A crash between publish and delete
+//! publishes the row again (at-least-once; consumers apply each `event_id` once).
+//!
+//! The storage side is the [`OutboxStore`] trait, so the relay knows no table and no service.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::future::BoxFuture;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use slog::{debug, error, info, warn, Logger};
+
+use crate::kafka::{self, SlogContext};
+use crate::metrics::{KAFKA_MESSAGES_PRODUCED, OUTBOX_PENDING};
+
+/// One pending outbox row.
+#[derive(Debug, Clone)]
+pub struct OutboxRecord {
+    /// Position in the outbox; rows are published in ascending id order.
+    pub id: i64,
+    /// Logical topic, without the deployment's topic prefix.
+    pub topic: String,
+    /// Kafka message key.
+    pub key: String,
+    /// Record value.
+    pub payload: String,
+}
+
+/// Publishes one batch: gets the records in order and answers the ids the broker acknowledged.
+pub type Publish = Box<dyn FnOnce(Vec<OutboxRecord>) -> BoxFuture<'static, Vec<i64>> + Send>;
+
+/// What happened to one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Another relay holds the outbox; nothing was done.
+    Busy,
+    /// `published` rows were acknowledged and removed out of `claimed` rows read.
+    Done { claimed: usize, published: usize },
+}
+
+/// Where the outbox lives. Implementations must serialize relays (at most one publishes at a
+/// time, e.g. with a database lock held during [`OutboxStore::relay_batch`]) and remove exactly
+/// the acknowledged ids.
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Reads up to `limit` oldest pending rows, hands them to `publish`, removes the ids it
+    /// returns.
+    fn relay_batch(
+        &self,
+        limit: i64,
+        publish: Publish,
+    ) -> BoxFuture<'static, anyhow::Result<BatchOutcome>>;
+
+    /// Number of rows not yet published.
+    fn pending(&self) -> BoxFuture<'static, anyhow::Result<i64>>;
+}
+
+/// How the relay is set up.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Prefix put before every logical topic name (`KAFKA_TOPIC_PREFIX`).
+    pub topic_prefix: String,
+    /// Logical topics to create at start when missing.
+    pub topics: Vec<String>,
+    /// Partitions of a created topic.
+    pub partitions: i32,
+    /// Rows per batch.
+    pub batch_size: i64,
+    /// How often the outbox is polled when nobody wakes the relay.
+    pub poll_interval: Duration,
+    /// How long one record may wait for the broker before its delivery fails and is retried.
+    pub delivery_timeout: Duration,
+}
+
+/// The relay actor. Start it under a supervisor; it resumes from the outbox table.
+pub struct OutboxRelay {
+    config: RelayConfig,
+    store: Arc<dyn OutboxStore>,
+    producer: FutureProducer<SlogContext>,
+    logger: Logger,
+    /// A batch is in flight.
+    busy: bool,
+    /// Somebody asked for a batch while one was in flight.
+    again: bool,
+    /// The topics are known to exist.
+    topics_ready: bool,
+    /// A pending-count query is in flight.
+    counting: bool,
+}
+
+impl OutboxRelay {
+    /// A relay publishing `store` with a fresh idempotent producer.
+    pub fn new(
+        config: RelayConfig,
+        store: Arc<dyn OutboxStore>,
+        logger: Logger,
+    ) -> anyhow::Result<Self> {
+        let producer = kafka::idempotent_producer(
+            &config.brokers,
+            "recsys-outbox-relay",
+            config.delivery_timeout,
+            logger.clone(),
+        )?;
+        Ok(Self {
+            config,
+            store,
+            producer,
+            logger,
+            busy: false,
+            again: false,
+            topics_ready: false,
+            counting: false,
+        })
+    }
+
+    /// The relay's producer (for broker reachability probes).
+    pub fn producer(&self) -> FutureProducer<SlogContext> {
+        self.producer.clone()
+    }
+
+    /// Makes a fresh [`Publish`] for each batch.
+    fn publisher(&self) -> impl Fn() -> Publish + Send + 'static {
+        let producer = self.producer.clone();
+        let prefix = self.config.topic_prefix.clone();
+        let logger = self.logger.clone();
+        move || -> Publish {
+            let (producer, prefix, logger) = (producer.clone(), prefix.clone(), logger.clone());
+            Box::new(move |records| Box::pin(publish(producer, prefix, records, logger)))
+        }
+    }
+
+    /// Updates `outbox_pending`, also while a batch waits for the broker.
+    fn refresh_pending(&mut self, ctx: &mut Context<Self>) {
+        if self.counting {
+            return;
+        }
+        self.counting = true;
+        let store = self.store.clone();
+        ctx.spawn(
+            async move { store.pending().await }
+                .into_actor(self)
+                .map(|pending, act, _| {
+                    act.counting = false;
+                    if let Ok(n) = pending {
+                        OUTBOX_PENDING.set(n);
+                    }
+                }),
+        );
+    }
+
+    /// Runs one batch unless one is in flight; chains another while batches come back full.
+    fn run_batch(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            self.again = true;
+            return;
+        }
+        self.busy = true;
+        self.again = false;
+        let store = self.store.clone();
+        let ensure = (!self.topics_ready).then(|| {
+            let topics: Vec<String> = self
+                .config
+                .topics
+                .iter()
+                .map(|t| format!("{}{t}", self.config.topic_prefix))
+                .collect();
+            (self.config.brokers.clone(), topics, self.config.partitions)
+        });
+        let limit = self.config.batch_size;
+        let publish = self.publisher()();
+        let logger = self.logger.clone();
+        let work = async move {
+            if let Some((brokers, topics, partitions)) = ensure {
+                // Publishing to a topic that does not exist yet would park records until they
+                // time out: wait for the topics first.
+                if let Err(e) = kafka::ensure_topics(
+                    &brokers,
+                    &topics,
+                    partitions,
+                    Duration::from_secs(5),
+                    &logger,
+                )
+                .await
+                {
+                    warn!(logger, "broker not ready, outbox waits"; "error" => %e);
+                    return (
+                        false,
+                        Ok(BatchOutcome::Done {
+                            claimed: 0,
+                            published: 0,
+                        }),
+                    );
+                }
+            }
+            (true, store.relay_batch(limit, publish).await)
+        };
+        ctx.spawn(
+            work.into_actor(self)
+                .map(|(topics_ready, outcome), act, ctx| {
+                    act.busy = false;
+                    act.topics_ready |= topics_ready;
+                    match outcome {
+                        Ok(BatchOutcome::Done { claimed, published }) => {
+                            if claimed > 0 {
+                                debug!(act.logger, "outbox batch"; "claimed" => claimed, "published" => published);
+                            }
+                            let full = claimed as i64 == act.config.batch_size && published == claimed;
+                            if full || act.again {
+                                act.run_batch(ctx);
+                            }
+                        }
+                        Ok(BatchOutcome::Busy) => {}
+                        Err(e) => error!(act.logger, "outbox batch failed"; "error" => format!("{e:#}")),
+                    }
+                }),
+        );
+    }
+}
+
+/// Produces `records` in order and answers the ids the broker acknowledged.
+async fn publish(
+    producer: FutureProducer<SlogContext>,
+    prefix: String,
+    records: Vec<OutboxRecord>,
+    logger: Logger,
+) -> Vec<i64> {
+    let mut deliveries = Vec::with_capacity(records.len());
+    for record in &records {
+        let topic = format!("{prefix}{}", record.topic);
+        let kafka_record = FutureRecord::to(&topic)
+            .key(&record.key)
+            .payload(&record.payload)
+            .headers(OwnedHeaders::new());
+        // Enqueueing never blocks for long: the local queue only fills up when the broker has
+        // been away for a long time, and then waiting is right.
+        let delivery = producer.send(kafka_record, Duration::from_secs(1)).await;
+        deliveries.push((record.id, topic, delivery));
+    }
+    let mut acknowledged = Vec::with_capacity(records.len());
+    for (id, topic, delivery) in deliveries {
+        match delivery {
+            Ok(delivery) => {
+                KAFKA_MESSAGES_PRODUCED
+                    .with_label_values(&[&topic, "ok"])
+                    .inc();
+                debug!(logger, "published"; "topic" => &topic, "partition" => delivery.partition, "offset" => delivery.offset, "outbox_id" => id);
+                acknowledged.push(id);
+            }
+            Err((e, _)) => {
+                KAFKA_MESSAGES_PRODUCED
+                    .with_label_values(&[&topic, "error"])
+                    .inc();
+                warn!(logger, "delivery failed, will retry"; "topic" => &topic, "outbox_id" => id, "error" => %e);
+            }
+        }
+    }
+    acknowledged
+}
+
+impl Actor for OutboxRelay {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        info!(self.logger, "outbox relay started"; "brokers" => &self.config.brokers, "prefix" => &self.config.topic_prefix);
+        ctx.run_interval(self.config.poll_interval, |act, ctx| {
+            act.refresh_pending(ctx);
+            act.run_batch(ctx);
+        });
+        self.run_batch(ctx);
+    }
+}
+
+impl Supervised for OutboxRelay {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        warn!(self.logger, "outbox relay restarting");
+        self.busy = false;
+        self.counting = false;
+    }
+}
+
+/// A row was just committed: publish without waiting for the next poll.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// Publish everything pending (until `deadline`), then flush the producer. Answers the rows
+/// still pending. Sent once on shutdown.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "anyhow::Result<i64>")]
+pub struct Drain {
+    /// Give up waiting for the broker after this long.
+    pub deadline: Duration,
+}
+
+/// Starts a batch now.
+impl Handler<Wake> for OutboxRelay {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        self.run_batch(ctx);
+    }
+}
+
+/// Drains the outbox, bounded by the deadline.
+impl Handler<Drain> for OutboxRelay {
+    type Result = ResponseFuture<anyhow::Result<i64>>;
+
+    fn handle(&mut self, msg: Drain, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let producer = self.producer.clone();
+        let make_publish = self.publisher();
+        let limit = self.config.batch_size;
+        let logger = self.logger.clone();
+        Box::pin(async move {
+            let until = Instant::now() + msg.deadline;
+            while Instant::now() < until {
+                let outcome =
+                    tokio::time::timeout_at(until.into(), store.relay_batch(limit, make_publish()))
+                        .await;
+                match outcome {
+                    Ok(Ok(BatchOutcome::Done { claimed, .. })) if claimed == 0 => break,
+                    // A batch started before the drain (or by another relay) holds the outbox:
+                    // poll until it is done.
+                    Ok(Ok(BatchOutcome::Busy)) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        error!(logger, "outbox drain failed"; "error" => format!("{e:#}"));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let remaining = until.saturating_duration_since(Instant::now());
+            if let Err(e) = producer.flush(remaining.max(Duration::from_millis(100))) {
+                warn!(logger, "producer flush incomplete"; "error" => %e);
+            }
+            let pending = store.pending().await?;
+            OUTBOX_PENDING.set(pending);
+            Ok(pending)
+        })
+    }
+}
+
+/// Restart on request (see [`crate::supervision::Fail`]).
+impl Handler<crate::supervision::Fail> for OutboxRelay {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::supervision::Fail, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,278 @@
+//! The event envelope carried on `user-updates` and `product-updates`, and every payload.
+//!
+//! A record value is one JSON object:
+//! `{event_id, type, occurred_at, key, schema_version: 1, data}`; the Kafka message key equals
+//! `key` (the user id or product id), so all events of one entity stay in order on one partition.
+//! No event carries an email address or a password.
+
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::topics;
+
+/// The version of the envelope and payload shapes defined here.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One record value on either topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique per event; consumers apply each `event_id` at most once.
+    pub event_id: Uuid,
+    /// The `type` and `data` fields.
+    #[serde(flatten)]
+    pub event: Event,
+    /// When the change was committed (RFC 3339, UTC, microseconds).
+    pub occurred_at: DateTime<Utc>,
+    /// The entity id, also the Kafka message key.
+    pub key: String,
+    /// Always [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+}
+
+impl Envelope {
+    /// Wraps `event` with a fresh id, the current time and the event's key.
+    pub fn new(event: Event) -> Self {
+        Self::at(event, Utc::now())
+    }
+
+    /// Wraps `event` with a fresh id at `occurred_at` (truncated to microseconds, as Postgres keeps it).
+    pub fn at(event: Event, occurred_at: DateTime<Utc>) -> Self {
+        Self {
+            event_id: Uuid::new_v4(),
+            key: event.key().to_string(),
+            event,
+            occurred_at: occurred_at.trunc_subsecs(6),
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+
+    /// The record value: the envelope as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an envelope always serializes")
+    }
+}
+
+/// The `type` of an event together with its `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    /// A user account was created.
+    #[serde(rename = "user.registered")]
+    UserRegistered(UserRegistered),
+    /// A user's profile changed.
+    #[serde(rename = "user.updated")]
+    UserUpdated(UserUpdated),
+    /// A user viewed, carted, uncarted or bought a product.
+    #[serde(rename = "user.activity")]
+    UserActivity(UserActivity),
+    /// A product was added to the catalog.
+    #[serde(rename = "product.created")]
+    ProductCreated(ProductSnapshot),
+    /// A product changed; `data` is the whole new state.
+    #[serde(rename = "product.updated")]
+    ProductUpdated(ProductSnapshot),
+    /// A product was removed from the catalog.
+    #[serde(rename = "product.deleted")]
+    ProductDeleted(ProductDeleted),
+}
+
+impl Event {
+    /// Every `type` value, in declaration order.
+    pub const TYPES: [&'static str; 6] = [
+        "user.registered",
+        "user.updated",
+        "user.activity",
+        "product.created",
+        "product.updated",
+        "product.deleted",
+    ];
+
+    /// The `type` value of this event.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::UserRegistered(_) => Self::TYPES[0],
+            Event::UserUpdated(_) => Self::TYPES[1],
+            Event::UserActivity(_) => Self::TYPES[2],
+            Event::ProductCreated(_) => Self::TYPES[3],
+            Event::ProductUpdated(_) => Self::TYPES[4],
+            Event::ProductDeleted(_) => Self::TYPES[5],
+        }
+    }
+
+    /// The logical topic (without prefix) this event is published on.
+    pub fn topic(&self) -> &'static str {
+        match self {
+            Event::UserRegistered(_) | Event::UserUpdated(_) | Event::UserActivity(_) => {
+                topics::USER_UPDATES
+            }
+            Event::ProductCreated(_) | Event::ProductUpdated(_) | Event::ProductDeleted(_) => {
+                topics::PRODUCT_UPDATES
+            }
+        }
+    }
+
+    /// The id of the entity the event is about: the message key.
+    pub fn key(&self) -> Uuid {
+        match self {
+            Event::UserRegistered(e) => e.user_id,
+            Event::UserUpdated(e) => e.user_id,
+            Event::UserActivity(e) => e.user_id,
+            Event::ProductCreated(e) | Event::ProductUpdated(e) => e.product_id,
+            Event::ProductDeleted(e) => e.product_id,
+        }
+    }
+}
+
+/// `user.registered`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRegistered {
+    pub user_id: Uuid,
+    pub name: String,
+}
+
+/// `user.updated`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdated {
+    pub user_id: Uuid,
+    /// The name after the update.
+    pub name: String,
+    /// Names of the fields that changed (`name`, `email`, `password`, `role`); never their values
+    /// for `email` and `password`.
+    pub changed: Vec<String>,
+}
+
+/// What a user did with a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    View,
+    CartAdd,
+    CartRemove,
+    Purchase,
+}
+
+impl Action {
+    /// Every action, in declaration order.
+    pub const ALL: [Action; 4] = [
+        Action::View,
+        Action::CartAdd,
+        Action::CartRemove,
+        Action::Purchase,
+    ];
+
+    /// The wire and database name (`view`, `cart_add`, `cart_remove`, `purchase`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::View => "view",
+            Action::CartAdd => "cart_add",
+            Action::CartRemove => "cart_remove",
+            Action::Purchase => "purchase",
+        }
+    }
+}
+
+/// `user.activity`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserActivity {
+    pub user_id: Uuid,
+    pub product_id: Uuid,
+    pub action: Action,
+    /// 1..=1000.
+    pub quantity: u32,
+}
+
+/// `product.created` and `product.updated`: the product's state after the change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductSnapshot {
+    pub product_id: Uuid,
+    pub name: String,
+    /// Decimal string with two places, e.g. `"19.99"`.
+    #[serde(with = "price_string")]
+    pub price: BigDecimal,
+    pub category: Option<String>,
+    /// 1 on creation, +1 on every change.
+    pub version: i32,
+}
+
+/// `product.deleted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductDeleted {
+    pub product_id: Uuid,
+    /// The version the deletion gave the product.
+    pub version: i32,
+}
+
+/// Money on the wire: a decimal string with exactly two places; never a float.
+pub mod price_string {
+    use bigdecimal::BigDecimal;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::str::FromStr;
+
+    /// Formats `price` with two decimal places.
+    pub fn format(price: &BigDecimal) -> String {
+        price.with_scale(2).to_string()
+    }
+
+    /// Serializes as `"12.30"`.
+    pub fn serialize<S: Serializer>(price: &BigDecimal, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(price))
+    }
+
+    /// Accepts the string form only.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BigDecimal, D::Error> {
+        let s = String::deserialize(d)?;
+        BigDecimal::from_str(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    /// An envelope serializes to the documented flat shape and reads back unchanged.
+    fn envelope_round_trips_in_the_documented_shape() {
+        let product_id = Uuid::new_v4();
+        let envelope = Envelope::new(Event::ProductCreated(ProductSnapshot {
+            product_id,
+            name: "Lamp".into(),
+            price: BigDecimal::from_str("19.9").unwrap(),
+            category: Some("home".into()),
+            version: 1,
+        }));
+        let value: serde_json::Value = serde_json::from_str(&envelope.to_json()).unwrap();
+        assert_eq!(value["type"], "product.created");
+        assert_eq!(value["key"], product_id.to_string());
+        assert_eq!(value["schema_version"], 1);
+        assert_eq!(value["data"]["price"], "19.90");
+        assert!(value["occurred_at"].as_str().unwrap().ends_with('Z'));
+        let back: Envelope = serde_json::from_value(value).unwrap();
+        assert_eq!(back, envelope);
+    }
+
+    #[test]
+    /// Every event type maps to the topic its prefix names.
+    fn type_names_match_topics() {
+        let user = Event::UserUpdated(UserUpdated {
+            user_id: Uuid::nil(),
+            name: "a".into(),
+            changed: vec![],
+        });
+        assert_eq!(user.topic(), topics::USER_UPDATES);
+        assert_eq!(user.type_name(), "user.updated");
+        let deleted = Event::ProductDeleted(ProductDeleted {
+            product_id: Uuid::nil(),
+            version: 2,
+        });
+        assert_eq!(deleted.topic(), topics::PRODUCT_UPDATES);
+        assert_eq!(deleted.type_name(), "product.deleted");
+    }
+}

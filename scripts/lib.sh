@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# scripts/lib.sh — shared helpers for the recsys shell scripts.
+#
+# Usage (from another script):
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# Defines and exports:
+#   RECSYS_ROOT       repository root (parent of scripts/)
+#   RECSYS_CACHE      cache root, outside the repo (default: ~/.cache/recsys)
+#   CARGO_TARGET_DIR  "$RECSYS_CACHE/target" unless already set
+#   STACK_DIR         runtime state of the local stack (tansu db, logs, pids)
+#   TANSU_BIN         absolute path of the tansu broker binary
+# and small helpers: info, warn, die, section, have, as_root, now_ms,
+# elapsed_since, tansu_bin, tcp_open, kafka_ping.
+#
+# Sourcing this file does not change shell options of the caller beyond what
+# the caller already set (all scripts use `set -euo pipefail`).
+
+if [[ -n "${RECSYS_LIB_SOURCED:-}" ]]; then
+  return 0
+fi
+RECSYS_LIB_SOURCED=1
+
+RECSYS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RECSYS_CACHE="${RECSYS_CACHE:-${HOME:-/root}/.cache/recsys}"
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$RECSYS_CACHE/target}"
+STACK_DIR="$RECSYS_CACHE/stack"
+# The cache location the tansu binary is installed into by `cargo install --root`.
+TANSU_ROOT="$RECSYS_CACHE/tansu"
+TANSU_BIN="${TANSU_BIN:-$TANSU_ROOT/bin/tansu}"
+export RECSYS_ROOT RECSYS_CACHE CARGO_TARGET_DIR STACK_DIR TANSU_BIN
+
+# ---------------------------------------------------------------- messages ---
+
+info() { printf '[%s] %s\n' "${RECSYS_LOG_TAG:-recsys}" "$*" >&2; }
+warn() { printf '[%s] WARNING: %s\n' "${RECSYS_LOG_TAG:-recsys}" "$*" >&2; }
+die() {
+  printf '[%s] ERROR: %s\n' "${RECSYS_LOG_TAG:-recsys}" "$*" >&2
+  exit 1
+}
+
+# section TITLE — a visible header in CI logs.
+section() {
+  printf '\n==================== %s ====================\n' "$*" >&2
+}
+
+# ------------------------------------------------------------------- misc ---
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# as_root CMD... — run CMD as root (directly when already root, else via sudo).
+as_root() {
+  if [[ ${EUID:-$(id -u)} -eq 0 ]]; then
+    "$@"
+  elif have sudo; then
+    sudo -n "$@"
+  else
+    die "need root to run: $*"
+  fi
+}
+
+# now_ms — wall clock in milliseconds.
+now_ms() {
+  local t=${EPOCHREALTIME/[.,]/}
+  echo $((t / 1000))
+}
+
+# elapsed_since START_MS — "1.234s".
+elapsed_since() {
+  local d=$(($(now_ms) - $1))
+  printf '%d.%03ds' $((d / 1000)) $((d % 1000))
+}
+
+# tansu_bin — print the absolute path of the tansu binary (may not exist yet).
+tansu_bin() { echo "$TANSU_BIN"; }
+
+# ---------------------------------------------------------------- network ---
+
+# tcp_open HOST PORT — true if a TCP connection to HOST:PORT succeeds.
+tcp_open() {
+  # shellcheck disable=SC2016 # $1/$2 are expanded by the inner bash
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
+}
+
+# kafka_ping HOST PORT — true if HOST:PORT answers a Kafka ApiVersions (v0)
+# request with a matching correlation id and error_code 0. Pure bash
+# (/dev/tcp), so it needs neither python nor a Kafka client.
+kafka_ping() {
+  local reply
+  # shellcheck disable=SC2016 # $1/$2 are expanded by the inner bash
+  # Request: size=15 | api_key=18 (ApiVersions) | api_version=0 |
+  #          correlation_id="recs" | client_id="stack" (int16 length + bytes).
+  # Reply:   size(4) | correlation_id(4) | error_code(2) | ...
+  reply=$(timeout 3 bash -c '
+      exec 3<>"/dev/tcp/$1/$2" || exit 1
+      printf "\x00\x00\x00\x0f\x00\x12\x00\x00recs\x00\x05stack" >&3
+      head -c 10 <&3
+    ' _ "$1" "$2" 2>/dev/null | od -An -v -tx1 | tr -d ' \n') || return 1
+  [[ ${#reply} -eq 20 && ${reply:8:12} == "726563730000" ]]
+}

@@ -1,0 +1,285 @@
+//! Settings: one tree, read from the environment (the seed's names and defaults) or flags.
+//!
+//! Every field is a clap argument with an `env` name, so `recsys serve --help` is the reference
+//! and tests build settings from flags. Secrets are wrapped in [`Secret`] and never printed.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// A value that must never reach a log line, a response or `--help`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// The four services the runtime can host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Service {
+    /// Accounts, login, profiles, user actions (:8080).
+    Users,
+    /// The product catalog (:8081).
+    Products,
+    /// Popularity rankings (:8082).
+    Recommendations,
+    /// Statistics (:8083).
+    Analytics,
+}
+
+impl Service {
+    /// All services, in port order.
+    pub const ALL: [Service; 4] = [
+        Service::Users,
+        Service::Products,
+        Service::Recommendations,
+        Service::Analytics,
+    ];
+
+    /// The `service` label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Users => "users",
+            Service::Products => "products",
+            Service::Recommendations => "recommendations",
+            Service::Analytics => "analytics",
+        }
+    }
+
+    /// Whether this service writes to the outbox (and so needs a relay).
+    pub fn writes_events(self) -> bool {
+        matches!(self, Service::Users | Service::Products)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (slog-term).
+    Term,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the runtime reads from its environment.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(
+        long,
+        env = "KAFKA_ADDRESS",
+        default_value = "localhost:9091,localhost:9092,localhost:9093"
+    )]
+    pub kafka_address: String,
+
+    /// Prefix put before every topic name (tests use it to isolate topics).
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "")]
+    pub kafka_topic_prefix: String,
+
+    /// Partitions of a topic created at startup.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6)]
+    pub kafka_partitions: i32,
+
+    #[command(flatten)]
+    pub postgres: PostgresSettings,
+
+    /// Redis address (host:port).
+    #[arg(long, env = "REDIS_ADDRESS", default_value = "localhost:6379")]
+    pub redis_address: String,
+
+    /// HS256 key for JWTs. Unset: a random key per start (tokens die with the process).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// Email of the admin account ensured at startup (with ADMIN_PASSWORD).
+    #[arg(long, env = "ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+
+    /// Password of the admin account ensured at startup.
+    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+
+    /// Address the HTTP servers bind to.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: String,
+
+    /// Port of the users service (0 picks a free one).
+    #[arg(long, env = "USERS_PORT", default_value_t = 8080)]
+    pub users_port: u16,
+
+    /// Port of the products service.
+    #[arg(long, env = "PRODUCTS_PORT", default_value_t = 8081)]
+    pub products_port: u16,
+
+    /// Port of the recommendations service.
+    #[arg(long, env = "RECOMMENDATIONS_PORT", default_value_t = 8082)]
+    pub recommendations_port: u16,
+
+    /// Port of the analytics service.
+    #[arg(long, env = "ANALYTICS_PORT", default_value_t = 8083)]
+    pub analytics_port: u16,
+
+    /// HTTP worker threads per service.
+    #[arg(long, env = "HTTP_WORKERS", default_value_t = 2)]
+    pub http_workers: usize,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "term")]
+    pub log_format: LogFormat,
+
+    /// Minimum log level (trace, debug, info, warning, error, critical).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// How often the outbox relay polls for rows it was not woken for (milliseconds).
+    #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 500)]
+    pub outbox_poll_ms: u64,
+
+    /// How long a record may wait for an unreachable broker before its delivery is retried
+    /// (milliseconds).
+    #[arg(long, env = "KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 120_000)]
+    pub kafka_delivery_timeout_ms: u64,
+}
+
+impl Settings {
+    /// Port of `service`.
+    pub fn port(&self, service: Service) -> u16 {
+        match service {
+            Service::Users => self.users_port,
+            Service::Products => self.products_port,
+            Service::Recommendations => self.recommendations_port,
+            Service::Analytics => self.analytics_port,
+        }
+    }
+
+    /// How often the relay polls.
+    pub fn outbox_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.outbox_poll_ms.max(10))
+    }
+}
+
+/// Where Postgres is.
+#[derive(Debug, Clone, Args)]
+pub struct PostgresSettings {
+    /// Full connection URL; overrides the POSTGRES_* parts.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// Postgres host.
+    #[arg(long, env = "POSTGRES_HOST", default_value = "localhost")]
+    pub postgres_host: String,
+
+    /// Postgres port.
+    #[arg(long, env = "POSTGRES_PORT", default_value_t = 5432)]
+    pub postgres_port: u16,
+
+    /// Postgres user.
+    #[arg(long, env = "POSTGRES_USER", default_value = "postgres")]
+    pub postgres_user: String,
+
+    /// Postgres password.
+    #[arg(
+        long,
+        env = "POSTGRES_PASSWORD",
+        default_value = "1",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub postgres_password: Secret,
+
+    /// Postgres database.
+    #[arg(long, env = "POSTGRES_DB", default_value = "postgres")]
+    pub postgres_db: String,
+
+    /// Connections in the pool.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+
+    /// How long a request waits for a pooled connection before it fails with 503 (milliseconds).
+    #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 5_000)]
+    pub db_timeout_ms: u64,
+}
+
+impl PostgresSettings {
+    /// The connection URL (contains the password: never log it).
+    pub fn url(&self) -> Secret {
+        if let Some(url) = &self.database_url {
+            return url.clone();
+        }
+        Secret(format!(
+            "postgres://{}:{}@{}:{}/{}",
+            percent_encode(&self.postgres_user),
+            percent_encode(self.postgres_password.expose()),
+            self.postgres_host,
+            self.postgres_port,
+            percent_encode(&self.postgres_db)
+        ))
+    }
+}
+
+/// Escapes everything but unreserved URL characters.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// The URL built from parts escapes a password with URL metacharacters.
+    fn url_from_parts_escapes_the_password() {
+        let pg = PostgresSettings {
+            database_url: None,
+            postgres_host: "db".into(),
+            postgres_port: 5433,
+            postgres_user: "app".into(),
+            postgres_password: Secret::new("p@ss/word"),
+            postgres_db: "recsys".into(),
+            db_pool_size: 1,
+            db_timeout_ms: 1,
+        };
+        assert_eq!(
+            pg.url().expose(),
+            "postgres://app:p%40ss%2Fword@db:5433/recsys"
+        );
+    }
+
+    #[test]
+    /// A secret's Debug output hides the value.
+    fn secret_debug_hides_value() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+}

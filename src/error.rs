@@ -1,0 +1,159 @@
+//! The one error type of the HTTP surface, mapped to a status and a JSON body in one place.
+//!
+//! Every error reaches a client as `{"error": {"code": "...", "message": "..."}}`. Unexpected
+//! failures are logged with their cause chain by the request middleware and answered with an
+//! opaque message.
+
+use actix::MailboxError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or a value is out of range (400).
+    #[error("{0}")]
+    Validation(String),
+    /// No credentials, bad credentials or an invalid/expired token (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated, but not allowed to do this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The resource or route does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The method is not served on this route (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The change conflicts with existing state, e.g. a taken email (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body exceeds the limit (413).
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The body is not JSON (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A dependency (database, an actor) cannot serve the request now; retry later (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unclassified failure (500); the message is not shown to the client.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// The stable machine-readable `code` of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "invalid_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unexpected(_) => "internal",
+        }
+    }
+
+    /// A 400 with `message`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::Validation(message.into())
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// `code` and `message` of an error response.
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// A body with `code` and `message`.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = match self {
+            ApiError::Unexpected(_) => "internal error".to_string(),
+            other => other.to_string(),
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unavailable(_) = self {
+            response.insert_header(("Retry-After", "1"));
+        }
+        response.json(ErrorBody::new(self.code(), message))
+    }
+}
+
+/// A message that never got an answer: the actor stopped (and is being restarted) or is
+/// overloaded.
+impl From<MailboxError> for ApiError {
+    fn from(e: MailboxError) -> Self {
+        ApiError::Unavailable(format!("service temporarily unavailable ({e})"))
+    }
+}
+
+/// No pooled connection within the timeout, or Postgres refused one.
+impl<E: std::fmt::Display> From<bb8::RunError<E>> for ApiError {
+    fn from(e: bb8::RunError<E>) -> Self {
+        match e {
+            bb8::RunError::TimedOut => ApiError::Unavailable("database unavailable".into()),
+            bb8::RunError::User(e) => ApiError::Unavailable(format!("database unavailable: {e}")),
+        }
+    }
+}
+
+/// Database errors: a lost connection is a 503, anything else unexpected.
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                ApiError::Unavailable("database unavailable".into())
+            }
+            Error::DatabaseError(_, ref info)
+                if info.message().contains("connection")
+                    || info.message().contains("Connection") =>
+            {
+                ApiError::Unavailable("database unavailable".into())
+            }
+            other => ApiError::Unexpected(anyhow::Error::new(other)),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! What every service's HTTP surface shares: `/healthz`, `/readyz`, `/metrics`, JSON errors for
+//! every failure (bad JSON, bad path, unknown route, wrong method, oversized body), and the
+//! middleware that records metrics and access logs with the route template and a request id.
+
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use rdkafka::producer::FutureProducer;
+use recsys_actors::kafka::{self, SlogContext};
+use serde::Serialize;
+use slog::{error, info, warn, Logger};
+use uuid::Uuid;
+
+use crate::db::{self, Pool};
+use crate::error::{ApiError, ErrorBody};
+use crate::metrics;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Per-server facts the shared handlers and middleware need.
+#[derive(Clone)]
+pub struct ServiceInfo {
+    /// The `service` label.
+    pub name: &'static str,
+    pub logger: Logger,
+}
+
+/// What `/readyz` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    pub pool: Pool,
+    /// A client used only to ask the broker for metadata.
+    pub kafka: FutureProducer<SlogContext>,
+}
+
+/// The request id of a request (from `X-Request-Id` when sane, else fresh).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Registers `/healthz`, `/readyz` and `/metrics`.
+pub fn common_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics_text));
+}
+
+/// Extractor settings turning every malformed input into a JSON 4xx.
+pub fn extractor_config(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_BODY_BYTES)
+            .error_handler(|err, _| json_error(err).into()),
+    )
+    .app_data(web::PayloadConfig::default().limit(MAX_BODY_BYTES))
+    .app_data(web::PathConfig::default().error_handler(|err, _| path_error(err).into()))
+    .app_data(web::QueryConfig::default().error_handler(|err, _| query_error(err).into()));
+}
+
+fn json_error(err: JsonPayloadError) -> ApiError {
+    match err {
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::PayloadTooLarge(limit),
+        JsonPayloadError::ContentType => {
+            ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
+        }
+        JsonPayloadError::Deserialize(e) => ApiError::invalid(format!("invalid JSON body: {e}")),
+        JsonPayloadError::Serialize(e) => ApiError::Unexpected(anyhow::Error::new(e)),
+        other => ApiError::invalid(format!("invalid request body: {other}")),
+    }
+}
+
+fn path_error(err: PathError) -> ApiError {
+    let PathError::Deserialize(e) = err else {
+        return ApiError::invalid("invalid path");
+    };
+    ApiError::invalid(format!("invalid path parameter: {e}"))
+}
+
+fn query_error(err: QueryPayloadError) -> ApiError {
+    ApiError::invalid(format!("invalid query string: {err}"))
+}
+
+/// The answer for a path no route serves.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route".into()))
+}
+
+/// Turns any error response that is not already JSON (actix's own 404/405/400 answers) into the
+/// JSON error shape.
+pub fn json_error_bodies<B: MessageBody + 'static>() -> ErrorHandlers<B> {
+    ErrorHandlers::new().default_handler(|res: ServiceResponse<B>| {
+        let is_json = res
+            .response()
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if is_json {
+            return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+        }
+        let status = res.status();
+        let code = match status.as_u16() {
+            404 => "not_found",
+            405 => "method_not_allowed",
+            413 => "payload_too_large",
+            415 => "unsupported_media_type",
+            s if s >= 500 => "internal",
+            _ => "invalid_request",
+        };
+        let message = status.canonical_reason().unwrap_or("error").to_lowercase();
+        let (req, _) = res.into_parts();
+        let response = HttpResponse::build(status).json(ErrorBody::new(code, message));
+        Ok(ErrorHandlerResponse::Response(
+            ServiceResponse::new(req, response).map_into_right_body(),
+        ))
+    })
+}
+
+/// Records `http_requests_total` and `http_request_duration_seconds` under the route template,
+/// sets `X-Request-Id`, and writes one access-log line per request (errors with their cause).
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let info = req.app_data::<web::Data<ServiceInfo>>().cloned();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let method = req.method().as_str().to_string();
+    let mut res = next.call(req).await?;
+    let elapsed = started.elapsed();
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let status = res.status();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        res.headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), value);
+    }
+    if let Some(info) = info {
+        metrics::HTTP_REQUESTS
+            .with_label_values(&[info.name, &method, &route, status.as_str()])
+            .inc();
+        metrics::HTTP_DURATION
+            .with_label_values(&[info.name, &method, &route])
+            .observe(elapsed.as_secs_f64());
+        let log = info.logger.new(slog::o!(
+            "request_id" => request_id,
+            "method" => method,
+            "route" => route,
+            "status" => status.as_u16(),
+            "duration_ms" => elapsed.as_secs_f64() * 1000.0,
+        ));
+        match res.response().error() {
+            Some(e) if status.is_server_error() => {
+                error!(log, "request failed"; "error" => format!("{:#}", anyhow_chain(e)))
+            }
+            Some(e) => info!(log, "request rejected"; "reason" => e.to_string()),
+            None => info!(log, "request"),
+        }
+    }
+    Ok(res)
+}
+
+fn anyhow_chain(e: &actix_web::Error) -> String {
+    match e.as_error::<ApiError>() {
+        Some(ApiError::Unexpected(inner)) => format!("{inner:#}"),
+        _ => e.to_string(),
+    }
+}
+
+/// `200 {"status":"ok"}` while the process runs.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Status {
+        status: "ok",
+        checks: None,
+    })
+}
+
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checks: Option<Checks>,
+}
+
+#[derive(Serialize)]
+struct Checks {
+    postgres: String,
+    kafka: String,
+}
+
+/// `200` when Postgres and the broker answer, `503` with the reason otherwise.
+async fn readyz(readiness: web::Data<Readiness>, info: web::Data<ServiceInfo>) -> HttpResponse {
+    let timeout = Duration::from_secs(2);
+    let (pg, broker) = futures_util::join!(
+        tokio::time::timeout(timeout, db::ping(&readiness.pool)),
+        kafka::probe(readiness.kafka.clone(), timeout)
+    );
+    let pg = pg.unwrap_or_else(|_| Err("timed out".into()));
+    let ready = pg.is_ok() && broker.is_ok();
+    let checks = Checks {
+        postgres: pg.clone().err().unwrap_or_else(|| "ok".into()),
+        kafka: broker.clone().err().unwrap_or_else(|| "ok".into()),
+    };
+    if ready {
+        HttpResponse::Ok().json(Status {
+            status: "ok",
+            checks: Some(checks),
+        })
+    } else {
+        warn!(info.logger, "not ready"; "postgres" => &checks.postgres, "kafka" => &checks.kafka);
+        let message = format!(
+            "not ready: postgres: {}; kafka: {}",
+            checks.postgres, checks.kafka
+        );
+        HttpResponse::ServiceUnavailable().json(ErrorBody::new("unavailable", message))
+    }
+}
+
+/// The Prometheus text exposition.
+async fn metrics_text() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics::render())
+}
+
+/// The request id the middleware assigned.
+pub fn request_id(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
+}

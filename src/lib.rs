@@ -1,0 +1,35 @@
+//! # recsys: a product-recommendation platform on one actix runtime
+//!
+//! Four services, each a supervised group of actors behind its own HTTP port, talking to each
+//! other only through Kafka: users (:8080), products (:8081), recommendations (:8082) and
+//! analytics (:8083). `recsys serve --services a,b` hosts a subset.
+//!
+//! ## Layout
+//!
+//! - [`cli`], [`config`]: the command line and the settings (environment variables).
+//! - [`startup`]: the wiring: actors under supervisors, one HTTP server per service, shutdown.
+//! - [`users`], [`products`]: one folder per service: `http.rs` (routes), `actor.rs` (the actor
+//!   that owns the work and its messages), `store.rs` (the SQL).
+//! - [`http`]: health, readiness, metrics and JSON errors shared by every port.
+//! - [`auth`]: JWTs, password hashing, the [`auth::Caller`] extractor.
+//! - [`db`], [`outbox`]: the Postgres pool and migrations; the transactional outbox.
+//! - [`error`]: the one error type and its mapping to HTTP.
+//! - [`metrics`], [`telemetry`]: Prometheus families and slog setup.
+//! - [`validate`]: input checks.
+//!
+//! Generic actor machinery lives in the `recsys-actors` crate (`actors/`); tables and events in
+//! `recsys-schema` (`schema/`).
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod products;
+pub mod startup;
+pub mod telemetry;
+pub mod users;
+pub mod validate;

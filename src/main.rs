@@ -1,0 +1,42 @@
+//! The `recsys` binary: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use recsys::cli::{Cli, Command};
+use recsys::startup::Application;
+use recsys::{db, telemetry};
+use slog::{error, info};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match &cli.command {
+        Command::Serve { settings, .. } | Command::Migrate { settings } => settings.clone(),
+    };
+    let logger = telemetry::logger(settings.log_format, &settings.log_level);
+    let result = actix_web::rt::System::new().block_on(async {
+        match cli.command {
+            Command::Serve { services, settings } => {
+                Application::build(settings, &services, logger.clone())
+                    .await?
+                    .run_until_stopped()
+                    .await
+            }
+            Command::Migrate { settings } => {
+                let applied = db::migrate(&settings.postgres.url()).await?;
+                info!(logger, "migrations applied"; "versions" => applied.join(","));
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => {
+            info!(logger, "bye");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(logger, "fatal"; "error" => format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}

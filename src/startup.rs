@@ -1,0 +1,279 @@
+//! Wiring: one actix System hosting the chosen services. Starts the supervised actors, binds one
+//! HTTP server per service, and shuts everything down in order on SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, Arbiter};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use recsys_actors::kafka;
+use recsys_actors::outbox_relay::{Drain, OutboxRelay, RelayConfig};
+use recsys_actors::supervision::start_supervised;
+use recsys_schema::topics;
+use slog::{info, o, warn, Logger};
+
+use crate::auth::{self, JwtKeys};
+use crate::config::{Service, Settings};
+use crate::db::{self, Pool};
+use crate::http::{self, Readiness, ServiceInfo};
+use crate::outbox::PgOutbox;
+use crate::products::actor::ProductsActor;
+use crate::users::actor::{EnsureAdmin, UsersActor};
+use crate::{metrics, validate};
+
+/// A running runtime: its servers, its actors, and how to stop them.
+pub struct Application {
+    ports: BTreeMap<Service, u16>,
+    servers: Vec<(Service, ServerHandle)>,
+    running: Vec<Server>,
+    relay: Option<Addr<OutboxRelay>>,
+    users: Option<Addr<UsersActor>>,
+    products: Option<Addr<ProductsActor>>,
+    pool: Pool,
+    logger: Logger,
+}
+
+impl Application {
+    /// Migrates the database, starts the actors of `services` and binds their HTTP servers
+    /// (port 0 picks a free port; see [`Application::port`]). Call inside an actix System.
+    pub async fn build(
+        settings: Settings,
+        services: &[Service],
+        logger: Logger,
+    ) -> anyhow::Result<Self> {
+        metrics::init();
+        let url = settings.postgres.url();
+        let applied = db::migrate(&url).await?;
+        info!(logger, "database migrated"; "applied" => applied.len());
+        let pool = db::pool(&settings.postgres);
+
+        let keys = JwtKeys::new(&match &settings.jwt_secret {
+            Some(secret) => secret.clone(),
+            None => {
+                warn!(logger, "JWT_SECRET is not set: using a random key; every token dies with this process. Set JWT_SECRET in any real deployment!");
+                auth::random_secret()
+            }
+        });
+
+        let relay = if services.iter().any(|s| s.writes_events()) {
+            let config = RelayConfig {
+                brokers: settings.kafka_address.clone(),
+                topic_prefix: settings.kafka_topic_prefix.clone(),
+                topics: vec![
+                    topics::USER_UPDATES.to_string(),
+                    topics::PRODUCT_UPDATES.to_string(),
+                ],
+                partitions: settings.kafka_partitions,
+                batch_size: 500,
+                poll_interval: settings.outbox_poll_interval(),
+                delivery_timeout: Duration::from_millis(settings.kafka_delivery_timeout_ms),
+            };
+            let relay = OutboxRelay::new(
+                config,
+                Arc::new(PgOutbox::new(pool.clone())),
+                logger.new(o!("actor" => "outbox_relay")),
+            )?;
+            Some(start_supervised(&Arbiter::new().handle(), relay))
+        } else {
+            None
+        };
+        let wake = relay.clone().map(|r| r.recipient());
+
+        let users = services.contains(&Service::Users).then(|| {
+            start_supervised(
+                &Arbiter::new().handle(),
+                UsersActor::new(
+                    pool.clone(),
+                    keys.clone(),
+                    wake.clone(),
+                    logger.new(o!("service" => "users")),
+                ),
+            )
+        });
+        let products = services.contains(&Service::Products).then(|| {
+            start_supervised(
+                &Arbiter::new().handle(),
+                ProductsActor::new(
+                    pool.clone(),
+                    wake.clone(),
+                    logger.new(o!("service" => "products")),
+                ),
+            )
+        });
+
+        if let (Some(users), Some(email), Some(password)) =
+            (&users, &settings.admin_email, &settings.admin_password)
+        {
+            let email = validate::email(email).context("ADMIN_EMAIL is not a valid email")?;
+            let password =
+                validate::password(password.expose()).context("ADMIN_PASSWORD is invalid")?;
+            let id = users
+                .send(EnsureAdmin { email, password })
+                .await?
+                .map_err(|e| anyhow::anyhow!("ensuring the admin account: {e}"))?;
+            info!(logger, "admin account ready"; "user_id" => %id);
+        }
+
+        let readiness = Readiness {
+            pool: pool.clone(),
+            kafka: kafka::idempotent_producer(
+                &settings.kafka_address,
+                "recsys-readiness",
+                Duration::from_secs(5),
+                logger.new(o!("client" => "readiness")),
+            )?,
+        };
+
+        let mut ports = BTreeMap::new();
+        let mut servers = Vec::new();
+        let mut running = Vec::new();
+        for &service in services {
+            let listener =
+                TcpListener::bind((settings.bind_address.as_str(), settings.port(service)))
+                    .with_context(|| format!("binding the {} port", service.name()))?;
+            let port = listener.local_addr()?.port();
+            let info = ServiceInfo {
+                name: service.name(),
+                logger: logger.new(o!("service" => service.name())),
+            };
+            let (keys, readiness, users, products) = (
+                keys.clone(),
+                readiness.clone(),
+                users.clone(),
+                products.clone(),
+            );
+            let server = HttpServer::new(move || {
+                let mut app = App::new()
+                    .app_data(web::Data::new(info.clone()))
+                    .app_data(web::Data::new(readiness.clone()))
+                    .app_data(web::Data::new(keys.clone()))
+                    .configure(http::extractor_config)
+                    .configure(http::common_routes)
+                    .wrap(http::json_error_bodies())
+                    .wrap(from_fn(http::observe))
+                    .default_service(web::to(http::not_found));
+                match service {
+                    Service::Users => {
+                        if let Some(users) = &users {
+                            app = app
+                                .app_data(web::Data::new(users.clone()))
+                                .configure(crate::users::http::routes);
+                        }
+                    }
+                    Service::Products => {
+                        if let Some(products) = &products {
+                            app = app
+                                .app_data(web::Data::new(products.clone()))
+                                .configure(crate::products::http::routes);
+                        }
+                    }
+                    // Their APIs land with their own issues; until then the port serves the
+                    // shared health, readiness and metrics routes.
+                    Service::Recommendations | Service::Analytics => {}
+                }
+                app
+            })
+            .workers(settings.http_workers.max(1))
+            .disable_signals()
+            .shutdown_timeout(10)
+            .listen(listener)?
+            .run();
+            info!(logger, "service listening"; "service" => service.name(), "port" => port);
+            ports.insert(service, port);
+            servers.push((service, server.handle()));
+            running.push(server);
+        }
+
+        Ok(Self {
+            ports,
+            servers,
+            running,
+            relay,
+            users,
+            products,
+            pool,
+            logger,
+        })
+    }
+
+    /// The port `service` listens on.
+    pub fn port(&self, service: Service) -> Option<u16> {
+        self.ports.get(&service).copied()
+    }
+
+    /// The users actor, when hosted.
+    pub fn users(&self) -> Option<Addr<UsersActor>> {
+        self.users.clone()
+    }
+
+    /// The products actor, when hosted.
+    pub fn products(&self) -> Option<Addr<ProductsActor>> {
+        self.products.clone()
+    }
+
+    /// The outbox relay, when hosted.
+    pub fn relay(&self) -> Option<Addr<OutboxRelay>> {
+        self.relay.clone()
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    /// Serves in the background (tests); the servers stop with the System.
+    pub fn spawn(mut self) -> Self {
+        for server in self.running.drain(..) {
+            actix_web::rt::spawn(server);
+        }
+        self
+    }
+
+    /// Serves until SIGINT or SIGTERM, then stops accepting, lets in-flight requests finish,
+    /// drains the outbox and flushes the producer.
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        let mut servers: Vec<_> = self.running.drain(..).map(actix_web::rt::spawn).collect();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let signal = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            (result, index, _) = futures_util::future::select_all(servers.iter_mut()) => {
+                warn!(self.logger, "a server stopped on its own"; "index" => index, "result" => format!("{result:?}"));
+                "server exit"
+            }
+        };
+        info!(self.logger, "shutting down"; "signal" => signal);
+        self.shutdown().await
+    }
+
+    /// Graceful stop: servers first (in-flight requests finish), then the outbox drain.
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
+        for (service, handle) in &self.servers {
+            handle.stop(true).await;
+            info!(self.logger, "server stopped"; "service" => service.name());
+        }
+        if let Some(relay) = &self.relay {
+            match relay
+                .send(Drain {
+                    deadline: Duration::from_secs(10),
+                })
+                .await
+            {
+                Ok(Ok(0)) => info!(self.logger, "outbox drained"),
+                Ok(Ok(left)) => {
+                    warn!(self.logger, "outbox not empty at exit; it is published at next start"; "pending" => left)
+                }
+                Ok(Err(e)) => {
+                    warn!(self.logger, "outbox drain failed"; "error" => format!("{e:#}"))
+                }
+                Err(e) => warn!(self.logger, "outbox relay unavailable at exit"; "error" => %e),
+            }
+        }
+        Ok(())
+    }
+}

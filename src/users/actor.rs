@@ -1,0 +1,461 @@
+//! [`UsersActor`]: owns every write of the users service. Each write and its `user.*` event are
+//! committed in one transaction (the outbox), then the relay is woken to publish.
+//!
+//! Handlers run concurrently (each message returns a future on the actor's arbiter); password
+//! hashing runs on the blocking pool so the arbiter never stalls.
+
+use actix::prelude::*;
+use chrono::{DateTime, SubsecRound, Utc};
+use diesel_async::AsyncConnection;
+use recsys_actors::outbox_relay::Wake;
+use recsys_actors::supervision::Fail;
+use recsys_schema::events::{Action, Envelope, Event, UserActivity, UserRegistered, UserUpdated};
+use serde::Serialize;
+use slog::{info, warn, Logger};
+use uuid::Uuid;
+
+use super::store::{self, ActivityRow, UserChanges, UserRow};
+use crate::auth::{self, JwtKeys, Role};
+use crate::config::Secret;
+use crate::db::{self, Pool};
+use crate::error::ApiError;
+use crate::outbox;
+
+/// The users actor. Stateless apart from its handles, so a restart loses nothing.
+pub struct UsersActor {
+    pool: Pool,
+    keys: JwtKeys,
+    /// Woken after each commit; `None` when no relay runs in this process.
+    relay: Option<Recipient<Wake>>,
+    logger: Logger,
+}
+
+impl UsersActor {
+    /// An actor writing through `pool`, issuing tokens with `keys`.
+    pub fn new(pool: Pool, keys: JwtKeys, relay: Option<Recipient<Wake>>, logger: Logger) -> Self {
+        Self {
+            pool,
+            keys,
+            relay,
+            logger,
+        }
+    }
+
+    /// Everything a handler future needs, cloned out of the actor.
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            pool: self.pool.clone(),
+            keys: self.keys.clone(),
+            relay: self.relay.clone(),
+            logger: self.logger.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    pool: Pool,
+    keys: JwtKeys,
+    relay: Option<Recipient<Wake>>,
+    logger: Logger,
+}
+
+impl Ctx {
+    fn wake_relay(&self) {
+        if let Some(relay) = &self.relay {
+            relay.do_send(Wake);
+        }
+    }
+}
+
+impl Actor for UsersActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        info!(self.logger, "users actor started");
+    }
+}
+
+impl Supervised for UsersActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        warn!(self.logger, "users actor restarting");
+    }
+}
+
+/// A user as clients see it: never the password hash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserView {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<UserRow> for UserView {
+    fn from(row: UserRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            email: row.email,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Registered {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    /// A token for the new account.
+    pub token: String,
+}
+
+async fn hash_off_thread(password: Secret) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::Unexpected(e.into()))?
+        .map_err(ApiError::Unexpected)
+}
+
+async fn verify_off_thread(password: Secret, hash: Option<String>) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || auth::verify_password(&password, hash.as_deref()))
+        .await
+        .map_err(|e| ApiError::Unexpected(e.into()))
+}
+
+fn email_taken(e: diesel::result::Error) -> ApiError {
+    if db::is_unique_violation(&e) {
+        ApiError::Conflict("email already registered".into())
+    } else {
+        e.into()
+    }
+}
+
+/// Creates an account (already validated: name, lower-case email, 8..=128-char password).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Registered, ApiError>")]
+pub struct RegisterUser {
+    pub name: String,
+    pub email: String,
+    pub password: Option<Secret>,
+}
+
+/// Inserts the user and `user.registered`; `409` when the email is taken.
+impl Handler<RegisterUser> for UsersActor {
+    type Result = ResponseFuture<Result<Registered, ApiError>>;
+
+    fn handle(&mut self, msg: RegisterUser, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        Box::pin(async move {
+            let password_hash = match msg.password {
+                Some(p) => Some(hash_off_thread(p).await?),
+                None => None,
+            };
+            let row = new_user(msg.name, msg.email, password_hash, Role::User);
+            let inserted = row.clone();
+            ctx.pool
+                .get()
+                .await?
+                .transaction(async move |conn| -> Result<_, ApiError> {
+                    store::insert(conn, &inserted).await.map_err(email_taken)?;
+                    let event = Event::UserRegistered(UserRegistered {
+                        user_id: inserted.id,
+                        name: inserted.name.clone(),
+                    });
+                    outbox::enqueue(conn, &Envelope::at(event, inserted.created_at)).await?;
+                    Ok(())
+                })
+                .await?;
+            ctx.wake_relay();
+            info!(ctx.logger, "user registered"; "user_id" => %row.id);
+            Ok(Registered {
+                token: ctx.keys.issue(row.id, Role::User),
+                id: row.id,
+                name: row.name,
+                email: row.email,
+            })
+        })
+    }
+}
+
+fn new_user(name: String, email: String, password_hash: Option<String>, role: Role) -> UserRow {
+    // Postgres keeps microseconds: truncate so the row and the event agree.
+    let now = Utc::now().trunc_subsecs(6);
+    UserRow {
+        id: Uuid::now_v7(),
+        name,
+        email,
+        password_hash,
+        role: role.as_str().to_string(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Checks credentials and answers a token; `401` with one message for every failure.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, ApiError>")]
+pub struct Login {
+    pub email: String,
+    pub password: Secret,
+}
+
+/// Verifies the password (also for unknown emails, so timing tells nothing).
+impl Handler<Login> for UsersActor {
+    type Result = ResponseFuture<Result<String, ApiError>>;
+
+    fn handle(&mut self, msg: Login, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        Box::pin(async move {
+            let user = {
+                let mut conn = ctx.pool.get().await?;
+                store::find_by_email(&mut conn, &msg.email).await?
+            };
+            let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+            let ok = verify_off_thread(msg.password, hash).await?;
+            match user {
+                Some(user) if ok => Ok(ctx.keys.issue(user.id, Role::from_db(&user.role))),
+                _ => Err(ApiError::Unauthorized("invalid email or password".into())),
+            }
+        })
+    }
+}
+
+/// Reads one user.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<UserView, ApiError>")]
+pub struct GetUser {
+    pub id: Uuid,
+}
+
+/// Answers the user or `404`.
+impl Handler<GetUser> for UsersActor {
+    type Result = ResponseFuture<Result<UserView, ApiError>>;
+
+    fn handle(&mut self, msg: GetUser, _: &mut Self::Context) -> Self::Result {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let mut conn = pool.get().await?;
+            store::find(&mut conn, msg.id, false)
+                .await?
+                .map(UserView::from)
+                .ok_or_else(|| ApiError::NotFound("user not found".into()))
+        })
+    }
+}
+
+/// Changes any of name, email and password (already validated).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<UserView, ApiError>")]
+pub struct UpdateUser {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// Updates the row and emits `user.updated` naming the changed fields; no change, no event.
+impl Handler<UpdateUser> for UsersActor {
+    type Result = ResponseFuture<Result<UserView, ApiError>>;
+
+    fn handle(&mut self, msg: UpdateUser, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        Box::pin(async move {
+            let password_hash = match msg.password {
+                Some(p) => Some(hash_off_thread(p).await?),
+                None => None,
+            };
+            let (name, email, id) = (msg.name, msg.email, msg.id);
+            let (row, changed) = ctx
+                .pool
+                .get()
+                .await?
+                .transaction(async move |conn| -> Result<_, ApiError> {
+                    let current = store::find(conn, id, true)
+                        .await?
+                        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+                    let mut changes = UserChanges::default();
+                    let mut changed = Vec::new();
+                    if let Some(name) = name.filter(|n| *n != current.name) {
+                        changes.name = Some(name);
+                        changed.push("name".to_string());
+                    }
+                    if let Some(email) = email.filter(|e| *e != current.email) {
+                        changes.email = Some(email);
+                        changed.push("email".to_string());
+                    }
+                    if let Some(hash) = password_hash {
+                        changes.password_hash = Some(hash);
+                        changed.push("password".to_string());
+                    }
+                    if changed.is_empty() {
+                        return Ok((current, changed));
+                    }
+                    let now = Utc::now();
+                    changes.updated_at = Some(now);
+                    let row = store::update(conn, id, &changes)
+                        .await
+                        .map_err(email_taken)?;
+                    let event = Event::UserUpdated(UserUpdated {
+                        user_id: row.id,
+                        name: row.name.clone(),
+                        changed: changed.clone(),
+                    });
+                    outbox::enqueue(conn, &Envelope::at(event, now)).await?;
+                    Ok((row, changed))
+                })
+                .await?;
+            if !changed.is_empty() {
+                ctx.wake_relay();
+                info!(ctx.logger, "user updated"; "user_id" => %row.id, "changed" => changed.join(","));
+            }
+            Ok(UserView::from(row))
+        })
+    }
+}
+
+/// Records one action of a user on a product (already validated: quantity 1..=1000).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Uuid, ApiError>")]
+pub struct RecordActivity {
+    pub user_id: Uuid,
+    pub product_id: Uuid,
+    pub action: Action,
+    pub quantity: u32,
+}
+
+/// Inserts the action and `user.activity`; answers the event id. `404` for an unknown user.
+impl Handler<RecordActivity> for UsersActor {
+    type Result = ResponseFuture<Result<Uuid, ApiError>>;
+
+    fn handle(&mut self, msg: RecordActivity, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        Box::pin(async move {
+            let envelope = Envelope::new(Event::UserActivity(UserActivity {
+                user_id: msg.user_id,
+                product_id: msg.product_id,
+                action: msg.action,
+                quantity: msg.quantity,
+            }));
+            let event_id = envelope.event_id;
+            let row = ActivityRow {
+                id: event_id,
+                user_id: msg.user_id,
+                product_id: msg.product_id,
+                action: msg.action.as_str().to_string(),
+                quantity: msg.quantity as i32,
+                occurred_at: envelope.occurred_at,
+            };
+            ctx.pool
+                .get()
+                .await?
+                .transaction(async move |conn| -> Result<_, ApiError> {
+                    if store::find(conn, row.user_id, false).await?.is_none() {
+                        return Err(ApiError::NotFound("user not found".into()));
+                    }
+                    store::insert_activity(conn, &row).await?;
+                    outbox::enqueue(conn, &envelope).await?;
+                    Ok(())
+                })
+                .await?;
+            ctx.wake_relay();
+            Ok(event_id)
+        })
+    }
+}
+
+/// Makes sure an admin account with this email and password exists (startup, `ADMIN_EMAIL`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Uuid, ApiError>")]
+pub struct EnsureAdmin {
+    pub email: String,
+    pub password: Secret,
+}
+
+/// Creates the admin (`user.registered`) or promotes / re-keys the existing account
+/// (`user.updated`); nothing when it is already right.
+impl Handler<EnsureAdmin> for UsersActor {
+    type Result = ResponseFuture<Result<Uuid, ApiError>>;
+
+    fn handle(&mut self, msg: EnsureAdmin, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        Box::pin(async move {
+            let existing = {
+                let mut conn = ctx.pool.get().await?;
+                store::find_by_email(&mut conn, &msg.email).await?
+            };
+            let Some(existing) = existing else {
+                let hash = hash_off_thread(msg.password).await?;
+                let name = msg.email.split('@').next().unwrap_or("admin").to_string();
+                let row = new_user(name, msg.email, Some(hash), Role::Admin);
+                let inserted = row.clone();
+                ctx.pool
+                    .get()
+                    .await?
+                    .transaction(async move |conn| -> Result<_, ApiError> {
+                        store::insert(conn, &inserted).await.map_err(email_taken)?;
+                        let event = Event::UserRegistered(UserRegistered {
+                            user_id: inserted.id,
+                            name: inserted.name.clone(),
+                        });
+                        outbox::enqueue(conn, &Envelope::at(event, inserted.created_at)).await?;
+                        Ok(())
+                    })
+                    .await?;
+                ctx.wake_relay();
+                info!(ctx.logger, "admin account created"; "user_id" => %row.id);
+                return Ok(row.id);
+            };
+            let password_ok =
+                verify_off_thread(msg.password.clone(), existing.password_hash.clone()).await?;
+            let is_admin = existing.role == Role::Admin.as_str();
+            if password_ok && is_admin {
+                return Ok(existing.id);
+            }
+            let mut changes = UserChanges::default();
+            let mut changed = Vec::new();
+            if !password_ok {
+                changes.password_hash = Some(hash_off_thread(msg.password).await?);
+                changed.push("password".to_string());
+            }
+            if !is_admin {
+                changes.role = Some(Role::Admin.as_str().to_string());
+                changed.push("role".to_string());
+            }
+            let now = Utc::now();
+            changes.updated_at = Some(now);
+            let id = existing.id;
+            ctx.pool
+                .get()
+                .await?
+                .transaction(async move |conn| -> Result<_, ApiError> {
+                    let row = store::update(conn, id, &changes).await?;
+                    let event = Event::UserUpdated(UserUpdated {
+                        user_id: row.id,
+                        name: row.name,
+                        changed,
+                    });
+                    outbox::enqueue(conn, &Envelope::at(event, now)).await?;
+                    Ok(())
+                })
+                .await?;
+            ctx.wake_relay();
+            info!(ctx.logger, "admin account updated"; "user_id" => %id);
+            Ok(id)
+        })
+    }
+}
+
+/// Stops the actor so that its supervisor restarts it.
+impl Handler<Fail> for UsersActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Fail, ctx: &mut Self::Context) {
+        warn!(self.logger, "users actor asked to fail");
+        ctx.stop();
+    }
+}

@@ -1,0 +1,9 @@
+//! The users service (:8080): accounts, login, profiles and user actions.
+//!
+//! - [`http`]: the routes; thin handlers that authenticate, validate and message the actor.
+//! - [`actor`]: [`actor::UsersActor`] and its messages; it owns every users write and its event.
+//! - [`store`]: the SQL.
+
+pub mod actor;
+pub mod http;
+pub mod store;

@@ -1,0 +1,479 @@
+//! Test harness: [`spawn_app`] starts a runtime on a fresh database and topic prefix and returns
+//! a [`TestApp`] with typed request helpers; Kafka and polling helpers live here too.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::ClientConfig;
+use recsys::config::{Service, Settings};
+use recsys::startup::Application;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use slog::{o, Discard, Drain, Logger};
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// Postgres server URL without a database (`TEST_DATABASE_URL`).
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Broker bootstrap list for tests (`KAFKA_ADDRESS`, default the local tansu).
+pub fn brokers() -> String {
+    std::env::var("KAFKA_ADDRESS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A fresh, migrated-on-start database; answers its URL.
+pub async fn fresh_database() -> (String, String) {
+    let name = format!("recsys_test_{}", Uuid::new_v4().simple());
+    let mut conn = AsyncPgConnection::establish(&format!("{}/postgres", server_url()))
+        .await
+        .expect("Postgres is reachable (scripts/stack.sh up)");
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    (format!("{}/{name}", server_url()), name)
+}
+
+#[derive(Parser)]
+struct TestCli {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// Settings for a test runtime: OS-picked ports on loopback, the given database and prefix.
+pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Settings {
+    let admin_email = format!("admin-{}@example.com", Uuid::new_v4().simple());
+    TestCli::parse_from([
+        "test",
+        "--database-url",
+        database_url,
+        "--kafka-address",
+        brokers,
+        "--kafka-topic-prefix",
+        prefix,
+        "--kafka-partitions",
+        "3",
+        "--jwt-secret",
+        "test-secret",
+        "--admin-email",
+        &admin_email,
+        "--admin-password",
+        ADMIN_PASSWORD,
+        "--bind-address",
+        "127.0.0.1",
+        "--users-port",
+        "0",
+        "--products-port",
+        "0",
+        "--recommendations-port",
+        "0",
+        "--analytics-port",
+        "0",
+        "--http-workers",
+        "1",
+        "--outbox-poll-ms",
+        "100",
+        "--db-pool-size",
+        "5",
+    ])
+    .settings
+}
+
+/// The admin password every test runtime uses.
+pub const ADMIN_PASSWORD: &str = "admin-password";
+
+/// A logger that drops everything, or prints with `TEST_LOG=1`.
+pub fn test_logger() -> Logger {
+    if std::env::var("TEST_LOG").is_ok() {
+        recsys::telemetry::logger(recsys::config::LogFormat::Term, "debug")
+    } else {
+        Logger::root(Discard, o!())
+    }
+}
+
+/// A running test runtime and a client for it.
+pub struct TestApp {
+    pub app: Application,
+    pub settings: Settings,
+    pub database_url: String,
+    pub database: String,
+    pub prefix: String,
+    pub client: reqwest::Client,
+    pub admin_token: String,
+}
+
+/// Starts all four services on a fresh database and topic prefix, against the shared broker.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with_brokers(&brokers()).await
+}
+
+/// Like [`spawn_app`], with another broker list (e.g. one that is not up yet).
+pub async fn spawn_app_with_brokers(brokers: &str) -> TestApp {
+    spawn_app_with(brokers, test_logger()).await
+}
+
+/// Like [`spawn_app`], logging to `logger`.
+pub async fn spawn_app_with(brokers: &str, logger: Logger) -> TestApp {
+    let (database_url, database) = fresh_database().await;
+    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let settings = test_settings(&database_url, &prefix, brokers);
+    let app = Application::build(settings.clone(), &Service::ALL, logger)
+        .await
+        .expect("runtime starts")
+        .spawn();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut test_app = TestApp {
+        app,
+        settings,
+        database_url,
+        database,
+        prefix,
+        client,
+        admin_token: String::new(),
+    };
+    let email = test_app.settings.admin_email.clone().unwrap();
+    let response = test_app
+        .post(
+            Service::Users,
+            "/users/login",
+            json!({"email": email, "password": ADMIN_PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        response.status,
+        StatusCode::OK,
+        "admin login: {}",
+        response.body
+    );
+    test_app.admin_token = response.body["token"].as_str().unwrap().to_string();
+    test_app
+}
+
+/// A response: status and JSON body (`Value::Null` when the body is empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub text: String,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    /// Asserts the JSON error shape with `status` and `code`.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.body["error"]["code"], code,
+            "unexpected body: {}",
+            self.text
+        );
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "error without a message: {}",
+            self.text
+        );
+    }
+}
+
+impl TestApp {
+    /// `http://127.0.0.1:<port>` of `service`.
+    pub fn url(&self, service: Service) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.app.port(service).expect("service hosted")
+        )
+    }
+
+    /// Any request; `token` goes in `Authorization: Bearer`.
+    pub async fn request(
+        &self,
+        method: Method,
+        service: Service,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.url(service)));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        read(request.send().await.expect("request sent")).await
+    }
+
+    /// `GET`.
+    pub async fn get(&self, service: Service, path: &str, token: Option<&str>) -> Reply {
+        self.request(Method::GET, service, path, None, token).await
+    }
+
+    /// `POST` with a JSON body.
+    pub async fn post(
+        &self,
+        service: Service,
+        path: &str,
+        body: Value,
+        token: Option<&str>,
+    ) -> Reply {
+        self.request(Method::POST, service, path, Some(body), token)
+            .await
+    }
+
+    /// Registers a user with a password; answers `(id, token)`.
+    pub async fn register(&self, name: &str, email: &str, password: &str) -> (Uuid, String) {
+        let reply = self
+            .post(
+                Service::Users,
+                "/users/register",
+                json!({"name": name, "email": email, "password": password}),
+                None,
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "register: {}",
+            reply.text
+        );
+        (
+            reply.body["id"].as_str().unwrap().parse().unwrap(),
+            reply.body["token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Registers a user with a unique email; answers `(id, token, email)`.
+    pub async fn new_user(&self) -> (Uuid, String, String) {
+        let email = format!("user-{}@example.com", Uuid::new_v4().simple());
+        let (id, token) = self.register("Test User", &email, "user-password").await;
+        (id, token, email)
+    }
+
+    /// Creates a product as admin; answers its JSON.
+    pub async fn create_product(&self, name: &str, price: Value, category: Option<&str>) -> Value {
+        let reply = self
+            .post(
+                Service::Products,
+                "/products",
+                json!({"name": name, "price": price, "category": category}),
+                Some(&self.admin_token),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "create product: {}",
+            reply.text
+        );
+        reply.body
+    }
+
+    /// The value of an unlabelled gauge or counter on `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.get(Service::Users, "/metrics", None).await.text;
+        text.lines()
+            .find(|l| l.split([' ', '{']).next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Rows in the outbox.
+    pub async fn outbox_rows(&self) -> i64 {
+        self.count("outbox").await
+    }
+
+    /// Rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        TestDb(self.database_url.clone()).count(table).await
+    }
+
+    /// The physical name of a logical topic.
+    pub fn topic(&self, logical: &str) -> String {
+        format!("{}{logical}", self.prefix)
+    }
+}
+
+async fn read(response: reqwest::Response) -> Reply {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        body,
+        text,
+        headers,
+    }
+}
+
+/// Polls `check` every 50 ms until it answers `Some`, or panics after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Value,
+    pub raw: String,
+}
+
+/// Reads `topics` from the beginning with a fresh consumer group until `expected` records
+/// arrived or `deadline` passed; answers what arrived (in per-partition order).
+pub async fn consume(
+    brokers: &str,
+    topics: &[String],
+    expected: usize,
+    deadline: Duration,
+) -> Vec<Record> {
+    let brokers = brokers.to_string();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("test-{}", Uuid::new_v4().simple()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("topic.metadata.refresh.interval.ms", "500")
+            .create()
+            .expect("consumer");
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).expect("subscribe");
+        let until = Instant::now() + deadline;
+        let mut records = Vec::new();
+        // Keep polling a little after reaching `expected` to catch duplicates.
+        let mut grace_until: Option<Instant> = None;
+        while Instant::now() < until && grace_until.is_none_or(|g| Instant::now() < g) {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    let raw =
+                        String::from_utf8(message.payload().unwrap_or_default().to_vec()).unwrap();
+                    records.push(Record {
+                        topic: message.topic().to_string(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: String::from_utf8(message.key().unwrap_or_default().to_vec()).unwrap(),
+                        value: serde_json::from_str(&raw).unwrap_or(Value::Null),
+                        raw,
+                    });
+                }
+                Some(Err(e)) => eprintln!("consumer error (retrying): {e}"),
+                None => {}
+            }
+            if records.len() >= expected && grace_until.is_none() {
+                grace_until = Some(Instant::now() + Duration::from_millis(1500));
+            }
+        }
+        records
+    })
+    .await
+    .unwrap()
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Log messages captured by [`captured_logger`].
+pub type Captured = Arc<Mutex<Vec<String>>>;
+
+/// A logger that records every message (with its key-values) for assertions.
+pub fn captured_logger() -> (Logger, Captured) {
+    let lines: Captured = Arc::default();
+    let drain = Capture(lines.clone());
+    (Logger::root(drain.fuse(), o!()), lines)
+}
+
+struct Capture(Captured);
+
+impl Drain for Capture {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        struct Kv(String);
+        impl slog::Serializer for Kv {
+            fn emit_arguments(
+                &mut self,
+                key: slog::Key,
+                val: &std::fmt::Arguments,
+            ) -> slog::Result {
+                self.0.push_str(&format!(" {key}={val}"));
+                Ok(())
+            }
+        }
+        let mut kv = Kv(format!(
+            "{} {}",
+            record.level().as_short_str(),
+            record.msg()
+        ));
+        let _ = slog::KV::serialize(&record.kv(), record, &mut kv);
+        let _ = slog::KV::serialize(values, record, &mut kv);
+        self.0.lock().unwrap().push(kv.0);
+        Ok(())
+    }
+}
+
+/// A test database by URL.
+pub struct TestDb(pub String);
+
+impl TestDb {
+    /// Rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = AsyncPgConnection::establish(&self.0).await.unwrap();
+        diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+            .get_result::<Count>(&mut conn)
+            .await
+            .unwrap()
+            .n
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests of the recsys runtime against the real Postgres and Kafka broker.
+//!
+//! Every test starts its own runtime (ports picked by the OS) on its own database and topic
+//! prefix, so tests run in parallel and in any order. Needs the local stack
+//! (`scripts/stack.sh up`); `scripts/test.sh` sets it up.
+
+mod actors;
+mod errors;
+mod events;
+mod helpers;
+mod outbox;
+mod products;
+mod runtime;
+mod users;

@@ -1,0 +1,142 @@
+//! The transactional outbox: writes succeed while the broker is unreachable, and once it is
+//! back every event arrives exactly once, in write order per key.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use recsys::config::Service;
+use recsys_schema::topics;
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// Starts a tansu broker with an in-memory store on `port`; killed when dropped.
+fn start_broker(port: u16) -> tokio::process::Child {
+    let bin = std::env::var("TANSU_BIN").expect("TANSU_BIN points at the tansu binary");
+    let url = format!("tcp://127.0.0.1:{port}");
+    tokio::process::Command::new(bin)
+        .args([
+            "broker",
+            "--cluster-id",
+            "recsys-outbox-test",
+            "--listener-url",
+            &url,
+        ])
+        .args([
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tansu starts")
+}
+
+/// With no broker listening, writes answer 2xx, `/readyz` says why it is not ready and
+/// `outbox_pending` counts the backlog; a broker coming up receives every event once, in order.
+#[actix_web::test]
+async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let app = spawn_app_with_brokers(&brokers).await;
+
+    let ready = app.get(Service::Users, "/readyz", None).await;
+    ready.assert_error(503, "unavailable");
+    assert!(ready.text.contains("kafka"), "{}", ready.text);
+
+    let mut written: Vec<(String, String)> = Vec::new(); // (key, event type) in write order
+    written.push(("admin".into(), "user.registered".into()));
+    for i in 0..3 {
+        let (id, token) = app
+            .register(
+                &format!("User {i}"),
+                &format!("outage-{i}@example.com"),
+                "password-123",
+            )
+            .await;
+        written.push((id.to_string(), "user.registered".into()));
+        for kind in ["view", "cart_add"] {
+            let reply = app
+                .post(
+                    Service::Users,
+                    &format!("/users/{id}/activity"),
+                    json!({"type": kind, "product_id": uuid::Uuid::new_v4()}),
+                    Some(&token),
+                )
+                .await;
+            assert_eq!(reply.status, 202, "{}", reply.text);
+            written.push((id.to_string(), "user.activity".into()));
+        }
+    }
+    for i in 0..2 {
+        let product = app
+            .create_product(&format!("P{i}"), json!(i + 1), None)
+            .await;
+        let id = product["id"].as_str().unwrap().to_string();
+        let reply = app
+            .request(
+                reqwest::Method::PATCH,
+                Service::Products,
+                &format!("/products/{id}"),
+                Some(json!({"name": format!("P{i} v2")})),
+                Some(&app.admin_token),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        written.push((id.clone(), "product.created".into()));
+        written.push((id, "product.updated".into()));
+    }
+    let total = written.len();
+    assert_eq!(app.outbox_rows().await, total as i64);
+    eventually(
+        Duration::from_secs(10),
+        "outbox_pending to show the backlog",
+        || async { (app.metric("outbox_pending").await == Some(total as f64)).then_some(()) },
+    )
+    .await;
+
+    let _broker = start_broker(port);
+    let names = [
+        app.topic(topics::USER_UPDATES),
+        app.topic(topics::PRODUCT_UPDATES),
+    ];
+    let mut records = consume(&brokers, &names, total, Duration::from_secs(90)).await;
+    assert_eq!(
+        records.len(),
+        total,
+        "every event exactly once: {records:#?}"
+    );
+    let ids: HashSet<_> = records
+        .iter()
+        .map(|r| r.value["event_id"].clone())
+        .collect();
+    assert_eq!(ids.len(), total, "no duplicates");
+
+    records.sort_by_key(|r| (r.topic.clone(), r.partition, r.offset));
+    let mut received: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &records {
+        received
+            .entry(r.key.clone())
+            .or_default()
+            .push(r.value["type"].as_str().unwrap().into());
+    }
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, kind) in written.iter().filter(|(k, _)| k != "admin") {
+        expected.entry(key.clone()).or_default().push(kind.clone());
+    }
+    for (key, kinds) in &expected {
+        assert_eq!(&received[key], kinds, "order of {key}");
+    }
+
+    eventually(Duration::from_secs(10), "the outbox to empty", || async {
+        (app.outbox_rows().await == 0 && app.metric("outbox_pending").await == Some(0.0))
+            .then_some(())
+    })
+    .await;
+    let ready = app.get(Service::Users, "/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+}

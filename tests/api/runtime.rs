@@ -1,0 +1,170 @@
+//! The `recsys` binary itself: `serve --services` hosts a subset, SIGTERM drains and exits 0,
+//! `migrate` applies the schema, and `--help` documents the environment without leaking secrets.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_recsys");
+
+/// The binary with a fresh database, topic prefix and free ports; answers the child and ports.
+async fn start_binary(services: &str) -> (tokio::process::Child, [u16; 4], String) {
+    let (database_url, _) = fresh_database().await;
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let child = tokio::process::Command::new(BIN)
+        .args(["serve", "--services", services])
+        .env("DATABASE_URL", &database_url)
+        .env("KAFKA_ADDRESS", brokers())
+        .env(
+            "KAFKA_TOPIC_PREFIX",
+            format!("t{}.", uuid::Uuid::new_v4().simple()),
+        )
+        .env("JWT_SECRET", "binary-test-secret")
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("USERS_PORT", ports[0].to_string())
+        .env("PRODUCTS_PORT", ports[1].to_string())
+        .env("RECOMMENDATIONS_PORT", ports[2].to_string())
+        .env("ANALYTICS_PORT", ports[3].to_string())
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("binary starts");
+    (child, ports, database_url)
+}
+
+async fn healthy(client: &reqwest::Client, port: u16) -> bool {
+    client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+/// `serve --services users` serves the users port and leaves the others closed.
+#[actix_web::test]
+async fn serve_hosts_only_the_named_services() {
+    let (_child, ports, _) = start_binary("users").await;
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(60), "users to answer", || async {
+        healthy(&client, ports[0]).await.then_some(())
+    })
+    .await;
+    for port in &ports[1..] {
+        assert!(client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_err());
+    }
+}
+
+/// On SIGTERM the runtime stops serving, publishes its outbox and exits 0.
+#[actix_web::test]
+async fn sigterm_drains_the_outbox_and_exits_zero() {
+    let (mut child, ports, database_url) =
+        start_binary("users,products,recommendations,analytics").await;
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(60), "all ports to answer", || async {
+        for port in ports {
+            if !healthy(&client, port).await {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let reply = client
+        .post(format!("http://127.0.0.1:{}/users/register", ports[0]))
+        .json(&json!({"name": "Term", "email": "term@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 201);
+
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits within 30 s")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("outbox drained"), "{stderr}");
+    assert!(
+        !stderr.contains("binary-test-secret"),
+        "the JWT secret reached the log"
+    );
+    let app_db = TestDb(database_url);
+    assert_eq!(app_db.count("outbox").await, 0);
+    assert_eq!(app_db.count("users").await, 1);
+}
+
+/// `recsys migrate` creates every table on an empty database and exits 0.
+#[actix_web::test]
+async fn migrate_creates_the_schema() {
+    let (database_url, _) = fresh_database().await;
+    let status = tokio::process::Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", &database_url)
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let db = TestDb(database_url);
+    for table in ["users", "user_activity", "products", "outbox"] {
+        assert_eq!(db.count(table).await, 0, "{table} exists and is empty");
+    }
+}
+
+/// `serve --help` names every environment variable and never prints a secret's value.
+#[actix_web::test]
+async fn help_documents_the_environment_without_secrets() {
+    let output = tokio::process::Command::new(BIN)
+        .args(["serve", "--help"])
+        .env("JWT_SECRET", "do-not-print-me")
+        .env("ADMIN_PASSWORD", "nor-me-please")
+        .env("POSTGRES_PASSWORD", "nor-this-one")
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    for var in [
+        "KAFKA_ADDRESS",
+        "KAFKA_TOPIC_PREFIX",
+        "POSTGRES_HOST",
+        "POSTGRES_PORT",
+        "POSTGRES_USER",
+        "POSTGRES_PASSWORD",
+        "POSTGRES_DB",
+        "DATABASE_URL",
+        "REDIS_ADDRESS",
+        "JWT_SECRET",
+        "ADMIN_EMAIL",
+        "ADMIN_PASSWORD",
+        "USERS_PORT",
+        "PRODUCTS_PORT",
+        "RECOMMENDATIONS_PORT",
+        "ANALYTICS_PORT",
+        "LOG_FORMAT",
+        "LOG_LEVEL",
+    ] {
+        assert!(help.contains(var), "--help lacks {var}");
+    }
+    for secret in ["do-not-print-me", "nor-me-please", "nor-this-one"] {
+        assert!(!help.contains(secret), "--help printed a secret");
+    }
+}
