@@ -37,8 +37,8 @@ dev_env() {
   info "JWT_SECRET=$JWT_SECRET"
   info "ADMIN_EMAIL=$ADMIN_EMAIL"
   info "ADMIN_PASSWORD=$ADMIN_PASSWORD"
-  info "services: users http://localhost:8080  products http://localhost:8081" \
-    " recommendations http://localhost:8082  analytics http://localhost:8083"
+  info "services: users http://localhost:8080, products http://localhost:8081," \
+    "recommendations http://localhost:8082, analytics http://localhost:8083"
 }
 
 main() {

@@ -242,7 +242,9 @@ launch_broker() {
   pidf=$(pid_file "$port")
   log=$(log_file "$port")
   rm -f "$pidf"
-  [[ -f $log ]] && mv -f "$log" "$log.prev"
+  if [[ -f $log ]]; then
+    mv -f "$log" "$log.prev"
+  fi
   # setsid: own session, so Ctrl-C in a foreground `run.sh` leaves it alone.
   # The storage path must be relative to the working directory (STACK_DIR).
   (

@@ -29,6 +29,7 @@ PSQL=(psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -X -v ON_ERROR_STOP=1)
 FAILED=()
 
 # step NAME CMD... — run a step under a header, record failure, keep going.
+# (CMD runs in an `||` context where `set -e` is off: steps check explicitly.)
 step() {
   local name=$1 started rc=0
   shift
@@ -93,7 +94,7 @@ drop_test_databases() {
   rows=$("${PSQL[@]}" -Atc "
     select d.datname, exists (select 1 from pg_stat_activity a
                               where a.datname = d.datname and a.pid <> pg_backend_pid())
-    from pg_database d where d.datname like 'recsys\_test\_%' order by 1")
+    from pg_database d where d.datname like 'recsys\_test\_%' order by 1") || return 1
   while IFS='|' read -r db busy; do
     [[ -n $db ]] || continue
     if [[ $busy == t ]]; then
@@ -101,7 +102,7 @@ drop_test_databases() {
       continue
     fi
     info "dropping $db"
-    "${PSQL[@]}" -qc "DROP DATABASE IF EXISTS \"${db//\"/\"\"}\" WITH (FORCE)"
+    "${PSQL[@]}" -qc "DROP DATABASE IF EXISTS \"${db//\"/\"\"}\" WITH (FORCE)" || return 1
     n=$((n + 1))
   done <<<"$rows"
   info "dropped $n leftover test database(s)"

@@ -157,3 +157,33 @@ impl From<diesel::result::Error> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    #[test]
+    /// A message lost to a stopping actor (or a full mailbox) is a 503 with the JSON shape.
+    fn lost_messages_are_service_unavailable() {
+        for lost in [MailboxError::Closed, MailboxError::Timeout] {
+            let error = ApiError::from(lost);
+            assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+            let response = error.error_response();
+            assert_eq!(response.headers().get("Retry-After").unwrap(), "1");
+            let body = response.into_body().try_into_bytes().unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["error"]["code"], "unavailable");
+        }
+    }
+
+    #[test]
+    /// Unexpected errors never show their cause to the client.
+    fn unexpected_errors_are_opaque() {
+        let error = ApiError::from(anyhow::anyhow!("secret detail"));
+        let body = error.error_response().into_body().try_into_bytes().unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!text.contains("secret detail"));
+        assert!(text.contains("\"internal\""));
+    }
+}
