@@ -121,10 +121,8 @@ impl Application {
 
         let readiness = Readiness {
             pool: pool.clone(),
-            kafka: kafka::idempotent_producer(
+            kafka: kafka::probe_client(
                 &settings.kafka_address,
-                "recsys-readiness",
-                Duration::from_secs(5),
                 logger.new(o!("client" => "readiness")),
             )?,
         };

@@ -79,6 +79,12 @@ pub fn idempotent_producer(
         .create_with_context(SlogContext::new(logger))
 }
 
+/// A plain (non-idempotent, never producing) client for [`probe`]: it registers no producer id
+/// with the broker.
+pub fn probe_client(brokers: &str, logger: Logger) -> KafkaResult<FutureProducer<SlogContext>> {
+    client_config(brokers, "recsys-probe").create_with_context(SlogContext::new(logger))
+}
+
 /// Creates each of `topics` with `partitions` partitions unless it already exists.
 pub async fn ensure_topics(
     brokers: &str,

@@ -326,7 +326,7 @@ impl Handler<Drain> for OutboxRelay {
                     tokio::time::timeout_at(until.into(), store.relay_batch(limit, make_publish()))
                         .await;
                 match outcome {
-                    Ok(Ok(BatchOutcome::Done { claimed, .. })) if claimed == 0 => break,
+                    Ok(Ok(BatchOutcome::Done { claimed: 0, .. })) => break,
                     // A batch started before the drain (or by another relay) holds the outbox:
                     // poll until it is done.
                     Ok(Ok(BatchOutcome::Busy)) => {

@@ -215,9 +215,20 @@ pub mod price_string {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::str::FromStr;
 
-    /// Formats `price` with two decimal places.
+    /// Formats `price` with exactly two decimal places (`0` is `"0.00"`), rounding toward
+    /// zero past the second place.
     pub fn format(price: &BigDecimal) -> String {
-        price.with_scale(2).to_string()
+        let (units, scale) = price.with_scale(2).as_bigint_and_exponent();
+        debug_assert_eq!(scale, 2);
+        let digits = units.magnitude().to_string();
+        let digits = format!("{digits:0>3}");
+        let (whole, cents) = digits.split_at(digits.len() - 2);
+        let sign = if units.sign() == bigdecimal::num_bigint::Sign::Minus {
+            "-"
+        } else {
+            ""
+        };
+        format!("{sign}{whole}.{cents}")
     }
 
     /// Serializes as `"12.30"`.
@@ -256,6 +267,25 @@ mod tests {
         assert!(value["occurred_at"].as_str().unwrap().ends_with('Z'));
         let back: Envelope = serde_json::from_value(value).unwrap();
         assert_eq!(back, envelope);
+    }
+
+    #[test]
+    /// Prices always carry two places, whatever their scale.
+    fn prices_format_with_two_places() {
+        for (input, expected) in [
+            ("0", "0.00"),
+            ("0.5", "0.50"),
+            ("7", "7.00"),
+            ("19.99", "19.99"),
+            ("1234567.8", "1234567.80"),
+            ("9999999999.99", "9999999999.99"),
+            ("-1.5", "-1.50"),
+        ] {
+            assert_eq!(
+                price_string::format(&BigDecimal::from_str(input).unwrap()),
+                expected
+            );
+        }
     }
 
     #[test]

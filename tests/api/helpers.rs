@@ -104,7 +104,6 @@ pub struct TestApp {
     pub app: Application,
     pub settings: Settings,
     pub database_url: String,
-    pub database: String,
     pub prefix: String,
     pub client: reqwest::Client,
     pub admin_token: String,
@@ -122,7 +121,7 @@ pub async fn spawn_app_with_brokers(brokers: &str) -> TestApp {
 
 /// Like [`spawn_app`], logging to `logger`.
 pub async fn spawn_app_with(brokers: &str, logger: Logger) -> TestApp {
-    let (database_url, database) = fresh_database().await;
+    let (database_url, _) = fresh_database().await;
     let prefix = format!("t{}.", Uuid::new_v4().simple());
     let settings = test_settings(&database_url, &prefix, brokers);
     let app = Application::build(settings.clone(), &Service::ALL, logger)
@@ -137,7 +136,6 @@ pub async fn spawn_app_with(brokers: &str, logger: Logger) -> TestApp {
         app,
         settings,
         database_url,
-        database,
         prefix,
         client,
         admin_token: String::new(),
