@@ -8,11 +8,17 @@
 //! - [`supervision`]: starting actors under an actix `Supervisor` and the [`supervision::Fail`]
 //!   message that makes a supervised actor restart.
 //! - [`kafka`]: librdkafka client settings, the idempotent producer and topic creation.
+//! - [`kafka_consumer`]: the generic consumer actor: batches, dead-letter topics, positions
+//!   stored with the state by the service's sink (exactly-once effect).
 //! - [`outbox_relay`]: the actor that publishes a transactional outbox to Kafka, in order, and
 //!   forgets a row only once the broker acknowledged it.
-//! - [`metrics`]: the metric families this machinery records (Kafka produce, outbox).
+//! - [`cache`]: the Redis cache actor in front of slower queries; a miss and a Redis failure
+//!   look the same to callers.
+//! - [`metrics`]: the metric families this machinery records (Kafka produce, outbox, Redis cache).
 
+pub mod cache;
 pub mod kafka;
+pub mod kafka_consumer;
 pub mod metrics;
 pub mod outbox_relay;
 pub mod supervision;

@@ -1,6 +1,9 @@
 //! Metric families recorded by the generic machinery, registered on the default registry.
 
-use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
+    IntCounterVec, IntGauge,
+};
 use std::sync::LazyLock;
 
 /// `kafka_messages_produced_total{topic,status}`: records handed to the broker, by outcome
@@ -23,8 +26,71 @@ pub static OUTBOX_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// `kafka_messages_consumed_total{service,topic,type,status}`: records read, by outcome
+/// (`ok` applied, `duplicate` already applied, `dead_letter` poison, `error`).
+pub static KAFKA_MESSAGES_CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "kafka_messages_consumed_total",
+        "Records consumed, by service, topic, event type and outcome",
+        &["service", "topic", "type", "status"]
+    )
+    .expect("metric registers once")
+});
+
+/// `kafka_message_processing_duration_seconds{service,topic}`: from a record's batch being
+/// read to its state being durable.
+pub static KAFKA_PROCESSING_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "kafka_message_processing_duration_seconds",
+        "Time from reading a record to its effect being committed",
+        &["service", "topic"],
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    )
+    .expect("metric registers once")
+});
+
+/// `kafka_consumer_rebalances_total{service}`.
+pub static KAFKA_REBALANCES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "kafka_consumer_rebalances_total",
+        "Consumer group rebalances seen, by service",
+        &["service"]
+    )
+    .expect("metric registers once")
+});
+
 /// Touches every family so that `/metrics` lists them before their first sample.
 pub fn init() {
     LazyLock::force(&KAFKA_MESSAGES_PRODUCED);
     LazyLock::force(&OUTBOX_PENDING);
+    LazyLock::force(&KAFKA_MESSAGES_CONSUMED);
+    LazyLock::force(&KAFKA_PROCESSING_DURATION);
+    LazyLock::force(&KAFKA_REBALANCES);
+    LazyLock::force(&REDIS_REQUESTS);
+    LazyLock::force(&REDIS_REQUEST_DURATION);
 }
+
+/// `redis_requests_total{operation,status}`: cache requests to Redis, by operation (`get`, `set`,
+/// `raise`) and outcome (`ok`, `error`, `timeout`). A cache miss is `ok`.
+pub static REDIS_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "redis_requests_total",
+        "Requests to the Redis cache, by operation and outcome",
+        &["operation", "status"]
+    )
+    .expect("metric registers once")
+});
+
+/// `redis_request_duration_seconds{operation}`: time from asking the pool for a connection to
+/// the reply (or the timeout), whatever the outcome.
+pub static REDIS_REQUEST_DURATION: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
+    prometheus::register_histogram_vec!(
+        "redis_request_duration_seconds",
+        "Duration of requests to the Redis cache, by operation",
+        &["operation"],
+        vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
+        ]
+    )
+    .expect("metric registers once")
+});
