@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::recommendations::score::{HalfLife, Weights};
+
 /// A value that must never reach a log line, a response or `--help`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -155,6 +157,38 @@ pub struct Settings {
     /// Minimum log level (trace, debug, info, warning, error, critical).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Weight of each action in the popularity score.
+    #[arg(
+        long,
+        env = "RANKING_WEIGHTS",
+        default_value = "view=1,cart_add=3,cart_remove=-3,purchase=10"
+    )]
+    pub ranking_weights: Weights,
+
+    /// Half-life of the popularity decay (`24h`, `90m`, `30s`, `2d`).
+    #[arg(long, env = "RANKING_HALF_LIFE", default_value = "24h")]
+    pub ranking_half_life: HalfLife,
+
+    /// Prefix of every Redis key (tests use it to isolate themselves).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "recsys:")]
+    pub redis_key_prefix: String,
+
+    /// Bound on one Redis operation; slower counts as a miss (milliseconds).
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 100)]
+    pub redis_timeout_ms: u64,
+
+    /// Backstop TTL of a cached recommendation answer (seconds).
+    #[arg(long, env = "RECOMMENDATION_CACHE_TTL_SECS", default_value_t = 60)]
+    pub recommendation_cache_ttl_secs: u64,
+
+    /// Largest batch a consumer applies in one transaction.
+    #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = 500)]
+    pub consumer_max_batch: usize,
+
+    /// How long a consumer batch waits for more records after its first (milliseconds).
+    #[arg(long, env = "CONSUMER_MAX_WAIT_MS", default_value_t = 20)]
+    pub consumer_max_wait_ms: u64,
 
     /// How often the outbox relay polls for rows it was not woken for (milliseconds).
     #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 500)]

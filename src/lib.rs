@@ -8,11 +8,12 @@
 //!
 //! - [`cli`], [`config`]: the command line and the settings (environment variables).
 //! - [`startup`]: the wiring: actors under supervisors, one HTTP server per service, shutdown.
-//! - [`users`], [`products`]: one folder per service: `http.rs` (routes), `actor.rs` (the actor
+//! - [`users`], [`products`], [`recommendations`]: one folder per service: `http.rs` (routes), `actor.rs` (the actor
 //!   that owns the work and its messages), `store.rs` (the SQL).
 //! - [`http`]: health, readiness, metrics and JSON errors shared by every port.
 //! - [`auth`]: JWTs, password hashing, the [`auth::Caller`] extractor.
 //! - [`db`], [`outbox`]: the Postgres pool and migrations; the transactional outbox.
+//! - [`consumption`]: consumer positions and applied event ids in Postgres; record decoding.
 //! - [`error`]: the one error type and its mapping to HTTP.
 //! - [`metrics`], [`telemetry`]: Prometheus families and slog setup.
 //! - [`validate`]: input checks.
@@ -23,12 +24,14 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod consumption;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod products;
+pub mod recommendations;
 pub mod startup;
 pub mod telemetry;
 pub mod users;

@@ -23,8 +23,95 @@ use crate::db::{self, Pool};
 use crate::http::{self, Readiness, ServiceInfo};
 use crate::outbox::PgOutbox;
 use crate::products::actor::ProductsActor;
+use crate::recommendations::query::{self, RecommendationsActor};
+use crate::recommendations::ranking::{self, RankingActor};
 use crate::users::actor::{EnsureAdmin, UsersActor};
-use crate::{metrics, validate};
+use crate::{consumption, metrics, validate};
+use recsys_actors::cache::CacheActor;
+use recsys_actors::kafka_consumer::{ConsumerConfig, KafkaConsumer};
+use recsys_schema::events::Envelope;
+
+/// The actors of the recommendations service.
+#[derive(Clone)]
+pub struct RecommendationsActors {
+    /// Answers queries.
+    pub query: Addr<RecommendationsActor>,
+    /// Owns the scores; sink of the consumer.
+    pub ranking: Addr<RankingActor>,
+    /// Fronts Redis.
+    pub cache: Addr<CacheActor>,
+    /// Reads both topics (group `<prefix>recommendations`).
+    pub consumer: Addr<KafkaConsumer<Envelope>>,
+}
+
+impl RecommendationsActors {
+    /// Starts the cache, ranking, query and consumer actors under supervisors.
+    fn start(settings: &Settings, pool: &Pool, logger: &Logger) -> anyhow::Result<Self> {
+        ranking::init_metrics();
+        query::init_metrics();
+        let logger = logger.new(o!("service" => "recommendations"));
+        let arbiter = Arbiter::new().handle();
+        let cache = CacheActor::new(
+            &settings.redis_address,
+            Duration::from_millis(settings.redis_timeout_ms.max(1)),
+            logger.new(o!("actor" => "cache")),
+        )?;
+        let cache = start_supervised(&arbiter, cache);
+        let group = format!("{}recommendations", settings.kafka_topic_prefix);
+        let ranking = start_supervised(
+            &arbiter,
+            RankingActor::new(
+                pool.clone(),
+                group.clone(),
+                settings.ranking_weights,
+                settings.ranking_half_life.0,
+                cache.clone(),
+                query::generation_key(&settings.redis_key_prefix),
+                logger.new(o!("actor" => "ranking")),
+            ),
+        );
+        let query = start_supervised(
+            &arbiter,
+            RecommendationsActor::new(
+                pool.clone(),
+                cache.clone(),
+                settings.redis_key_prefix.clone(),
+                settings.ranking_weights,
+                settings.ranking_half_life.0,
+                Duration::from_secs(settings.recommendation_cache_ttl_secs.max(1)),
+                logger.new(o!("actor" => "query")),
+            ),
+        );
+        let config = ConsumerConfig {
+            service: "recommendations",
+            brokers: settings.kafka_address.clone(),
+            group,
+            topics: vec![
+                topics::prefixed(&settings.kafka_topic_prefix, topics::USER_UPDATES),
+                topics::prefixed(&settings.kafka_topic_prefix, topics::PRODUCT_UPDATES),
+            ],
+            partitions: settings.kafka_partitions,
+            max_records: settings.consumer_max_batch.max(1),
+            max_wait: Duration::from_millis(settings.consumer_max_wait_ms),
+        };
+        let consumer = start_supervised(
+            &Arbiter::new().handle(),
+            KafkaConsumer::new(
+                config,
+                Arc::new(consumption::decode_envelope),
+                ranking.clone().recipient(),
+                ranking.clone().recipient(),
+                logger.new(o!("actor" => "consumer")),
+            ),
+        );
+        Ok(Self {
+            query,
+            ranking,
+            cache,
+            consumer,
+        })
+    }
+}
 
 /// A running runtime: its servers, its actors, and how to stop them.
 pub struct Application {
@@ -34,6 +121,7 @@ pub struct Application {
     relay: Option<Addr<OutboxRelay>>,
     users: Option<Addr<UsersActor>>,
     products: Option<Addr<ProductsActor>>,
+    recommendations: Option<RecommendationsActors>,
     pool: Pool,
     logger: Logger,
 }
@@ -106,6 +194,12 @@ impl Application {
             )
         });
 
+        let recommendations = if services.contains(&Service::Recommendations) {
+            Some(RecommendationsActors::start(&settings, &pool, &logger)?)
+        } else {
+            None
+        };
+
         if let (Some(users), Some(email), Some(password)) =
             (&users, &settings.admin_email, &settings.admin_password)
         {
@@ -139,11 +233,12 @@ impl Application {
                 name: service.name(),
                 logger: logger.new(o!("service" => service.name())),
             };
-            let (keys, readiness, users, products) = (
+            let (keys, readiness, users, products, recommendations) = (
                 keys.clone(),
                 readiness.clone(),
                 users.clone(),
                 products.clone(),
+                recommendations.clone(),
             );
             let server = HttpServer::new(move || {
                 let mut app = App::new()
@@ -170,9 +265,16 @@ impl Application {
                                 .configure(crate::products::http::routes);
                         }
                     }
-                    // Their APIs land with their own issues; until then the port serves the
-                    // shared health, readiness and metrics routes.
-                    Service::Recommendations | Service::Analytics => {}
+                    Service::Recommendations => {
+                        if let Some(recommendations) = &recommendations {
+                            app = app
+                                .app_data(web::Data::new(recommendations.query.clone()))
+                                .configure(crate::recommendations::http::routes);
+                        }
+                    }
+                    // Its API lands with its own issue; until then the port serves the shared
+                    // health, readiness and metrics routes.
+                    Service::Analytics => {}
                 }
                 app
             })
@@ -194,6 +296,7 @@ impl Application {
             relay,
             users,
             products,
+            recommendations,
             pool,
             logger,
         })
@@ -212,6 +315,11 @@ impl Application {
     /// The products actor, when hosted.
     pub fn products(&self) -> Option<Addr<ProductsActor>> {
         self.products.clone()
+    }
+
+    /// The recommendations actors, when hosted.
+    pub fn recommendations(&self) -> Option<RecommendationsActors> {
+        self.recommendations.clone()
     }
 
     /// The outbox relay, when hosted.

@@ -88,9 +88,7 @@ pub static REDIS_REQUEST_DURATION: LazyLock<prometheus::HistogramVec> = LazyLock
         "redis_request_duration_seconds",
         "Duration of requests to the Redis cache, by operation",
         &["operation"],
-        vec![
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
-        ]
+        vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
     )
     .expect("metric registers once")
 });

@@ -1,0 +1,502 @@
+//! The generic Kafka consumer actor: at-least-once delivery, exactly-once effect.
+//!
+//! It reads records in batches (up to `max_records`, or what arrived within `max_wait` of the
+//! first), decodes them with the service's decoder, sends poison records (undecodable, invalid)
+//! to `<topic>.dlq` with headers saying why and where they came from, and hands the rest to the
+//! service's sink as one [`ApplyBatch`]. The sink commits its state change together with the
+//! batch's positions in one transaction and skips what it already applied, so redeliveries and
+//! duplicates change nothing. Positions live in the sink's store; on partition assignment the
+//! consumer seeks to them. While the sink fails (its database is down) the same batch is retried
+//! with backoff: no position moves before the state is durable and nothing is skipped.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use slog::{info, warn, Logger};
+
+use crate::kafka::{self, SlogContext};
+use crate::metrics::{KAFKA_MESSAGES_CONSUMED, KAFKA_PROCESSING_DURATION, KAFKA_REBALANCES};
+
+/// A decoded record and where it was read.
+#[derive(Debug, Clone)]
+pub struct Consumed<T> {
+    /// Physical topic name.
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The `type` metric label.
+    pub label: &'static str,
+    pub item: T,
+}
+
+/// What a sink applies in one transaction.
+#[derive(Debug, Clone)]
+pub struct Batch<T> {
+    /// Decoded records, in read order (per partition: offset order).
+    pub records: Vec<Consumed<T>>,
+    /// `(topic, partition, next offset)` for every partition in the batch, poison records
+    /// included: the positions to store with the state change.
+    pub positions: Vec<(String, i32, i64)>,
+}
+
+/// Apply a batch durably; answers, per record, whether it was applied (`true`) or skipped as
+/// already applied (`false`).
+pub struct ApplyBatch<T>(pub Arc<Batch<T>>);
+
+impl<T: 'static> Message for ApplyBatch<T> {
+    type Result = anyhow::Result<Vec<bool>>;
+}
+
+/// The stored next offsets of these `(topic, partition)`s (absent: never consumed).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "anyhow::Result<Vec<(String, i32, i64)>>")]
+pub struct LoadPositions(pub Vec<(String, i32)>);
+
+/// Turns a record value into an item and its metric label (a bounded name such as the event
+/// type), or says why the record is poison.
+pub type Decoder<T> = Arc<dyn Fn(&[u8]) -> Result<(T, &'static str), String> + Send + Sync>;
+
+/// How a consumer is set up.
+#[derive(Clone)]
+pub struct ConsumerConfig {
+    /// The `service` metric label.
+    pub service: &'static str,
+    pub brokers: String,
+    /// Consumer group id.
+    pub group: String,
+    /// Physical topic names.
+    pub topics: Vec<String>,
+    /// Partitions of topics created at start (source and dead-letter topics).
+    pub partitions: i32,
+    /// Largest batch.
+    pub max_records: usize,
+    /// How long a batch waits for more records after its first.
+    pub max_wait: Duration,
+}
+
+/// Records rebalances and the partitions whose position must be looked up before use.
+struct GroupContext {
+    inner: SlogContext,
+    logger: Logger,
+    service: &'static str,
+    fresh: Arc<Mutex<HashSet<(String, i32)>>>,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.inner.log(level, fac, message)
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.inner.error(error, reason)
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        KAFKA_REBALANCES.with_label_values(&[self.service]).inc();
+        let mut fresh = self.fresh.lock().expect("not poisoned");
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                for e in tpl.elements() {
+                    fresh.insert((e.topic().to_string(), e.partition()));
+                }
+                info!(self.logger, "partitions assigned"; "count" => tpl.count());
+            }
+            Rebalance::Revoke(tpl) => {
+                for e in tpl.elements() {
+                    fresh.remove(&(e.topic().to_string(), e.partition()));
+                }
+                info!(self.logger, "partitions revoked"; "count" => tpl.count());
+            }
+            Rebalance::Error(e) => warn!(self.logger, "rebalance error"; "error" => %e),
+        }
+    }
+}
+
+/// The consumer actor. Start it under a supervisor: a restart re-subscribes and resumes from
+/// the sink's stored positions.
+pub struct KafkaConsumer<T: Send + Sync + 'static> {
+    config: ConsumerConfig,
+    decoder: Decoder<T>,
+    sink: Recipient<ApplyBatch<T>>,
+    positions: Recipient<LoadPositions>,
+    logger: Logger,
+    running: Option<SpawnHandle>,
+}
+
+impl<T: Send + Sync + 'static> KafkaConsumer<T> {
+    /// A consumer feeding `sink`; `positions` answers stored offsets.
+    pub fn new(
+        config: ConsumerConfig,
+        decoder: Decoder<T>,
+        sink: Recipient<ApplyBatch<T>>,
+        positions: Recipient<LoadPositions>,
+        logger: Logger,
+    ) -> Self {
+        Self {
+            config,
+            decoder,
+            sink,
+            positions,
+            logger,
+            running: None,
+        }
+    }
+
+    fn start_loop(&mut self, ctx: &mut Context<Self>) {
+        if self.running.is_some() {
+            return;
+        }
+        let work = run(
+            self.config.clone(),
+            self.decoder.clone(),
+            self.sink.clone(),
+            self.positions.clone(),
+            self.logger.clone(),
+        );
+        self.running = Some(ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.running = None;
+            if let Err(e) = result {
+                warn!(act.logger, "consumer failed; restarting"; "error" => format!("{e:#}"));
+                ctx.stop();
+            }
+        })));
+    }
+}
+
+impl<T: Send + Sync + 'static> Actor for KafkaConsumer<T> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        info!(self.logger, "consumer started"; "group" => &self.config.group, "topics" => self.config.topics.join(","));
+        self.start_loop(ctx);
+    }
+}
+
+impl<T: Send + Sync + 'static> Supervised for KafkaConsumer<T> {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        warn!(self.logger, "consumer restarting"; "group" => &self.config.group);
+        self.running = None;
+    }
+}
+
+/// Stop consuming (the group rebalances the partitions away); [`Resume`] starts again.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Pause;
+
+/// Start consuming again after [`Pause`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Resume;
+
+/// Cancels the loop, which drops the Kafka consumer and leaves the group.
+impl<T: Send + Sync + 'static> Handler<Pause> for KafkaConsumer<T> {
+    type Result = ();
+
+    fn handle(&mut self, _: Pause, ctx: &mut Self::Context) {
+        if let Some(handle) = self.running.take() {
+            ctx.cancel_future(handle);
+            info!(self.logger, "consumer paused"; "group" => &self.config.group);
+        }
+    }
+}
+
+/// Starts the loop unless it runs.
+impl<T: Send + Sync + 'static> Handler<Resume> for KafkaConsumer<T> {
+    type Result = ();
+
+    fn handle(&mut self, _: Resume, ctx: &mut Self::Context) {
+        self.start_loop(ctx);
+    }
+}
+
+/// Restart on request (see [`crate::supervision::Fail`]).
+impl<T: Send + Sync + 'static> Handler<crate::supervision::Fail> for KafkaConsumer<T> {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::supervision::Fail, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Retries `attempt` with exponential backoff (100 ms .. 5 s) until it succeeds.
+async fn retry<R, F, Fut>(logger: &Logger, what: &str, mut attempt: F) -> R
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(r) => return r,
+            Err(e) => {
+                warn!(logger, "retrying"; "what" => what, "error" => format!("{e:#}"), "backoff_ms" => backoff.as_millis() as u64);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The consume loop; returns only on an unrecoverable client error.
+async fn run<T: Send + Sync + 'static>(
+    config: ConsumerConfig,
+    decoder: Decoder<T>,
+    sink: Recipient<ApplyBatch<T>>,
+    positions: Recipient<LoadPositions>,
+    logger: Logger,
+) -> anyhow::Result<()> {
+    let mut all_topics = config.topics.clone();
+    all_topics.extend(config.topics.iter().map(|t| format!("{t}.dlq")));
+    retry(&logger, "creating topics", || async {
+        kafka::ensure_topics(
+            &config.brokers,
+            &all_topics,
+            config.partitions,
+            Duration::from_secs(5),
+            &logger,
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    })
+    .await;
+
+    let fresh = Arc::new(Mutex::new(HashSet::new()));
+    let context = GroupContext {
+        inner: SlogContext::new(logger.clone()),
+        logger: logger.clone(),
+        service: config.service,
+        fresh: fresh.clone(),
+    };
+    let consumer: StreamConsumer<GroupContext> =
+        kafka::client_config(&config.brokers, config.service)
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("max.poll.interval.ms", "600000")
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            .create_with_context(context)?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let dlq = kafka::idempotent_producer(
+        &config.brokers,
+        &format!("{}-dlq", config.service),
+        Duration::from_secs(30),
+        logger.clone(),
+    )?;
+
+    loop {
+        let mut messages = collect(&consumer, &config, &logger).await;
+        if messages.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        seek_fresh_partitions(&consumer, &fresh, &positions, &mut messages, &logger).await;
+        if messages.is_empty() {
+            continue;
+        }
+
+        let mut records = Vec::with_capacity(messages.len());
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for message in &messages {
+            let key = (message.topic().to_string(), message.partition());
+            let entry = next.entry(key).or_insert(0);
+            *entry = (*entry).max(message.offset() + 1);
+            match decoder(message.payload().unwrap_or_default()) {
+                Ok((item, label)) => records.push(Consumed {
+                    topic: message.topic().to_string(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    label,
+                    item,
+                }),
+                Err(reason) => dead_letter(&dlq, message, &reason, &config, &logger).await,
+            }
+        }
+
+        let batch = Arc::new(Batch {
+            records,
+            positions: next.into_iter().map(|((t, p), o)| (t, p, o)).collect(),
+        });
+        let applied = retry(&logger, "applying a batch", || {
+            let sink = sink.clone();
+            let batch = batch.clone();
+            async move { sink.send(ApplyBatch(batch)).await? }
+        })
+        .await;
+
+        let elapsed = started.elapsed().as_secs_f64();
+        for (record, applied) in batch.records.iter().zip(applied) {
+            let status = if applied { "ok" } else { "duplicate" };
+            KAFKA_MESSAGES_CONSUMED
+                .with_label_values(&[config.service, &record.topic, record.label, status])
+                .inc();
+            KAFKA_PROCESSING_DURATION
+                .with_label_values(&[config.service, &record.topic])
+                .observe(elapsed);
+        }
+        // Kafka's own committed offsets only speed up resumption and feed lag metrics; the
+        // sink's positions are the truth.
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in &batch.positions {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            warn!(logger, "offset commit to Kafka failed (positions are safe in the store)"; "error" => %e);
+        }
+    }
+}
+
+/// Waits for one record, then takes what arrives within `max_wait`, up to `max_records`.
+async fn collect(
+    consumer: &StreamConsumer<GroupContext>,
+    config: &ConsumerConfig,
+    logger: &Logger,
+) -> Vec<OwnedMessage> {
+    let mut messages = Vec::new();
+    match consumer.recv().await {
+        Ok(m) => messages.push(m.detach()),
+        Err(e) => {
+            warn!(logger, "consume error"; "error" => %e);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return messages;
+        }
+    }
+    let until = tokio::time::Instant::now() + config.max_wait;
+    while messages.len() < config.max_records {
+        match tokio::time::timeout_at(until, consumer.recv()).await {
+            Ok(Ok(m)) => messages.push(m.detach()),
+            Ok(Err(e)) => {
+                warn!(logger, "consume error"; "error" => %e);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    messages
+}
+
+/// For partitions assigned since their last record, looks up the stored position: when the
+/// first record read is not the stored next one, seeks there and drops that partition's records
+/// from this batch (they are read again from the right place).
+async fn seek_fresh_partitions(
+    consumer: &StreamConsumer<GroupContext>,
+    fresh: &Arc<Mutex<HashSet<(String, i32)>>>,
+    positions: &Recipient<LoadPositions>,
+    messages: &mut Vec<OwnedMessage>,
+    logger: &Logger,
+) {
+    let wanted: Vec<(String, i32)> = {
+        let mut fresh = fresh.lock().expect("not poisoned");
+        let mut wanted = Vec::new();
+        for m in messages.iter() {
+            let key = (m.topic().to_string(), m.partition());
+            if fresh.remove(&key) {
+                wanted.push(key);
+            }
+        }
+        wanted
+    };
+    if wanted.is_empty() {
+        return;
+    }
+    let stored = retry(logger, "loading positions", || {
+        let positions = positions.clone();
+        let wanted = wanted.clone();
+        async move { positions.send(LoadPositions(wanted)).await? }
+    })
+    .await;
+    let mut drop: HashSet<(String, i32)> = HashSet::new();
+    for (topic, partition) in wanted {
+        let position = stored
+            .iter()
+            .find(|(t, p, _)| *t == topic && *p == partition)
+            .map(|(_, _, o)| *o);
+        let first = messages
+            .iter()
+            .find(|m| m.topic() == topic && m.partition() == partition)
+            .map(|m| m.offset());
+        if let (Some(position), Some(first)) = (position, first) {
+            if position != first {
+                info!(logger, "seeking to stored position"; "topic" => &topic, "partition" => partition, "offset" => position, "read" => first);
+                if let Err(e) = consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(position),
+                    Duration::from_secs(5),
+                ) {
+                    warn!(logger, "seek failed; records below the stored position are skipped by the sink"; "error" => %e);
+                    continue;
+                }
+                drop.insert((topic, partition));
+            }
+        }
+    }
+    messages.retain(|m| !drop.contains(&(m.topic().to_string(), m.partition())));
+}
+
+/// Publishes a poison record to `<topic>.dlq` (retrying until the broker acknowledges it).
+async fn dead_letter(
+    producer: &FutureProducer<SlogContext>,
+    message: &OwnedMessage,
+    reason: &str,
+    config: &ConsumerConfig,
+    logger: &Logger,
+) {
+    let topic = format!("{}.dlq", message.topic());
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    warn!(logger, "poison record sent to the dead-letter topic"; "topic" => message.topic(), "partition" => message.partition(), "offset" => message.offset(), "reason" => reason);
+    retry(logger, "publishing to the dead-letter topic", || async {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "dlq-reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "dlq-source-topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "dlq-source-partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "dlq-source-offset",
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: "dlq-consumer-group",
+                value: Some(&config.group),
+            });
+        let mut record = FutureRecord::to(&topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| anyhow::Error::from(e))
+    })
+    .await;
+    KAFKA_MESSAGES_CONSUMED
+        .with_label_values(&[config.service, message.topic(), "unknown", "dead_letter"])
+        .inc();
+}

@@ -1,0 +1,16 @@
+//! The recommendations service (:8082): ranks products by what users do.
+//!
+//! - [`http`]: the routes.
+//! - [`query`]: [`query::RecommendationsActor`], answering queries through the cache actor.
+//! - [`ranking`]: [`ranking::RankingActor`], the popularity-ranking actor and consumer sink.
+//! - [`score`]: the ranking formula (weights, forward decay).
+//! - [`store`]: the SQL.
+//!
+//! The generic Kafka consumer actor feeds the ranking actor from `user-updates` and
+//! `product-updates` (group `recommendations`); the generic cache actor fronts Redis.
+
+pub mod http;
+pub mod query;
+pub mod ranking;
+pub mod score;
+pub mod store;

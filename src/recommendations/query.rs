@@ -1,0 +1,266 @@
+//! [`RecommendationsActor`]: answers recommendation queries, through the cache actor when Redis
+//! answers and from Postgres otherwise. Cache keys carry every parameter and the ranking
+//! generation, so a flushed change is never hidden by the cache; the TTL is only a backstop.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bigdecimal::BigDecimal;
+use chrono::Utc;
+use prometheus::{register_int_counter_vec, IntCounterVec};
+use recsys_actors::cache::{CacheActor, CacheGet, CacheSet};
+use recsys_actors::supervision::Fail;
+use recsys_schema::events::price_string;
+use serde::Serialize;
+use slog::{warn, Logger};
+use uuid::Uuid;
+
+use super::score::{Decay, Weights};
+use super::store::{self, Ranked};
+use crate::db::Pool;
+use crate::error::ApiError;
+
+/// `recommendation_cache_requests_total{result}`: `hit` or `miss`.
+pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recommendation_cache_requests_total",
+        "Recommendation queries answered from the cache (hit) or Postgres (miss)",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// One recommended product.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    pub product_id: Uuid,
+    pub name: String,
+    #[serde(serialize_with = "price_string::serialize")]
+    pub price: BigDecimal,
+    pub category: Option<String>,
+    /// Decayed popularity (global), boosted popularity (personal) or co-occurrence weight
+    /// (similar); 0 for products without activity.
+    pub score: f64,
+}
+
+/// What to recommend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// The global ranking, optionally of one category.
+    Global { category: Option<String> },
+    /// The ranking personalised for a user.
+    ForUser { user_id: Uuid },
+    /// Products bought or carted together with this one.
+    Similar { product_id: Uuid },
+}
+
+impl Query {
+    /// The cache key part naming this query and `limit`.
+    fn key(&self, limit: i64) -> String {
+        match self {
+            Query::Global { category } => format!(
+                "global:{limit}:{}",
+                serde_json::to_string(category).expect("strings serialize")
+            ),
+            Query::ForUser { user_id } => format!("user:{user_id}:{limit}"),
+            Query::Similar { product_id } => format!("similar:{product_id}:{limit}"),
+        }
+    }
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+}
+
+impl CacheResult {
+    /// The `X-Cache` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+        }
+    }
+}
+
+/// An answer: the JSON array (as sent to clients) and where it came from.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub json: String,
+    pub cache: CacheResult,
+}
+
+/// Answers one query, best first, at most `limit` (1..=100) items.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Answer, ApiError>")]
+pub struct Recommend {
+    pub query: Query,
+    pub limit: i64,
+}
+
+/// The query actor.
+pub struct RecommendationsActor {
+    pool: Pool,
+    cache: Addr<CacheActor>,
+    /// Prefix of every Redis key of this deployment.
+    key_prefix: String,
+    weights: Weights,
+    half_life: Duration,
+    ttl: Duration,
+    logger: Logger,
+}
+
+impl RecommendationsActor {
+    /// A query actor reading `pool` through `cache`.
+    pub fn new(
+        pool: Pool,
+        cache: Addr<CacheActor>,
+        key_prefix: String,
+        weights: Weights,
+        half_life: Duration,
+        ttl: Duration,
+        logger: Logger,
+    ) -> Self {
+        Self {
+            pool,
+            cache,
+            key_prefix,
+            weights,
+            half_life,
+            ttl,
+            logger,
+        }
+    }
+}
+
+/// The Redis key holding the current ranking generation under `prefix`.
+pub fn generation_key(prefix: &str) -> String {
+    format!("{prefix}rec:generation")
+}
+
+impl Actor for RecommendationsActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for RecommendationsActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        warn!(self.logger, "recommendations actor restarting");
+    }
+}
+
+/// Cache first (keyed by the current generation), Postgres on a miss or without Redis.
+impl Handler<Recommend> for RecommendationsActor {
+    type Result = ResponseFuture<Result<Answer, ApiError>>;
+
+    fn handle(&mut self, msg: Recommend, _: &mut Self::Context) -> Self::Result {
+        let (pool, cache, prefix) = (
+            self.pool.clone(),
+            self.cache.clone(),
+            self.key_prefix.clone(),
+        );
+        let (weights, half_life, ttl) = (self.weights, self.half_life, self.ttl);
+        Box::pin(async move {
+            let generation = cache
+                .send(CacheGet {
+                    key: generation_key(&prefix),
+                })
+                .await
+                .ok()
+                .flatten()
+                .and_then(|g| g.parse::<u64>().ok());
+            let key = generation.map(|g| format!("{prefix}rec:{g}:{}", msg.query.key(msg.limit)));
+            if let Some(key) = &key {
+                if let Ok(Some(json)) = cache.send(CacheGet { key: key.clone() }).await {
+                    CACHE_REQUESTS.with_label_values(&["hit"]).inc();
+                    return Ok(Answer {
+                        json,
+                        cache: CacheResult::Hit,
+                    });
+                }
+            }
+            let items = query(&pool, &msg, &weights, half_life).await?;
+            let json = serde_json::to_string(&items).map_err(|e| ApiError::Unexpected(e.into()))?;
+            if let Some(key) = key {
+                cache.do_send(CacheSet {
+                    key,
+                    value: json.clone(),
+                    ttl,
+                });
+            }
+            CACHE_REQUESTS.with_label_values(&["miss"]).inc();
+            Ok(Answer {
+                json,
+                cache: CacheResult::Miss,
+            })
+        })
+    }
+}
+
+async fn query(
+    pool: &Pool,
+    msg: &Recommend,
+    weights: &Weights,
+    half_life: Duration,
+) -> Result<Vec<Item>, ApiError> {
+    let mut conn = pool.get().await?;
+    let state = store::state(&mut conn).await?;
+    let decay = Decay {
+        half_life,
+        t0: state.t0,
+    };
+    let now = Utc::now();
+    let decayed = |rows: Vec<Ranked>| -> Vec<Item> {
+        rows.into_iter()
+            .map(|r| Item {
+                score: r.weight.map(|w| decay.score(w, now)).unwrap_or(0.0),
+                product_id: r.product_id,
+                name: r.name,
+                price: r.price,
+                category: r.category,
+            })
+            .collect()
+    };
+    match &msg.query {
+        Query::Global { category } => Ok(decayed(
+            store::top(&mut conn, category.as_deref(), msg.limit).await?,
+        )),
+        Query::ForUser { user_id } => {
+            match store::for_user(&mut conn, *user_id, weights, msg.limit).await? {
+                Some(rows) => Ok(decayed(rows)),
+                None => Ok(decayed(store::top(&mut conn, None, msg.limit).await?)),
+            }
+        }
+        Query::Similar { product_id } => {
+            let rows = store::similar(&mut conn, *product_id, weights, msg.limit)
+                .await?
+                .ok_or_else(|| ApiError::NotFound("product not found".into()))?;
+            Ok(rows
+                .into_iter()
+                .map(|r| Item {
+                    score: r.weight.unwrap_or(0.0),
+                    product_id: r.product_id,
+                    name: r.name,
+                    price: r.price,
+                    category: r.category,
+                })
+                .collect())
+        }
+    }
+}
+
+/// Stops the actor so that its supervisor restarts it.
+impl Handler<Fail> for RecommendationsActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Fail, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Registers the query metric family.
+pub fn init_metrics() {
+    LazyLock::force(&CACHE_REQUESTS);
+}

@@ -1,0 +1,283 @@
+//! SQL of the recommendations service: the catalog projection, the forward-decayed scores, what
+//! each user did with each product, and the ranking state (t0, generation).
+
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{
+    Array, BigInt, Bool, Double, Integer, Nullable, Numeric, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::ranking::{CatalogChange, Fold};
+use super::score::Weights;
+
+/// The ranking state row.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct State {
+    #[diesel(sql_type = Timestamptz)]
+    pub t0: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    pub generation: i64,
+}
+
+/// Reads and locks the ranking state (serializes flushes across processes).
+pub async fn state_for_update(conn: &mut AsyncPgConnection) -> diesel::QueryResult<State> {
+    diesel::sql_query("SELECT t0, generation FROM rec_state WHERE id = 1 FOR UPDATE")
+        .get_result(conn)
+        .await
+}
+
+/// Reads the ranking state.
+pub async fn state(conn: &mut AsyncPgConnection) -> diesel::QueryResult<State> {
+    diesel::sql_query("SELECT t0, generation FROM rec_state WHERE id = 1")
+        .get_result(conn)
+        .await
+}
+
+/// Multiplies every accumulator by `factor` and moves t0 to `t0`.
+pub async fn rebase(
+    conn: &mut AsyncPgConnection,
+    factor: f64,
+    t0: DateTime<Utc>,
+) -> diesel::QueryResult<()> {
+    diesel::sql_query("UPDATE rec_scores SET acc = acc * $1")
+        .bind::<Double, _>(factor)
+        .execute(conn)
+        .await?;
+    diesel::sql_query("UPDATE rec_state SET t0 = $1 WHERE id = 1")
+        .bind::<Timestamptz, _>(t0)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Bumps and answers the generation.
+pub async fn bump_generation(conn: &mut AsyncPgConnection) -> diesel::QueryResult<i64> {
+    diesel::sql_query(
+        "UPDATE rec_state SET generation = generation + 1 WHERE id = 1 \
+         RETURNING t0, generation",
+    )
+    .get_result::<State>(conn)
+    .await
+    .map(|s| s.generation)
+}
+
+/// Writes one folded batch: score deltas, user-product counters, catalog changes.
+pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryResult<()> {
+    if !fold.scores.is_empty() {
+        let (ids, deltas): (Vec<Uuid>, Vec<f64>) =
+            fold.scores.iter().map(|(k, v)| (*k, *v)).unzip();
+        diesel::sql_query(
+            "INSERT INTO rec_scores (product_id, acc) SELECT * FROM unnest($1::uuid[], $2::float8[]) \
+             ON CONFLICT (product_id) DO UPDATE SET acc = rec_scores.acc + EXCLUDED.acc",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<Double>, _>(&deltas)
+        .execute(conn)
+        .await?;
+    }
+    if !fold.user_products.is_empty() {
+        let mut cols: (Vec<Uuid>, Vec<Uuid>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) =
+            Default::default();
+        for ((user, product), [v, a, r, p]) in &fold.user_products {
+            cols.0.push(*user);
+            cols.1.push(*product);
+            cols.2.push(*v);
+            cols.3.push(*a);
+            cols.4.push(*r);
+            cols.5.push(*p);
+        }
+        diesel::sql_query(
+            "INSERT INTO rec_user_products (user_id, product_id, views, cart_adds, cart_removes, purchases) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
+             ON CONFLICT (user_id, product_id) DO UPDATE SET \
+               views = rec_user_products.views + EXCLUDED.views, \
+               cart_adds = rec_user_products.cart_adds + EXCLUDED.cart_adds, \
+               cart_removes = rec_user_products.cart_removes + EXCLUDED.cart_removes, \
+               purchases = rec_user_products.purchases + EXCLUDED.purchases",
+        )
+        .bind::<Array<SqlUuid>, _>(&cols.0)
+        .bind::<Array<SqlUuid>, _>(&cols.1)
+        .bind::<Array<BigInt>, _>(&cols.2)
+        .bind::<Array<BigInt>, _>(&cols.3)
+        .bind::<Array<BigInt>, _>(&cols.4)
+        .bind::<Array<BigInt>, _>(&cols.5)
+        .execute(conn)
+        .await?;
+    }
+    for (product_id, change) in &fold.catalog {
+        match change {
+            CatalogChange::Upsert {
+                snapshot,
+                created_at,
+            } => {
+                diesel::sql_query(
+                    "INSERT INTO rec_catalog (product_id, name, price, category, version, deleted, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, false, $6) \
+                     ON CONFLICT (product_id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price, \
+                       category = EXCLUDED.category, version = EXCLUDED.version, deleted = false, \
+                       created_at = COALESCE(rec_catalog.created_at, EXCLUDED.created_at) \
+                     WHERE rec_catalog.version < EXCLUDED.version",
+                )
+                .bind::<SqlUuid, _>(product_id)
+                .bind::<Text, _>(&snapshot.name)
+                .bind::<Numeric, _>(&snapshot.price)
+                .bind::<Nullable<Text>, _>(&snapshot.category)
+                .bind::<Integer, _>(snapshot.version)
+                .bind::<Nullable<Timestamptz>, _>(created_at)
+                .execute(conn)
+                .await?;
+            }
+            CatalogChange::Deleted { version } => {
+                diesel::sql_query(
+                    "INSERT INTO rec_catalog (product_id, version, deleted) VALUES ($1, $2, true) \
+                     ON CONFLICT (product_id) DO UPDATE SET deleted = true, version = EXCLUDED.version \
+                     WHERE rec_catalog.version < EXCLUDED.version",
+                )
+                .bind::<SqlUuid, _>(product_id)
+                .bind::<Integer, _>(version)
+                .execute(conn)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One recommended product as read from the database.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Ranked {
+    #[diesel(sql_type = SqlUuid)]
+    pub product_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    #[diesel(sql_type = Numeric)]
+    pub price: BigDecimal,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub category: Option<String>,
+    /// Accumulator (global, personal: boosted) or co-occurrence weight (similar); `None` for a
+    /// product without activity.
+    #[diesel(sql_type = Nullable<Double>)]
+    pub weight: Option<f64>,
+}
+
+/// Live products of the catalog (optionally of `category`), scored first by accumulator, then
+/// products without activity, newest first; ties by id.
+pub async fn top(
+    conn: &mut AsyncPgConnection,
+    category: Option<&str>,
+    limit: i64,
+) -> diesel::QueryResult<Vec<Ranked>> {
+    diesel::sql_query(
+        "SELECT c.product_id, c.name, c.price, c.category, s.acc AS weight \
+         FROM rec_catalog c LEFT JOIN rec_scores s ON s.product_id = c.product_id \
+         WHERE NOT c.deleted AND c.name IS NOT NULL AND ($1::text IS NULL OR c.category = $1) \
+         ORDER BY (s.acc IS NULL), s.acc DESC, \
+                  CASE WHEN s.acc IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
+         LIMIT $2",
+    )
+    .bind::<Nullable<Text>, _>(category)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await
+}
+
+/// Whether the user has any recorded activity.
+#[derive(QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = Bool)]
+    flag: bool,
+}
+
+/// Personal ranking: the global order with purchased products removed and each product's
+/// accumulator multiplied by (1 + the user's weighted activity share in its category).
+/// `None` when the user has no history (callers fall back to the global ranking).
+pub async fn for_user(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    weights: &Weights,
+    limit: i64,
+) -> diesel::QueryResult<Option<Vec<Ranked>>> {
+    let known: Flag = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM rec_user_products WHERE user_id = $1) AS flag",
+    )
+    .bind::<SqlUuid, _>(user_id)
+    .get_result(conn)
+    .await?;
+    if !known.flag {
+        return Ok(None);
+    }
+    diesel::sql_query(
+        "WITH mine AS ( \
+            SELECT p.product_id, c.category, p.purchases, \
+                   GREATEST(p.views * $2 + p.cart_adds * $3 + p.cart_removes * $4 + p.purchases * $5, 0) AS w \
+            FROM rec_user_products p LEFT JOIN rec_catalog c ON c.product_id = p.product_id \
+            WHERE p.user_id = $1), \
+         total AS (SELECT NULLIF(SUM(w), 0) AS total FROM mine), \
+         shares AS (SELECT category, SUM(w) / (SELECT total FROM total) AS share \
+                    FROM mine WHERE category IS NOT NULL GROUP BY category) \
+         SELECT c.product_id, c.name, c.price, c.category, \
+                s.acc * (1 + COALESCE(sh.share, 0)) AS weight \
+         FROM rec_catalog c \
+         LEFT JOIN rec_scores s ON s.product_id = c.product_id \
+         LEFT JOIN shares sh ON sh.category = c.category \
+         WHERE NOT c.deleted AND c.name IS NOT NULL \
+           AND c.product_id NOT IN (SELECT product_id FROM mine WHERE purchases > 0) \
+         ORDER BY (s.acc IS NULL), weight DESC, \
+                  CASE WHEN s.acc IS NULL THEN COALESCE(sh.share, 0) END DESC, \
+                  CASE WHEN s.acc IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
+         LIMIT $6",
+    )
+    .bind::<SqlUuid, _>(user_id)
+    .bind::<Double, _>(weights.view)
+    .bind::<Double, _>(weights.cart_add)
+    .bind::<Double, _>(weights.cart_remove)
+    .bind::<Double, _>(weights.purchase)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await
+    .map(Some)
+}
+
+/// "Users who bought or carted this also bought or carted": other live products, weighted by
+/// purchases and cart adds of the users who purchased or carted `product_id`. `None` when the
+/// product is unknown or deleted.
+pub async fn similar(
+    conn: &mut AsyncPgConnection,
+    product_id: Uuid,
+    weights: &Weights,
+    limit: i64,
+) -> diesel::QueryResult<Option<Vec<Ranked>>> {
+    let live: Flag = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM rec_catalog WHERE product_id = $1 AND NOT deleted \
+         AND name IS NOT NULL) AS flag",
+    )
+    .bind::<SqlUuid, _>(product_id)
+    .get_result(conn)
+    .await?;
+    if !live.flag {
+        return Ok(None);
+    }
+    diesel::sql_query(
+        "WITH buyers AS (SELECT user_id FROM rec_user_products \
+                         WHERE product_id = $1 AND (purchases > 0 OR cart_adds > 0)) \
+         SELECT c.product_id, c.name, c.price, c.category, \
+                SUM(q.purchases * $2 + q.cart_adds * $3) AS weight \
+         FROM rec_user_products q \
+         JOIN buyers b ON b.user_id = q.user_id \
+         JOIN rec_catalog c ON c.product_id = q.product_id AND NOT c.deleted AND c.name IS NOT NULL \
+         WHERE q.product_id <> $1 AND (q.purchases > 0 OR q.cart_adds > 0) \
+         GROUP BY c.product_id, c.name, c.price, c.category \
+         ORDER BY weight DESC, c.product_id \
+         LIMIT $4",
+    )
+    .bind::<SqlUuid, _>(product_id)
+    .bind::<Double, _>(weights.purchase)
+    .bind::<Double, _>(weights.cart_add)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await
+    .map(Some)
+}
