@@ -6,19 +6,19 @@
 //! service's sink as one [`ApplyBatch`]. The sink commits its state change together with the
 //! batch's positions in one transaction and skips what it already applied, so redeliveries and
 //! duplicates change nothing. Positions live in the sink's store; on partition assignment the
-//! consumer seeks to them. While the sink fails (its database is down) the same batch is retried
+//! consumer starts each partition at its stored position. While the sink fails (its database is down) the same batch is retried
 //! with backoff: no position moves before the state is durable and nothing is skipped.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 
 use crate::kafka::{self, SlogContext};
 use crate::metrics::{KAFKA_MESSAGES_CONSUMED, KAFKA_PROCESSING_DURATION, KAFKA_REBALANCES};
@@ -80,12 +80,16 @@ pub struct ConsumerConfig {
     pub max_wait: Duration,
 }
 
-/// Records rebalances and the partitions whose position must be looked up before use.
+/// Seeks newly assigned partitions to the stored positions and counts rebalances.
+///
+/// librdkafka calls [`ConsumerContext::rebalance`] on the thread that polls the consumer (the
+/// consumer actor's arbiter); the stored positions come from the sink actor on another arbiter,
+/// so waiting for its answer there cannot deadlock.
 struct GroupContext {
     inner: SlogContext,
     logger: Logger,
     service: &'static str,
-    fresh: Arc<Mutex<HashSet<(String, i32)>>>,
+    positions: Recipient<LoadPositions>,
 }
 
 impl ClientContext for GroupContext {
@@ -98,28 +102,65 @@ impl ClientContext for GroupContext {
     }
 }
 
+impl GroupContext {
+    /// Puts the stored next offset on each partition of `tpl` that has one.
+    fn apply_stored_positions(&self, tpl: &mut TopicPartitionList) {
+        let wanted: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let answer = futures_executor::block_on(self.positions.send(LoadPositions(wanted)));
+        let stored = match answer {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(e)) => {
+                warn!(self.logger, "cannot load positions; resuming from Kafka's committed offsets (the sink still skips what it applied)"; "error" => format!("{e:#}"));
+                return;
+            }
+            Err(e) => {
+                warn!(self.logger, "cannot load positions; resuming from Kafka's committed offsets"; "error" => %e);
+                return;
+            }
+        };
+        for (topic, partition, offset) in stored {
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset)) {
+                warn!(self.logger, "cannot seek"; "topic" => &topic, "partition" => partition, "error" => %e);
+            } else {
+                debug!(self.logger, "resuming at stored position"; "topic" => &topic, "partition" => partition, "offset" => offset);
+            }
+        }
+    }
+}
+
 impl ConsumerContext for GroupContext {
-    fn post_rebalance(
+    fn rebalance(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
+        base_consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
     ) {
+        use rdkafka::types::RDKafkaRespErr;
         KAFKA_REBALANCES.with_label_values(&[self.service]).inc();
-        let mut fresh = self.fresh.lock().expect("not poisoned");
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                for e in tpl.elements() {
-                    fresh.insert((e.topic().to_string(), e.partition()));
-                }
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.apply_stored_positions(tpl);
                 info!(self.logger, "partitions assigned"; "count" => tpl.count());
-            }
-            Rebalance::Revoke(tpl) => {
-                for e in tpl.elements() {
-                    fresh.remove(&(e.topic().to_string(), e.partition()));
+                if let Err(e) = base_consumer.assign(tpl) {
+                    warn!(self.logger, "assign failed"; "error" => %e);
                 }
-                info!(self.logger, "partitions revoked"; "count" => tpl.count());
             }
-            Rebalance::Error(e) => warn!(self.logger, "rebalance error"; "error" => %e),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                info!(self.logger, "partitions revoked"; "count" => tpl.count());
+                if let Err(e) = base_consumer.unassign() {
+                    warn!(self.logger, "unassign failed"; "error" => %e);
+                }
+            }
+            other => {
+                warn!(self.logger, "rebalance error"; "error" => ?other);
+                if let Err(e) = base_consumer.unassign() {
+                    warn!(self.logger, "unassign failed"; "error" => %e);
+                }
+            }
         }
     }
 }
@@ -273,12 +314,11 @@ async fn run<T: Send + Sync + 'static>(
     })
     .await;
 
-    let fresh = Arc::new(Mutex::new(HashSet::new()));
     let context = GroupContext {
         inner: SlogContext::new(logger.clone()),
         logger: logger.clone(),
         service: config.service,
-        fresh: fresh.clone(),
+        positions,
     };
     let consumer: StreamConsumer<GroupContext> =
         kafka::client_config(&config.brokers, config.service)
@@ -287,6 +327,8 @@ async fn run<T: Send + Sync + 'static>(
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("max.poll.interval.ms", "600000")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -299,15 +341,11 @@ async fn run<T: Send + Sync + 'static>(
     )?;
 
     loop {
-        let mut messages = collect(&consumer, &config, &logger).await;
+        let messages = collect(&consumer, &config, &logger).await;
         if messages.is_empty() {
             continue;
         }
         let started = Instant::now();
-        seek_fresh_partitions(&consumer, &fresh, &positions, &mut messages, &logger).await;
-        if messages.is_empty() {
-            continue;
-        }
 
         let mut records = Vec::with_capacity(messages.len());
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -387,65 +425,6 @@ async fn collect(
         }
     }
     messages
-}
-
-/// For partitions assigned since their last record, looks up the stored position: when the
-/// first record read is not the stored next one, seeks there and drops that partition's records
-/// from this batch (they are read again from the right place).
-async fn seek_fresh_partitions(
-    consumer: &StreamConsumer<GroupContext>,
-    fresh: &Arc<Mutex<HashSet<(String, i32)>>>,
-    positions: &Recipient<LoadPositions>,
-    messages: &mut Vec<OwnedMessage>,
-    logger: &Logger,
-) {
-    let wanted: Vec<(String, i32)> = {
-        let mut fresh = fresh.lock().expect("not poisoned");
-        let mut wanted = Vec::new();
-        for m in messages.iter() {
-            let key = (m.topic().to_string(), m.partition());
-            if fresh.remove(&key) {
-                wanted.push(key);
-            }
-        }
-        wanted
-    };
-    if wanted.is_empty() {
-        return;
-    }
-    let stored = retry(logger, "loading positions", || {
-        let positions = positions.clone();
-        let wanted = wanted.clone();
-        async move { positions.send(LoadPositions(wanted)).await? }
-    })
-    .await;
-    let mut drop: HashSet<(String, i32)> = HashSet::new();
-    for (topic, partition) in wanted {
-        let position = stored
-            .iter()
-            .find(|(t, p, _)| *t == topic && *p == partition)
-            .map(|(_, _, o)| *o);
-        let first = messages
-            .iter()
-            .find(|m| m.topic() == topic && m.partition() == partition)
-            .map(|m| m.offset());
-        if let (Some(position), Some(first)) = (position, first) {
-            if position != first {
-                info!(logger, "seeking to stored position"; "topic" => &topic, "partition" => partition, "offset" => position, "read" => first);
-                if let Err(e) = consumer.seek(
-                    &topic,
-                    partition,
-                    Offset::Offset(position),
-                    Duration::from_secs(5),
-                ) {
-                    warn!(logger, "seek failed; records below the stored position are skipped by the sink"; "error" => %e);
-                    continue;
-                }
-                drop.insert((topic, partition));
-            }
-        }
-    }
-    messages.retain(|m| !drop.contains(&(m.topic().to_string(), m.partition())));
 }
 
 /// Publishes a poison record to `<topic>.dlq` (retrying until the broker acknowledges it).

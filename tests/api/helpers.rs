@@ -8,7 +8,7 @@ use clap::Parser;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::ClientConfig;
 use recsys::config::{Service, Settings};
 use recsys::startup::Application;
@@ -51,6 +51,7 @@ struct TestCli {
 /// Settings for a test runtime: OS-picked ports on loopback, the given database and prefix.
 pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Settings {
     let admin_email = format!("admin-{}@example.com", Uuid::new_v4().simple());
+    let redis_prefix = format!("t{}:", Uuid::new_v4().simple());
     TestCli::parse_from([
         "test",
         "--database-url",
@@ -61,6 +62,8 @@ pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Setting
         prefix,
         "--kafka-partitions",
         "3",
+        "--redis-key-prefix",
+        &redis_prefix,
         "--jwt-secret",
         "test-secret",
         "--admin-email",
@@ -121,9 +124,19 @@ pub async fn spawn_app_with_brokers(brokers: &str) -> TestApp {
 
 /// Like [`spawn_app`], logging to `logger`.
 pub async fn spawn_app_with(brokers: &str, logger: Logger) -> TestApp {
+    spawn_app_configured(brokers, logger, |_| {}).await
+}
+
+/// Like [`spawn_app`], with `configure` adjusting the settings before start.
+pub async fn spawn_app_configured(
+    brokers: &str,
+    logger: Logger,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let (database_url, _) = fresh_database().await;
     let prefix = format!("t{}.", Uuid::new_v4().simple());
-    let settings = test_settings(&database_url, &prefix, brokers);
+    let mut settings = test_settings(&database_url, &prefix, brokers);
+    configure(&mut settings);
     let app = Application::build(settings.clone(), &Service::ALL, logger)
         .await
         .expect("runtime starts")
@@ -353,6 +366,8 @@ pub struct Record {
     pub key: String,
     pub value: Value,
     pub raw: String,
+    /// Header names and (UTF-8) values.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Reads `topics` from the beginning with a fresh consumer group until `expected` records
@@ -384,7 +399,8 @@ pub async fn consume(
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
                     let raw =
-                        String::from_utf8(message.payload().unwrap_or_default().to_vec()).unwrap();
+                        String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+
                     records.push(Record {
                         topic: message.topic().to_string(),
                         partition: message.partition(),
@@ -392,6 +408,20 @@ pub async fn consume(
                         key: String::from_utf8(message.key().unwrap_or_default().to_vec()).unwrap(),
                         value: serde_json::from_str(&raw).unwrap_or(Value::Null),
                         raw,
+                        headers: message
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| {
+                                        let value = h
+                                            .value
+                                            .map(String::from_utf8_lossy)
+                                            .unwrap_or_default();
+                                        (h.key.to_string(), value.into_owned())
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
                     });
                 }
                 Some(Err(e)) => eprintln!("consumer error (retrying): {e}"),
@@ -460,6 +490,12 @@ impl Drain for Capture {
 pub struct TestDb(pub String);
 
 impl TestDb {
+    /// Runs one statement.
+    pub async fn execute(&self, sql: &str) {
+        let mut conn = AsyncPgConnection::establish(&self.0).await.unwrap();
+        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+    }
+
     /// Rows in `table`.
     pub async fn count(&self, table: &str) -> i64 {
         #[derive(QueryableByName)]

@@ -5,10 +5,12 @@
 //! (`scripts/stack.sh up`); `scripts/test.sh` sets it up.
 
 mod actors;
+mod consumer;
 mod errors;
 mod events;
 mod helpers;
 mod outbox;
 mod products;
+mod recommendations;
 mod runtime;
 mod users;

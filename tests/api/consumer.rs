@@ -1,0 +1,434 @@
+//! The recommendations consumer: exactly-once effect under duplicates and redelivery, poison
+//! records to the dead-letter topics, the ranking and cache actors answering typed messages,
+//! and Redis outages answered from Postgres.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bigdecimal::BigDecimal;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use recsys::config::Service;
+use recsys::recommendations::query::{Query, Recommend};
+use recsys_actors::cache::{CacheGet, CacheSet};
+use recsys_actors::kafka_consumer::{ApplyBatch, Batch, Consumed, LoadPositions, Pause, Resume};
+use recsys_schema::events::*;
+use recsys_schema::topics;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// Sum of the samples of `name` whose label set contains every `filter` (e.g. `status="ok"`).
+async fn metric_sum(app: &TestApp, name: &str, filters: &[&str]) -> f64 {
+    let text = app
+        .get(Service::Recommendations, "/metrics", None)
+        .await
+        .text;
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A plain producer for writing records straight to a topic.
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("producer")
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &str) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("record produced");
+}
+
+async fn post_activity(
+    app: &TestApp,
+    user: Uuid,
+    token: &str,
+    product: &str,
+    kind: &str,
+    quantity: u32,
+) {
+    let reply = app
+        .post(
+            Service::Users,
+            &format!("/users/{user}/activity"),
+            json!({"type": kind, "product_id": product, "quantity": quantity}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+}
+
+/// The score of `product` in `GET /recommendations`, once it is listed with a score.
+async fn score_of(app: &TestApp, product: &str) -> Option<f64> {
+    let reply = app
+        .get(Service::Recommendations, "/recommendations?limit=100", None)
+        .await;
+    reply
+        .body
+        .as_array()?
+        .iter()
+        .find(|i| i["product_id"] == product)?["score"]
+        .as_f64()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-3 * b.abs().max(1.0)
+}
+
+/// Every record of both topics published a second time (same event ids) and then every record
+/// redelivered from offset 0 after the stored positions were lost change no score: each event is
+/// applied once.
+#[actix_web::test]
+async fn duplicates_and_redeliveries_do_not_change_scores() {
+    let app = spawn_app().await;
+    let product = app
+        .create_product("Exact", json!("5.00"), Some("exact"))
+        .await;
+    let product = product["id"].as_str().unwrap().to_string();
+    let (user, token, _) = app.new_user().await;
+    for _ in 0..3 {
+        post_activity(&app, user, &token, &product, "purchase", 1).await;
+    }
+    post_activity(&app, user, &token, &product, "view", 2).await;
+    let expected = 3.0 * 10.0 + 2.0;
+    eventually(Duration::from_secs(30), "the score to reach 32", || async {
+        score_of(&app, &product)
+            .await
+            .filter(|s| close(*s, expected))
+    })
+    .await;
+
+    // Admin + user registered, 4 activities; product created.
+    let names = [
+        app.topic(topics::USER_UPDATES),
+        app.topic(topics::PRODUCT_UPDATES),
+    ];
+    let records = consume(&brokers(), &names, 7, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 7);
+    let kafka = producer();
+    for r in &records {
+        produce(&kafka, &r.topic, &r.key, &r.raw).await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the republished records to be seen as duplicates",
+        || async {
+            (metric_sum(
+                &app,
+                "kafka_messages_consumed_total",
+                &["status=\"duplicate\""],
+            )
+            .await
+                >= 7.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(close(score_of(&app, &product).await.unwrap(), expected));
+
+    let consumer = app.app.recommendations().unwrap().consumer;
+    consumer.send(Pause).await.unwrap();
+    let db = TestDb(
+        app.settings
+            .postgres
+            .database_url
+            .clone()
+            .unwrap()
+            .expose()
+            .to_string(),
+    );
+    db.execute("UPDATE consumer_offsets SET next_offset = 0")
+        .await;
+    consumer.send(Resume).await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "all 14 records to be redelivered as duplicates",
+        || async {
+            (metric_sum(
+                &app,
+                "kafka_messages_consumed_total",
+                &["status=\"duplicate\""],
+            )
+            .await
+                >= 21.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(close(score_of(&app, &product).await.unwrap(), expected));
+    assert_eq!(
+        metric_sum(&app, "kafka_messages_consumed_total", &["status=\"ok\""]).await,
+        7.0,
+        "each distinct event applied exactly once"
+    );
+    assert_eq!(db.count("processed_events").await, 7);
+}
+
+/// Garbage, unknown types and contract violations on both topics go to `<topic>.dlq` with
+/// headers naming the reason and origin; the valid record behind them is applied.
+#[actix_web::test]
+async fn poison_records_go_to_the_dead_letter_topics_and_the_rest_is_applied() {
+    let app = spawn_app().await;
+    let product = app.create_product("Survivor", json!(3), None).await;
+    let product_id: Uuid = product["id"].as_str().unwrap().parse().unwrap();
+    let (user_topic, product_topic) = (
+        app.topic(topics::USER_UPDATES),
+        app.topic(topics::PRODUCT_UPDATES),
+    );
+    let kafka = producer();
+    let user = Uuid::new_v4();
+    let valid = Envelope::new(Event::UserActivity(UserActivity {
+        user_id: user,
+        product_id,
+        action: Action::Purchase,
+        quantity: 1,
+    }));
+    let mut unknown: Value = serde_json::from_str(&valid.to_json()).unwrap();
+    unknown["type"] = json!("user.teleported");
+    let mut violation: Value = serde_json::from_str(&valid.to_json()).unwrap();
+    violation["data"]["quantity"] = json!(0);
+    violation["event_id"] = json!(Uuid::new_v4());
+    let key = user.to_string();
+    for poison in [
+        "not json at all",
+        "{}",
+        &unknown.to_string(),
+        &violation.to_string(),
+    ] {
+        produce(&kafka, &user_topic, &key, poison).await;
+    }
+    produce(&kafka, &product_topic, &product_id.to_string(), "[1, 2, 3]").await;
+    produce(&kafka, &user_topic, &key, &valid.to_json()).await;
+
+    eventually(
+        Duration::from_secs(30),
+        "the valid purchase behind the poison to count",
+        || async {
+            score_of(&app, &product_id.to_string())
+                .await
+                .filter(|s| close(*s, 10.0))
+        },
+    )
+    .await;
+    let dlq = [format!("{user_topic}.dlq"), format!("{product_topic}.dlq")];
+    let dead = consume(&brokers(), &dlq, 5, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 5, "{dead:#?}");
+    for record in &dead {
+        let header = |name: &str| {
+            record
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let source = header("dlq-source-topic").expect("source topic header");
+        assert_eq!(format!("{source}.dlq"), record.topic);
+        assert!(header("dlq-reason").is_some_and(|r| !r.is_empty()));
+        assert!(header("dlq-source-partition")
+            .unwrap()
+            .parse::<i32>()
+            .is_ok());
+        assert!(header("dlq-source-offset").unwrap().parse::<i64>().is_ok());
+    }
+    assert!(dead.iter().any(|r| r.raw == "not json at all"));
+    assert_eq!(
+        metric_sum(
+            &app,
+            "kafka_messages_consumed_total",
+            &["status=\"dead_letter\""]
+        )
+        .await,
+        5.0
+    );
+}
+
+/// The ranking actor applies a batch once (a replay at the same offsets and the same events at
+/// new offsets are both skipped) and keeps its positions; the query and cache actors answer.
+#[actix_web::test]
+async fn ranking_query_and_cache_actors_answer_typed_messages() {
+    let app = spawn_app().await;
+    let actors = app.app.recommendations().unwrap();
+    let product = Uuid::new_v4();
+    let events = [
+        Envelope::new(Event::ProductCreated(ProductSnapshot {
+            product_id: product,
+            name: "Direct".into(),
+            price: BigDecimal::from(2),
+            category: Some("direct".into()),
+            version: 1,
+        })),
+        Envelope::new(Event::UserActivity(UserActivity {
+            user_id: Uuid::new_v4(),
+            product_id: product,
+            action: Action::CartAdd,
+            quantity: 2,
+        })),
+    ];
+    let batch = |first_offset: i64| {
+        Arc::new(Batch {
+            records: events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| Consumed {
+                    topic: "direct-topic".into(),
+                    partition: 0,
+                    offset: first_offset + i as i64,
+                    label: e.event.type_name(),
+                    item: e.clone(),
+                })
+                .collect(),
+            positions: vec![("direct-topic".into(), 0, first_offset + events.len() as i64)],
+        })
+    };
+    let applied = actors
+        .ranking
+        .send(ApplyBatch(batch(0)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(applied, [true, true]);
+    let replay = actors
+        .ranking
+        .send(ApplyBatch(batch(0)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replay, [false, false], "offsets below the stored position");
+    let republished = actors
+        .ranking
+        .send(ApplyBatch(batch(2)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(republished, [false, false], "event ids already applied");
+    let positions = actors
+        .ranking
+        .send(LoadPositions(vec![("direct-topic".into(), 0)]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(positions, [("direct-topic".to_string(), 0, 4)]);
+
+    let answer = actors
+        .query
+        .send(Recommend {
+            query: Query::Global {
+                category: Some("direct".into()),
+            },
+            limit: 5,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let items: Value = serde_json::from_str(&answer.json).unwrap();
+    assert_eq!(items[0]["product_id"], product.to_string());
+    assert!(close(items[0]["score"].as_f64().unwrap(), 6.0));
+
+    let key = format!("test-{}", Uuid::new_v4());
+    assert_eq!(
+        actors
+            .cache
+            .send(CacheGet { key: key.clone() })
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(actors
+        .cache
+        .send(CacheSet {
+            key: key.clone(),
+            value: "v".into(),
+            ttl: Duration::from_secs(5)
+        })
+        .await
+        .unwrap());
+    assert_eq!(
+        actors
+            .cache
+            .send(CacheGet { key })
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+}
+
+/// A Redis server of the test's own on `port`; killed when dropped.
+fn start_redis(port: u16) -> tokio::process::Child {
+    tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server starts")
+}
+
+async fn x_cache(app: &TestApp) -> String {
+    let reply = app
+        .get(Service::Recommendations, "/recommendations", None)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply
+        .headers
+        .get("x-cache")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// With Redis gone, recommendations still answer 200 from Postgres (`X-Cache: miss`); when
+/// Redis is back, answers are cached again.
+#[actix_web::test]
+async fn redis_outage_is_answered_from_postgres_and_caching_resumes() {
+    let port = free_port();
+    let mut redis = start_redis(port);
+    let app = spawn_app_configured(&brokers(), test_logger(), |s| {
+        s.redis_address = format!("127.0.0.1:{port}");
+    })
+    .await;
+    app.create_product("Cached", json!(1), None).await;
+    eventually(Duration::from_secs(30), "a cache hit", || async {
+        (x_cache(&app).await == "hit").then_some(())
+    })
+    .await;
+
+    redis.kill().await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(x_cache(&app).await, "miss");
+    }
+    assert!(
+        metric_sum(&app, "redis_requests_total", &["status=\"error\""]).await
+            + metric_sum(&app, "redis_requests_total", &["status=\"timeout\""]).await
+            > 0.0
+    );
+
+    let _redis = start_redis(port);
+    eventually(
+        Duration::from_secs(30),
+        "hits after Redis is back",
+        || async { (x_cache(&app).await == "hit").then_some(()) },
+    )
+    .await;
+}
