@@ -432,3 +432,97 @@ async fn redis_outage_is_answered_from_postgres_and_caching_resumes() {
     )
     .await;
 }
+
+/// Topics are not ordered with each other: activity that arrives before its product keeps its
+/// score, the product shows up once created, an update older than the stored version is
+/// ignored, and a deletion removes it.
+#[actix_web::test]
+async fn out_of_order_events_converge_on_the_newest_catalog_state() {
+    let app = spawn_app().await;
+    let kafka = producer();
+    let (user_topic, product_topic) = (
+        app.topic(topics::USER_UPDATES),
+        app.topic(topics::PRODUCT_UPDATES),
+    );
+    let (user, product) = (Uuid::new_v4(), Uuid::new_v4());
+    let purchase = Envelope::new(Event::UserActivity(UserActivity {
+        user_id: user,
+        product_id: product,
+        action: Action::Purchase,
+        quantity: 2,
+    }));
+    produce(&kafka, &user_topic, &user.to_string(), &purchase.to_json()).await;
+    let db = TestDb(
+        app.settings
+            .postgres
+            .database_url
+            .clone()
+            .unwrap()
+            .expose()
+            .to_string(),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the early purchase to be scored",
+        || async { (db.count("rec_scores").await == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        score_of(&app, &product.to_string()).await,
+        None,
+        "not served before it exists"
+    );
+
+    let snapshot = |version: i32, name: &str| ProductSnapshot {
+        product_id: product,
+        name: name.into(),
+        price: BigDecimal::from(4),
+        category: None,
+        version,
+    };
+    let key = product.to_string();
+    for event in [
+        Event::ProductCreated(snapshot(1, "Late")),
+        Event::ProductUpdated(snapshot(3, "Late v3")),
+        Event::ProductUpdated(snapshot(2, "Late v2")),
+    ] {
+        produce(
+            &kafka,
+            &product_topic,
+            &key,
+            &Envelope::new(event).to_json(),
+        )
+        .await;
+    }
+    let listed = eventually(
+        Duration::from_secs(30),
+        "the product at version 3",
+        || async {
+            let reply = app
+                .get(Service::Recommendations, "/recommendations?limit=100", None)
+                .await;
+            let item = reply
+                .body
+                .as_array()?
+                .iter()
+                .find(|i| i["product_id"] == key.as_str())?
+                .clone();
+            (item["name"] == "Late v3").then_some(item)
+        },
+    )
+    .await;
+    assert!(close(listed["score"].as_f64().unwrap(), 20.0));
+    assert_eq!(listed["price"], "4.00");
+
+    let deleted = Envelope::new(Event::ProductDeleted(ProductDeleted {
+        product_id: product,
+        version: 4,
+    }));
+    produce(&kafka, &product_topic, &key, &deleted.to_json()).await;
+    eventually(
+        Duration::from_secs(30),
+        "the deleted product to disappear",
+        || async { score_of(&app, &key).await.is_none().then_some(()) },
+    )
+    .await;
+}
