@@ -79,16 +79,11 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
         .await?;
     }
     if !fold.user_products.is_empty() {
-        let mut cols: (Vec<Uuid>, Vec<Uuid>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) =
-            Default::default();
-        for ((user, product), [v, a, r, p]) in &fold.user_products {
-            cols.0.push(*user);
-            cols.1.push(*product);
-            cols.2.push(*v);
-            cols.3.push(*a);
-            cols.4.push(*r);
-            cols.5.push(*p);
-        }
+        let (users, products): (Vec<Uuid>, Vec<Uuid>) = fold.user_products.keys().copied().unzip();
+        let counter =
+            |slot: usize| -> Vec<i64> { fold.user_products.values().map(|c| c[slot]).collect() };
+        let (views, cart_adds, cart_removes, purchases) =
+            (counter(0), counter(1), counter(2), counter(3));
         diesel::sql_query(
             "INSERT INTO rec_user_products (user_id, product_id, views, cart_adds, cart_removes, purchases) \
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
@@ -98,12 +93,12 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
                cart_removes = rec_user_products.cart_removes + EXCLUDED.cart_removes, \
                purchases = rec_user_products.purchases + EXCLUDED.purchases",
         )
-        .bind::<Array<SqlUuid>, _>(&cols.0)
-        .bind::<Array<SqlUuid>, _>(&cols.1)
-        .bind::<Array<BigInt>, _>(&cols.2)
-        .bind::<Array<BigInt>, _>(&cols.3)
-        .bind::<Array<BigInt>, _>(&cols.4)
-        .bind::<Array<BigInt>, _>(&cols.5)
+        .bind::<Array<SqlUuid>, _>(&users)
+        .bind::<Array<SqlUuid>, _>(&products)
+        .bind::<Array<BigInt>, _>(&views)
+        .bind::<Array<BigInt>, _>(&cart_adds)
+        .bind::<Array<BigInt>, _>(&cart_removes)
+        .bind::<Array<BigInt>, _>(&purchases)
         .execute(conn)
         .await?;
     }
