@@ -212,10 +212,10 @@ async fn query(
         t0: state.t0,
     };
     let now = Utc::now();
-    let decayed = |rows: Vec<Ranked>| -> Vec<Item> {
+    let items = |rows: Vec<Ranked>, score: &dyn Fn(f64) -> f64| -> Vec<Item> {
         rows.into_iter()
             .map(|r| Item {
-                score: r.weight.map(|w| decay.score(w, now)).unwrap_or(0.0),
+                score: r.weight.map(score).unwrap_or(0.0),
                 product_id: r.product_id,
                 name: r.name,
                 price: r.price,
@@ -223,6 +223,7 @@ async fn query(
             })
             .collect()
     };
+    let decayed = |rows: Vec<Ranked>| items(rows, &|w| decay.score(w, now));
     match &msg.query {
         Query::Global { category } => Ok(decayed(
             store::top(&mut conn, category.as_deref(), msg.limit).await?,
@@ -237,16 +238,8 @@ async fn query(
             let rows = store::similar(&mut conn, *product_id, weights, msg.limit)
                 .await?
                 .ok_or_else(|| ApiError::NotFound("product not found".into()))?;
-            Ok(rows
-                .into_iter()
-                .map(|r| Item {
-                    score: r.weight.unwrap_or(0.0),
-                    product_id: r.product_id,
-                    name: r.name,
-                    price: r.price,
-                    category: r.category,
-                })
-                .collect())
+            // Co-occurrence weights are counts, not decayed.
+            Ok(items(rows, &|w| w))
         }
     }
 }

@@ -314,16 +314,9 @@ pub fn init_metrics() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recommendations::score::tests::decay;
     use bigdecimal::BigDecimal;
-    use chrono::TimeZone;
     use recsys_schema::events::{Action, ProductDeleted, UserActivity, UserRegistered};
-
-    fn decay() -> Decay {
-        Decay {
-            half_life: Duration::from_secs(3600),
-            t0: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-        }
-    }
 
     fn at(event: Event, hours: i64) -> Envelope {
         Envelope::at(event, decay().t0 + chrono::Duration::hours(hours))

@@ -158,11 +158,12 @@ impl Decay {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn decay() -> Decay {
+    /// A decay with a one-hour half-life from 2026-01-01 (shared with other unit tests).
+    pub(crate) fn decay() -> Decay {
         Decay {
             half_life: Duration::from_secs(3600),
             t0: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
