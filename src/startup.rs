@@ -28,7 +28,7 @@ use crate::recommendations::ranking::{self, RankingActor};
 use crate::users::actor::{EnsureAdmin, UsersActor};
 use crate::{consumption, metrics, validate};
 use recsys_actors::cache::CacheActor;
-use recsys_actors::kafka_consumer::{ConsumerConfig, KafkaConsumer};
+use recsys_actors::kafka_consumer::{ConsumerConfig, KafkaConsumer, Pause};
 use recsys_schema::events::Envelope;
 
 /// The actors of the recommendations service.
@@ -357,11 +357,22 @@ impl Application {
         self.shutdown().await
     }
 
-    /// Graceful stop: servers first (in-flight requests finish), then the outbox drain.
+    /// Graceful stop: servers first (in-flight requests finish), then consumers leave their
+    /// groups (so a restarted runtime gets the partitions at once), then the outbox drain.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         for (service, handle) in &self.servers {
             handle.stop(true).await;
             info!(self.logger, "server stopped"; "service" => service.name());
+        }
+        if let Some(recommendations) = &self.recommendations {
+            // The first Pause cancels the consume loop; the context drops it (closing the
+            // client, which leaves the group) before it handles the second.
+            for _ in 0..2 {
+                if let Err(e) = recommendations.consumer.send(Pause).await {
+                    warn!(self.logger, "consumer unavailable at exit"; "error" => %e);
+                }
+            }
+            info!(self.logger, "consumer left its group"; "service" => "recommendations");
         }
         if let Some(relay) = &self.relay {
             match relay

@@ -329,6 +329,11 @@ async fn run<T: Send + Sync + 'static>(
             .set("max.poll.interval.ms", "600000")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+        // A broker that answers fetches only at the long-poll deadline (tansu does) would add
+        // that deadline to every record's latency.
+        .set("fetch.wait.max.ms", "50")
+        // Bounds prefetched records (per partition) while a batch is retried.
+        .set("queued.max.messages.kbytes", "4096")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
