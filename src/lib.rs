@@ -8,7 +8,7 @@
 //!
 //! - [`cli`], [`config`]: the command line and the settings (environment variables).
 //! - [`startup`]: the wiring: actors under supervisors, one HTTP server per service, shutdown.
-//! - [`users`], [`products`], [`recommendations`]: one folder per service: `http.rs` (routes), `actor.rs` (the actor
+//! - [`users`], [`products`], [`recommendations`], [`analytics`]: one folder per service: `http.rs` (routes), `actor.rs` (the actor
 //!   that owns the work and its messages), `store.rs` (the SQL).
 //! - [`http`]: health, readiness, metrics and JSON errors shared by every port.
 //! - [`auth`]: JWTs, password hashing, the [`auth::Caller`] extractor.
@@ -21,6 +21,7 @@
 //! Generic actor machinery lives in the `recsys-actors` crate (`actors/`); tables and events in
 //! `recsys-schema` (`schema/`).
 
+pub mod analytics;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -17,6 +17,8 @@ use recsys_actors::supervision::start_supervised;
 use recsys_schema::topics;
 use slog::{info, o, warn, Logger};
 
+use crate::analytics::aggregation::{self, AggregationActor};
+use crate::analytics::query::AnalyticsQueries;
 use crate::auth::{self, JwtKeys};
 use crate::config::{Service, Settings};
 use crate::db::{self, Pool};
@@ -28,8 +30,84 @@ use crate::recommendations::ranking::{self, RankingActor};
 use crate::users::actor::{EnsureAdmin, UsersActor};
 use crate::{consumption, metrics, validate};
 use recsys_actors::cache::CacheActor;
-use recsys_actors::kafka_consumer::{ConsumerConfig, KafkaConsumer, Pause};
+use recsys_actors::kafka_consumer::{
+    ApplyBatch, ConsumerConfig, KafkaConsumer, LoadPositions, Pause,
+};
 use recsys_schema::events::Envelope;
+
+/// Starts the generic consumer of both topics for `service` (group `<prefix><service>`),
+/// feeding `sink`, on its own arbiter.
+fn start_consumer<S>(
+    settings: &Settings,
+    service: &'static str,
+    group: String,
+    sink: Addr<S>,
+    logger: &Logger,
+) -> Addr<KafkaConsumer<Envelope>>
+where
+    S: actix::Actor<Context = actix::Context<S>>
+        + actix::Handler<ApplyBatch<Envelope>>
+        + actix::Handler<LoadPositions>,
+{
+    let config = ConsumerConfig {
+        service,
+        brokers: settings.kafka_address.clone(),
+        group,
+        topics: vec![
+            topics::prefixed(&settings.kafka_topic_prefix, topics::USER_UPDATES),
+            topics::prefixed(&settings.kafka_topic_prefix, topics::PRODUCT_UPDATES),
+        ],
+        partitions: settings.kafka_partitions,
+        max_records: settings.consumer_max_batch.max(1),
+        max_wait: Duration::from_millis(settings.consumer_max_wait_ms),
+    };
+    start_supervised(
+        &Arbiter::new().handle(),
+        KafkaConsumer::new(
+            config,
+            Arc::new(consumption::decode_envelope),
+            sink.clone().recipient(),
+            sink.recipient(),
+            logger.new(o!("actor" => "consumer")),
+        ),
+    )
+}
+
+/// The actors of the analytics service.
+#[derive(Clone)]
+pub struct AnalyticsActors {
+    /// Answers statistics queries.
+    pub queries: Addr<AnalyticsQueries>,
+    /// Folds batches into the statistics; sink of the consumer.
+    pub aggregation: Addr<AggregationActor>,
+    /// Reads both topics (group `<prefix>analytics`).
+    pub consumer: Addr<KafkaConsumer<Envelope>>,
+}
+
+impl AnalyticsActors {
+    /// Starts the aggregation, query and consumer actors under supervisors.
+    fn start(settings: &Settings, pool: &Pool, logger: &Logger) -> Self {
+        aggregation::init_metrics();
+        let logger = logger.new(o!("service" => "analytics"));
+        let arbiter = Arbiter::new().handle();
+        let group = format!("{}analytics", settings.kafka_topic_prefix);
+        let aggregation = start_supervised(
+            &arbiter,
+            AggregationActor::new(
+                pool.clone(),
+                group.clone(),
+                logger.new(o!("actor" => "aggregation")),
+            ),
+        );
+        let queries = start_supervised(&arbiter, AnalyticsQueries::new(pool.clone()));
+        let consumer = start_consumer(settings, "analytics", group, aggregation.clone(), &logger);
+        Self {
+            queries,
+            aggregation,
+            consumer,
+        }
+    }
+}
 
 /// The actors of the recommendations service.
 #[derive(Clone)]
@@ -82,28 +160,7 @@ impl RecommendationsActors {
                 logger.new(o!("actor" => "query")),
             ),
         );
-        let config = ConsumerConfig {
-            service: "recommendations",
-            brokers: settings.kafka_address.clone(),
-            group,
-            topics: vec![
-                topics::prefixed(&settings.kafka_topic_prefix, topics::USER_UPDATES),
-                topics::prefixed(&settings.kafka_topic_prefix, topics::PRODUCT_UPDATES),
-            ],
-            partitions: settings.kafka_partitions,
-            max_records: settings.consumer_max_batch.max(1),
-            max_wait: Duration::from_millis(settings.consumer_max_wait_ms),
-        };
-        let consumer = start_supervised(
-            &Arbiter::new().handle(),
-            KafkaConsumer::new(
-                config,
-                Arc::new(consumption::decode_envelope),
-                ranking.clone().recipient(),
-                ranking.clone().recipient(),
-                logger.new(o!("actor" => "consumer")),
-            ),
-        );
+        let consumer = start_consumer(settings, "recommendations", group, ranking.clone(), &logger);
         Ok(Self {
             query,
             ranking,
@@ -122,6 +179,7 @@ pub struct Application {
     users: Option<Addr<UsersActor>>,
     products: Option<Addr<ProductsActor>>,
     recommendations: Option<RecommendationsActors>,
+    analytics: Option<AnalyticsActors>,
     pool: Pool,
     logger: Logger,
 }
@@ -200,6 +258,10 @@ impl Application {
             None
         };
 
+        let analytics = services
+            .contains(&Service::Analytics)
+            .then(|| AnalyticsActors::start(&settings, &pool, &logger));
+
         if let (Some(users), Some(email), Some(password)) =
             (&users, &settings.admin_email, &settings.admin_password)
         {
@@ -233,12 +295,13 @@ impl Application {
                 name: service.name(),
                 logger: logger.new(o!("service" => service.name())),
             };
-            let (keys, readiness, users, products, recommendations) = (
+            let (keys, readiness, users, products, recommendations, analytics) = (
                 keys.clone(),
                 readiness.clone(),
                 users.clone(),
                 products.clone(),
                 recommendations.clone(),
+                analytics.clone(),
             );
             let server = HttpServer::new(move || {
                 let mut app = App::new()
@@ -272,9 +335,13 @@ impl Application {
                                 .configure(crate::recommendations::http::routes);
                         }
                     }
-                    // Its API lands with its own issue; until then the port serves the shared
-                    // health, readiness and metrics routes.
-                    Service::Analytics => {}
+                    Service::Analytics => {
+                        if let Some(analytics) = &analytics {
+                            app = app
+                                .app_data(web::Data::new(analytics.queries.clone()))
+                                .configure(crate::analytics::http::routes);
+                        }
+                    }
                 }
                 app
             })
@@ -297,6 +364,7 @@ impl Application {
             users,
             products,
             recommendations,
+            analytics,
             pool,
             logger,
         })
@@ -320,6 +388,11 @@ impl Application {
     /// The recommendations actors, when hosted.
     pub fn recommendations(&self) -> Option<RecommendationsActors> {
         self.recommendations.clone()
+    }
+
+    /// The analytics actors, when hosted.
+    pub fn analytics(&self) -> Option<AnalyticsActors> {
+        self.analytics.clone()
     }
 
     /// The outbox relay, when hosted.
@@ -364,15 +437,23 @@ impl Application {
             handle.stop(true).await;
             info!(self.logger, "server stopped"; "service" => service.name());
         }
-        if let Some(recommendations) = &self.recommendations {
+        let consumers = [
+            (
+                "recommendations",
+                self.recommendations.as_ref().map(|r| &r.consumer),
+            ),
+            ("analytics", self.analytics.as_ref().map(|a| &a.consumer)),
+        ];
+        for (service, consumer) in consumers {
+            let Some(consumer) = consumer else { continue };
             // The first Pause cancels the consume loop; the context drops it (closing the
             // client, which leaves the group) before it handles the second.
             for _ in 0..2 {
-                if let Err(e) = recommendations.consumer.send(Pause).await {
+                if let Err(e) = consumer.send(Pause).await {
                     warn!(self.logger, "consumer unavailable at exit"; "error" => %e);
                 }
             }
-            info!(self.logger, "consumer left its group"; "service" => "recommendations");
+            info!(self.logger, "consumer left its group"; "service" => service);
         }
         if let Some(relay) = &self.relay {
             match relay

@@ -329,11 +329,11 @@ async fn run<T: Send + Sync + 'static>(
             .set("max.poll.interval.ms", "600000")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-        // A broker that answers fetches only at the long-poll deadline (tansu does) would add
-        // that deadline to every record's latency.
-        .set("fetch.wait.max.ms", "50")
-        // Bounds prefetched records (per partition) while a batch is retried.
-        .set("queued.max.messages.kbytes", "4096")
+            // A broker that answers fetches only at the long-poll deadline (tansu does) would add
+            // that deadline to every record's latency.
+            .set("fetch.wait.max.ms", "50")
+            // Bounds prefetched records (per partition) while a batch is retried.
+            .set("queued.max.messages.kbytes", "4096")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -377,7 +377,20 @@ async fn run<T: Send + Sync + 'static>(
         let applied = retry(&logger, "applying a batch", || {
             let sink = sink.clone();
             let batch = batch.clone();
-            async move { sink.send(ApplyBatch(batch)).await? }
+            let service = config.service;
+            async move {
+                let result = sink.send(ApplyBatch(batch.clone())).await;
+                let result = result.map_err(anyhow::Error::from).and_then(|r| r);
+                if result.is_err() {
+                    // Counted once per failed attempt; the batch is retried as a whole.
+                    for record in &batch.records {
+                        KAFKA_MESSAGES_CONSUMED
+                            .with_label_values(&[service, &record.topic, record.label, "error"])
+                            .inc();
+                    }
+                }
+                result
+            }
         })
         .await;
 

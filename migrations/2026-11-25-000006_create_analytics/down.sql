@@ -1,0 +1,1 @@
+DROP TABLE an_event_counts; DROP TABLE an_users; DROP TABLE an_products;

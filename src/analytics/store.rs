@@ -1,0 +1,309 @@
+//! SQL of the analytics service: one upsert per table per batch, and the read queries.
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::aggregation::Fold;
+
+/// Writes one folded batch.
+pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryResult<()> {
+    if !fold.products.is_empty() {
+        let ids: Vec<Uuid> = fold.products.keys().copied().collect();
+        let col = |f: fn(&super::aggregation::ProductDelta) -> i64| -> Vec<i64> {
+            fold.products.values().map(f).collect()
+        };
+        let at = |f: fn(&super::aggregation::ProductDelta) -> Option<DateTime<Utc>>| {
+            fold.products.values().map(f).collect::<Vec<_>>()
+        };
+        diesel::sql_query(
+            "INSERT INTO an_products AS p (product_id, views, cart_adds, cart_removes, purchases, \
+               units_sold, updates, created_at, deleted_at, last_event_at) \
+             SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
+               $6::int8[], $7::int8[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[]) \
+             ON CONFLICT (product_id) DO UPDATE SET \
+               views = p.views + EXCLUDED.views, cart_adds = p.cart_adds + EXCLUDED.cart_adds, \
+               cart_removes = p.cart_removes + EXCLUDED.cart_removes, \
+               purchases = p.purchases + EXCLUDED.purchases, \
+               units_sold = p.units_sold + EXCLUDED.units_sold, updates = p.updates + EXCLUDED.updates, \
+               created_at = LEAST(p.created_at, EXCLUDED.created_at), \
+               deleted_at = GREATEST(p.deleted_at, EXCLUDED.deleted_at), \
+               last_event_at = GREATEST(p.last_event_at, EXCLUDED.last_event_at)",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<BigInt>, _>(col(|d| d.views))
+        .bind::<Array<BigInt>, _>(col(|d| d.cart_adds))
+        .bind::<Array<BigInt>, _>(col(|d| d.cart_removes))
+        .bind::<Array<BigInt>, _>(col(|d| d.purchases))
+        .bind::<Array<BigInt>, _>(col(|d| d.units_sold))
+        .bind::<Array<BigInt>, _>(col(|d| d.updates))
+        .bind::<Array<Nullable<Timestamptz>>, _>(at(|d| d.created_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(at(|d| d.deleted_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(at(|d| d.last_event_at))
+        .execute(conn)
+        .await?;
+    }
+    if !fold.users.is_empty() {
+        let ids: Vec<Uuid> = fold.users.keys().copied().collect();
+        let col = |f: fn(&super::aggregation::UserDelta) -> i64| -> Vec<i64> {
+            fold.users.values().map(f).collect()
+        };
+        let at = |f: fn(&super::aggregation::UserDelta) -> Option<DateTime<Utc>>| {
+            fold.users.values().map(f).collect::<Vec<_>>()
+        };
+        diesel::sql_query(
+            "INSERT INTO an_users AS u (user_id, registered_at, profile_updates, views, cart_adds, \
+               cart_removes, purchases, units_bought, activity_count, last_active_at) \
+             SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int8[], \
+               $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::timestamptz[]) \
+             ON CONFLICT (user_id) DO UPDATE SET \
+               registered_at = LEAST(u.registered_at, EXCLUDED.registered_at), \
+               profile_updates = u.profile_updates + EXCLUDED.profile_updates, \
+               views = u.views + EXCLUDED.views, cart_adds = u.cart_adds + EXCLUDED.cart_adds, \
+               cart_removes = u.cart_removes + EXCLUDED.cart_removes, \
+               purchases = u.purchases + EXCLUDED.purchases, \
+               units_bought = u.units_bought + EXCLUDED.units_bought, \
+               activity_count = u.activity_count + EXCLUDED.activity_count, \
+               last_active_at = GREATEST(u.last_active_at, EXCLUDED.last_active_at)",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<Nullable<Timestamptz>>, _>(at(|d| d.registered_at))
+        .bind::<Array<BigInt>, _>(col(|d| d.profile_updates))
+        .bind::<Array<BigInt>, _>(col(|d| d.views))
+        .bind::<Array<BigInt>, _>(col(|d| d.cart_adds))
+        .bind::<Array<BigInt>, _>(col(|d| d.cart_removes))
+        .bind::<Array<BigInt>, _>(col(|d| d.purchases))
+        .bind::<Array<BigInt>, _>(col(|d| d.units_bought))
+        .bind::<Array<BigInt>, _>(col(|d| d.activity_count))
+        .bind::<Array<Nullable<Timestamptz>>, _>(at(|d| d.last_active_at))
+        .execute(conn)
+        .await?;
+    }
+    if !fold.counts.is_empty() {
+        let (keys, counts): (Vec<_>, Vec<i64>) = fold.counts.iter().map(|(k, v)| (*k, *v)).unzip();
+        let minutes: Vec<DateTime<Utc>> = keys.iter().map(|(m, _)| *m).collect();
+        let types: Vec<&str> = keys.iter().map(|(_, t)| *t).collect();
+        diesel::sql_query(
+            "INSERT INTO an_event_counts AS c (minute, event_type, count) \
+             SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::int8[]) \
+             ON CONFLICT (minute, event_type) DO UPDATE SET count = c.count + EXCLUDED.count",
+        )
+        .bind::<Array<Timestamptz>, _>(&minutes)
+        .bind::<Array<Text>, _>(&types)
+        .bind::<Array<BigInt>, _>(&counts)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Statistics of one product.
+#[derive(Debug, Clone, QueryableByName, Serialize)]
+pub struct ProductStats {
+    #[diesel(sql_type = SqlUuid)]
+    pub product_id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    pub views: i64,
+    #[diesel(sql_type = BigInt)]
+    pub cart_adds: i64,
+    #[diesel(sql_type = BigInt)]
+    pub cart_removes: i64,
+    #[diesel(sql_type = BigInt)]
+    pub purchases: i64,
+    #[diesel(sql_type = BigInt)]
+    pub units_sold: i64,
+    #[diesel(sql_type = BigInt)]
+    pub updates: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub created_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub deleted_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+/// Statistics of one user.
+#[derive(Debug, Clone, QueryableByName, Serialize)]
+pub struct UserStats {
+    #[diesel(sql_type = SqlUuid)]
+    pub user_id: Uuid,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub registered_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = BigInt)]
+    pub profile_updates: i64,
+    #[diesel(sql_type = BigInt)]
+    pub views: i64,
+    #[diesel(sql_type = BigInt)]
+    pub cart_adds: i64,
+    #[diesel(sql_type = BigInt)]
+    pub cart_removes: i64,
+    #[diesel(sql_type = BigInt)]
+    pub purchases: i64,
+    #[diesel(sql_type = BigInt)]
+    pub units_bought: i64,
+    #[diesel(sql_type = BigInt)]
+    pub activity_count: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub last_active_at: Option<DateTime<Utc>>,
+}
+
+const PRODUCT_COLUMNS: &str = "product_id, views, cart_adds, cart_removes, purchases, units_sold, \
+                               updates, created_at, deleted_at, last_event_at";
+
+/// The statistics of `id`, if it was ever seen.
+pub async fn product(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> diesel::QueryResult<Option<ProductStats>> {
+    use diesel::OptionalExtension;
+    diesel::sql_query(format!(
+        "SELECT {PRODUCT_COLUMNS} FROM an_products WHERE product_id = $1"
+    ))
+    .bind::<SqlUuid, _>(id)
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// The statistics of user `id`, if ever seen.
+pub async fn user(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> diesel::QueryResult<Option<UserStats>> {
+    use diesel::OptionalExtension;
+    diesel::sql_query(
+        "SELECT user_id, registered_at, profile_updates, views, cart_adds, cart_removes, \
+         purchases, units_bought, activity_count, last_active_at FROM an_users WHERE user_id = $1",
+    )
+    .bind::<SqlUuid, _>(id)
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// The counters `top` may order by.
+pub const TOP_BY: [&str; 5] = ["views", "cart_adds", "purchases", "units_sold", "updates"];
+
+/// Products ordered by `by` (one of [`TOP_BY`]) descending, ties by id.
+pub async fn top(
+    conn: &mut AsyncPgConnection,
+    by: &'static str,
+    limit: i64,
+) -> diesel::QueryResult<Vec<ProductStats>> {
+    debug_assert!(TOP_BY.contains(&by));
+    diesel::sql_query(format!(
+        "SELECT {PRODUCT_COLUMNS} FROM an_products ORDER BY {by} DESC, product_id LIMIT $1"
+    ))
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await
+}
+
+#[derive(QueryableByName)]
+struct TypeCount {
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+#[derive(QueryableByName)]
+struct Number {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The summary figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Users with a `user.registered`.
+    pub users: i64,
+    /// Products created and not deleted.
+    pub products: i64,
+    pub events_total: i64,
+    pub events_by_type: std::collections::BTreeMap<String, i64>,
+    /// Events that occurred in the last 60 minutes (minute resolution).
+    pub events_last_hour: i64,
+    /// Users with activity in the last 60 minutes.
+    pub active_users_last_hour: i64,
+}
+
+async fn number(conn: &mut AsyncPgConnection, sql: &str) -> diesel::QueryResult<i64> {
+    diesel::sql_query(sql)
+        .get_result::<Number>(conn)
+        .await
+        .map(|n| n.n)
+}
+
+/// Reads the summary.
+pub async fn summary(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Summary> {
+    let by_type: Vec<TypeCount> = diesel::sql_query(
+        "SELECT event_type, SUM(count)::int8 AS count FROM an_event_counts GROUP BY event_type",
+    )
+    .load(conn)
+    .await?;
+    let mut events_by_type: std::collections::BTreeMap<String, i64> =
+        recsys_schema::events::Event::TYPES
+            .iter()
+            .map(|t| (t.to_string(), 0))
+            .collect();
+    for t in by_type {
+        events_by_type.insert(t.event_type, t.count);
+    }
+    Ok(Summary {
+        users: number(conn, "SELECT count(*) AS n FROM an_users WHERE registered_at IS NOT NULL").await?,
+        products: number(
+            conn,
+            "SELECT count(*) AS n FROM an_products WHERE created_at IS NOT NULL AND deleted_at IS NULL",
+        )
+        .await?,
+        events_total: events_by_type.values().sum(),
+        events_by_type,
+        events_last_hour: number(
+            conn,
+            "SELECT COALESCE(SUM(count), 0)::int8 AS n FROM an_event_counts \
+             WHERE minute > now() - interval '1 hour'",
+        )
+        .await?,
+        active_users_last_hour: number(
+            conn,
+            "SELECT count(*) AS n FROM an_users WHERE last_active_at > now() - interval '1 hour'",
+        )
+        .await?,
+    })
+}
+
+/// One hourly bucket.
+#[derive(Debug, Clone, QueryableByName, Serialize)]
+pub struct Bucket {
+    #[diesel(sql_type = Timestamptz)]
+    pub hour: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    pub count: i64,
+}
+
+/// Hourly counts of `event_type` from the hour of `from` to the hour of `to`, zero-filled.
+pub async fn timeseries(
+    conn: &mut AsyncPgConnection,
+    event_type: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> diesel::QueryResult<Vec<Bucket>> {
+    diesel::sql_query(
+        "SELECT h.hour, COALESCE(SUM(c.count), 0)::int8 AS count \
+         FROM generate_series(date_trunc('hour', $2 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', \
+                              date_trunc('hour', $3 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', \
+                              interval '1 hour') AS h(hour) \
+         LEFT JOIN an_event_counts c ON c.event_type = $1 \
+              AND c.minute >= h.hour AND c.minute < h.hour + interval '1 hour' \
+         GROUP BY h.hour ORDER BY h.hour",
+    )
+    .bind::<Text, _>(event_type)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .load(conn)
+    .await
+}
