@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::helpers::*;
 
 /// Sum of the samples of `name` whose label set contains every `filter` (e.g. `status="ok"`).
-async fn metric_sum(app: &TestApp, name: &str, filters: &[&str]) -> f64 {
+pub async fn metric_sum(app: &TestApp, name: &str, filters: &[&str]) -> f64 {
     let text = app
         .get(Service::Recommendations, "/metrics", None)
         .await
@@ -32,15 +32,18 @@ async fn metric_sum(app: &TestApp, name: &str, filters: &[&str]) -> f64 {
         .sum()
 }
 
+/// The label selecting the recommendations consumer's samples.
+const RECS: &str = "service=\"recommendations\"";
+
 /// A plain producer for writing records straight to a topic.
-fn producer() -> FutureProducer {
+pub fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("producer")
 }
 
-async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &str) {
+pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &str) {
     producer
         .send(
             FutureRecord::to(topic).key(key).payload(payload),
@@ -50,7 +53,7 @@ async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &st
         .expect("record produced");
 }
 
-async fn post_activity(
+pub async fn post_activity(
     app: &TestApp,
     user: Uuid,
     token: &str,
@@ -127,7 +130,7 @@ async fn duplicates_and_redeliveries_do_not_change_scores() {
             (metric_sum(
                 &app,
                 "kafka_messages_consumed_total",
-                &["status=\"duplicate\""],
+                &[RECS, "status=\"duplicate\""],
             )
             .await
                 >= 7.0)
@@ -148,8 +151,10 @@ async fn duplicates_and_redeliveries_do_not_change_scores() {
             .expose()
             .to_string(),
     );
-    db.execute("UPDATE consumer_offsets SET next_offset = 0")
-        .await;
+    db.execute(
+        "UPDATE consumer_offsets SET next_offset = 0 WHERE consumer_group LIKE '%recommendations'",
+    )
+    .await;
     consumer.send(Resume).await.unwrap();
     eventually(
         Duration::from_secs(60),
@@ -158,7 +163,7 @@ async fn duplicates_and_redeliveries_do_not_change_scores() {
             (metric_sum(
                 &app,
                 "kafka_messages_consumed_total",
-                &["status=\"duplicate\""],
+                &[RECS, "status=\"duplicate\""],
             )
             .await
                 >= 21.0)
@@ -168,11 +173,20 @@ async fn duplicates_and_redeliveries_do_not_change_scores() {
     .await;
     assert!(close(score_of(&app, &product).await.unwrap(), expected));
     assert_eq!(
-        metric_sum(&app, "kafka_messages_consumed_total", &["status=\"ok\""]).await,
+        metric_sum(
+            &app,
+            "kafka_messages_consumed_total",
+            &[RECS, "status=\"ok\""]
+        )
+        .await,
         7.0,
         "each distinct event applied exactly once"
     );
-    assert_eq!(db.count("processed_events").await, 7);
+    assert_eq!(
+        db.count("processed_events WHERE consumer_group LIKE '%recommendations'")
+            .await,
+        7
+    );
 }
 
 /// Garbage, unknown types and contract violations on both topics go to `<topic>.dlq` with
@@ -222,8 +236,20 @@ async fn poison_records_go_to_the_dead_letter_topics_and_the_rest_is_applied() {
     )
     .await;
     let dlq = [format!("{user_topic}.dlq"), format!("{product_topic}.dlq")];
-    let dead = consume(&brokers(), &dlq, 5, Duration::from_secs(30)).await;
-    assert_eq!(dead.len(), 5, "{dead:#?}");
+    // Each consumer group dead-letters what it cannot read: recommendations and analytics.
+    let dead = consume(&brokers(), &dlq, 10, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 10, "{dead:#?}");
+    for group in ["recommendations", "analytics"] {
+        let of_group = dead
+            .iter()
+            .filter(|r| {
+                r.headers
+                    .iter()
+                    .any(|(k, v)| k == "dlq-consumer-group" && v.ends_with(group))
+            })
+            .count();
+        assert_eq!(of_group, 5, "dead letters of {group}");
+    }
     for record in &dead {
         let header = |name: &str| {
             record
@@ -242,11 +268,27 @@ async fn poison_records_go_to_the_dead_letter_topics_and_the_rest_is_applied() {
         assert!(header("dlq-source-offset").unwrap().parse::<i64>().is_ok());
     }
     assert!(dead.iter().any(|r| r.raw == "not json at all"));
+    let analytics = eventually(
+        Duration::from_secs(30),
+        "analytics to count the purchase",
+        || async {
+            let reply = app
+                .get(
+                    Service::Analytics,
+                    &format!("/analytics/products/{product_id}"),
+                    Some(&app.admin_token),
+                )
+                .await;
+            (reply.status == 200 && reply.body["purchases"] == 1).then_some(reply.body)
+        },
+    )
+    .await;
+    assert_eq!(analytics["units_sold"], 1);
     assert_eq!(
         metric_sum(
             &app,
             "kafka_messages_consumed_total",
-            &["status=\"dead_letter\""]
+            &[RECS, "status=\"dead_letter\""]
         )
         .await,
         5.0

@@ -1,0 +1,316 @@
+//! Analytics exactness: a stream of mixed events through the real APIs, then every record
+//! published again (same event ids), then every record redelivered after the analytics
+//! consumer lost its positions: every counter equals the number of distinct events, to the unit.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use recsys::config::Service;
+use recsys_actors::kafka_consumer::{Pause, Resume};
+use recsys_schema::topics;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::consumer::{metric_sum, post_activity, produce, producer};
+use crate::helpers::*;
+
+const ANALYTICS: &str = "service=\"analytics\"";
+
+/// Expected counters of one product: views, cart_adds, cart_removes, purchases, units, updates.
+type Counters = [i64; 6];
+
+async fn stats(app: &TestApp, path: &str) -> Value {
+    let reply = app
+        .get(Service::Analytics, path, Some(&app.admin_token))
+        .await;
+    assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+    reply.body
+}
+
+/// Duplicates and redeliveries leave every analytics counter exact.
+#[actix_web::test]
+async fn counters_equal_distinct_events_despite_duplicates_and_redelivery() {
+    let app = spawn_app().await;
+    let mut products = Vec::new();
+    for i in 0..4 {
+        let p = app
+            .create_product(&format!("P{i}"), json!(i + 1), Some("exact"))
+            .await;
+        products.push(p["id"].as_str().unwrap().to_string());
+    }
+    let mut updates = HashMap::new();
+    for (i, product) in products.iter().enumerate().take(2) {
+        for n in 0..=i {
+            let reply = app
+                .request(
+                    Method::PATCH,
+                    Service::Products,
+                    &format!("/products/{product}"),
+                    Some(json!({"name": format!("renamed {n}")})),
+                    Some(&app.admin_token),
+                )
+                .await;
+            assert_eq!(reply.status, 200);
+        }
+        updates.insert(product.clone(), i as i64 + 1);
+    }
+    let reply = app
+        .request(
+            Method::DELETE,
+            Service::Products,
+            &format!("/products/{}", products[3]),
+            None,
+            Some(&app.admin_token),
+        )
+        .await;
+    assert_eq!(reply.status, 204);
+
+    let kinds = ["view", "cart_add", "cart_remove", "purchase"];
+    let mut expected: HashMap<String, Counters> = HashMap::new();
+    let mut activity = 0;
+    let mut users = Vec::new();
+    for u in 0..3 {
+        let (id, token, _) = app.new_user().await;
+        let reply = app
+            .request(
+                Method::PATCH,
+                Service::Users,
+                &format!("/users/{id}"),
+                Some(json!({"name": "Renamed"})),
+                Some(&token),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        for k in 0..12 {
+            let product = &products[(u + k) % products.len()];
+            let kind = kinds[(u * 3 + k) % kinds.len()];
+            let quantity = (k % 3 + 1) as u32;
+            post_activity(&app, id, &token, product, kind, quantity).await;
+            let counters = expected.entry(product.clone()).or_default();
+            match kind {
+                "view" => counters[0] += 1,
+                "cart_add" => counters[1] += 1,
+                "cart_remove" => counters[2] += 1,
+                _ => {
+                    counters[3] += 1;
+                    counters[4] += i64::from(quantity);
+                }
+            }
+            activity += 1;
+        }
+        users.push(id);
+    }
+    // admin + 3 registrations, 3 profile updates, activity, 4 created, 3 updated, 1 deleted.
+    let total = 4 + 3 + activity + 4 + 3 + 1;
+
+    let settled = |want: i64| {
+        let app = &app;
+        async move {
+            eventually(
+                Duration::from_secs(60),
+                "analytics to count every event",
+                || async {
+                    let s = stats(app, "/analytics/summary").await;
+                    (s["events_total"] == want).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    settled(total).await;
+
+    let names = [
+        app.topic(topics::USER_UPDATES),
+        app.topic(topics::PRODUCT_UPDATES),
+    ];
+    let records = consume(&brokers(), &names, total as usize, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), total as usize);
+    let kafka = producer();
+    for r in &records {
+        produce(&kafka, &r.topic, &r.key, &r.raw).await;
+    }
+    let duplicates = |want: f64| {
+        let app = &app;
+        async move {
+            eventually(
+                Duration::from_secs(60),
+                "analytics to skip the repeats",
+                || async {
+                    let seen = metric_sum(
+                        app,
+                        "kafka_messages_consumed_total",
+                        &[ANALYTICS, "status=\"duplicate\""],
+                    )
+                    .await;
+                    (seen >= want).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    duplicates(total as f64).await;
+
+    let consumer = app.app.analytics().unwrap().consumer;
+    consumer.send(Pause).await.unwrap();
+    let db = TestDb(
+        app.settings
+            .postgres
+            .database_url
+            .clone()
+            .unwrap()
+            .expose()
+            .to_string(),
+    );
+    db.execute(
+        "UPDATE consumer_offsets SET next_offset = 0 WHERE consumer_group LIKE '%analytics'",
+    )
+    .await;
+    consumer.send(Resume).await.unwrap();
+    // Every record in the topics (each event twice) comes again, all already applied.
+    duplicates(3.0 * total as f64).await;
+
+    let summary = stats(&app, "/analytics/summary").await;
+    assert_eq!(summary["events_total"], total);
+    assert_eq!(summary["users"], 4);
+    assert_eq!(summary["products"], 3);
+    assert_eq!(summary["events_by_type"]["user.activity"], activity);
+    assert_eq!(summary["events_by_type"]["user.updated"], 3);
+    assert_eq!(summary["events_by_type"]["product.updated"], 3);
+    assert_eq!(summary["active_users_last_hour"], 3);
+    for product in &products {
+        let s = stats(&app, &format!("/analytics/products/{product}")).await;
+        let want = expected.get(product).copied().unwrap_or_default();
+        let got = [
+            &s["views"],
+            &s["cart_adds"],
+            &s["cart_removes"],
+            &s["purchases"],
+            &s["units_sold"],
+        ]
+        .map(|v| v.as_i64().unwrap());
+        assert_eq!(got, want[..5], "counters of {product}");
+        assert_eq!(s["updates"], updates.get(product).copied().unwrap_or(0));
+    }
+    for user in &users {
+        let s = stats(&app, &format!("/analytics/users/{user}")).await;
+        assert_eq!(s["activity_count"], 12);
+        assert_eq!(s["profile_updates"], 1);
+    }
+    assert_eq!(
+        metric_sum(
+            &app,
+            "kafka_messages_consumed_total",
+            &[ANALYTICS, "status=\"ok\""]
+        )
+        .await,
+        total as f64,
+        "each distinct event applied once"
+    );
+}
+
+/// The aggregation actor answers a batch with which records were new (a replay at the same
+/// offsets and the same events at new offsets are skipped); the query actor reads the result.
+#[actix_web::test]
+async fn aggregation_and_query_actors_answer_typed_messages() {
+    use recsys::analytics::query::{Stats, StatsQuery};
+    use recsys_actors::kafka_consumer::{ApplyBatch, Batch, Consumed, LoadPositions};
+    use recsys_schema::events::{Action, Envelope, Event, UserActivity};
+    use std::sync::Arc;
+    use uuid::Uuid;
+
+    let app = spawn_app().await;
+    let actors = app.app.analytics().unwrap();
+    let (user, product) = (Uuid::new_v4(), Uuid::new_v4());
+    let events: Vec<Envelope> = [
+        (Action::Purchase, 4),
+        (Action::View, 1),
+        (Action::Purchase, 2),
+    ]
+    .into_iter()
+    .map(|(action, quantity)| {
+        Envelope::new(Event::UserActivity(UserActivity {
+            user_id: user,
+            product_id: product,
+            action,
+            quantity,
+        }))
+    })
+    .collect();
+    let batch = |first: i64| {
+        Arc::new(Batch {
+            records: events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| Consumed {
+                    topic: "direct".into(),
+                    partition: 1,
+                    offset: first + i as i64,
+                    label: e.event.type_name(),
+                    item: e.clone(),
+                })
+                .collect(),
+            positions: vec![("direct".into(), 1, first + events.len() as i64)],
+        })
+    };
+    assert_eq!(
+        actors
+            .aggregation
+            .send(ApplyBatch(batch(0)))
+            .await
+            .unwrap()
+            .unwrap(),
+        [true; 3]
+    );
+    assert_eq!(
+        actors
+            .aggregation
+            .send(ApplyBatch(batch(0)))
+            .await
+            .unwrap()
+            .unwrap(),
+        [false; 3]
+    );
+    assert_eq!(
+        actors
+            .aggregation
+            .send(ApplyBatch(batch(3)))
+            .await
+            .unwrap()
+            .unwrap(),
+        [false; 3]
+    );
+    let positions = actors
+        .aggregation
+        .send(LoadPositions(vec![("direct".into(), 1)]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(positions, [("direct".to_string(), 1, 6)]);
+
+    let product_stats = actors
+        .queries
+        .send(Stats(StatsQuery::Product(product)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            &product_stats["purchases"],
+            &product_stats["units_sold"],
+            &product_stats["views"]
+        ),
+        (&json!(2), &json!(6), &json!(1))
+    );
+    let user_stats = actors
+        .queries
+        .send(Stats(StatsQuery::User(user)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user_stats["activity_count"], 3);
+    assert_eq!(
+        user_stats["registered_at"],
+        Value::Null,
+        "activity of an unknown user still counts"
+    );
+}
