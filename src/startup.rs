@@ -444,17 +444,21 @@ impl Application {
             ),
             ("analytics", self.analytics.as_ref().map(|a| &a.consumer)),
         ];
-        for (service, consumer) in consumers {
-            let Some(consumer) = consumer else { continue };
-            // The first Pause cancels the consume loop; the context drops it (closing the
-            // client, which leaves the group) before it handles the second.
-            for _ in 0..2 {
-                if let Err(e) = consumer.send(Pause).await {
-                    warn!(self.logger, "consumer unavailable at exit"; "error" => %e);
+        // Both leave at once: closing a client waits for the broker to confirm.
+        let leaving = consumers
+            .into_iter()
+            .filter_map(|(service, consumer)| Some((service, consumer?.clone())))
+            .map(|(service, consumer)| async move {
+                // The first Pause cancels the consume loop; the context drops it (closing the
+                // client, which leaves the group) before it handles the second.
+                for _ in 0..2 {
+                    if let Err(e) = consumer.send(Pause).await {
+                        warn!(self.logger, "consumer unavailable at exit"; "error" => %e);
+                    }
                 }
-            }
-            info!(self.logger, "consumer left its group"; "service" => service);
-        }
+                info!(self.logger, "consumer left its group"; "service" => service);
+            });
+        futures_util::future::join_all(leaving).await;
         if let Some(relay) = &self.relay {
             match relay
                 .send(Drain {
