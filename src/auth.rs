@@ -155,6 +155,23 @@ impl FromRequest for Caller {
     }
 }
 
+/// An authenticated admin: extraction fails with `401` without a valid token and `403` for a
+/// non-admin, before any other parameter of the request is looked at.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req).and_then(|caller| {
+            caller.require_admin()?;
+            Ok(Admin(caller))
+        }))
+    }
+}
+
 fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     let keys = req
         .app_data::<web::Data<JwtKeys>>()

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::query::{AnalyticsQueries, Stats, StatsQuery};
 use super::store::TOP_BY;
-use crate::auth::Caller;
+use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::validate;
 
@@ -25,19 +25,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 async fn ask(
     queries: &Addr<AnalyticsQueries>,
-    caller: &Caller,
     query: StatsQuery,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
     let value = queries.send(Stats(query)).await??;
     Ok(HttpResponse::Ok().json(value))
 }
 
 async fn summary(
     queries: web::Data<Addr<AnalyticsQueries>>,
-    caller: Caller,
+    _admin: Admin,
 ) -> Result<HttpResponse, ApiError> {
-    ask(&queries, &caller, StatsQuery::Summary).await
+    ask(&queries, StatsQuery::Summary).await
 }
 
 /// `?by=&limit=`.
@@ -49,10 +47,9 @@ struct TopParams {
 
 async fn top(
     queries: web::Data<Addr<AnalyticsQueries>>,
-    caller: Caller,
+    _admin: Admin,
     params: web::Query<TopParams>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
     let by =
         match params.by.as_deref() {
             None => "views",
@@ -61,23 +58,23 @@ async fn top(
             })?,
         };
     let limit = validate::limit(params.limit, 10, 100)?;
-    ask(&queries, &caller, StatsQuery::Top { by, limit }).await
+    ask(&queries, StatsQuery::Top { by, limit }).await
 }
 
 async fn product(
     queries: web::Data<Addr<AnalyticsQueries>>,
-    caller: Caller,
+    _admin: Admin,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    ask(&queries, &caller, StatsQuery::Product(id.into_inner())).await
+    ask(&queries, StatsQuery::Product(id.into_inner())).await
 }
 
 async fn user(
     queries: web::Data<Addr<AnalyticsQueries>>,
-    caller: Caller,
+    _admin: Admin,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    ask(&queries, &caller, StatsQuery::User(id.into_inner())).await
+    ask(&queries, StatsQuery::User(id.into_inner())).await
 }
 
 /// `?type=&from=&to=` (RFC 3339).
@@ -98,10 +95,9 @@ fn instant(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
 
 async fn timeseries(
     queries: web::Data<Addr<AnalyticsQueries>>,
-    caller: Caller,
+    _admin: Admin,
     params: web::Query<SeriesParams>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
     let event_type = params
         .event_type
         .as_deref()
@@ -125,5 +121,5 @@ async fn timeseries(
         from,
         to,
     };
-    ask(&queries, &caller, query).await
+    ask(&queries, query).await
 }

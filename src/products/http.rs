@@ -14,7 +14,7 @@ use super::actor::{
     CreateProduct, DeleteProduct, GetProduct, ListProducts, ProductsActor, UpdateProduct,
 };
 use super::store::ProductChanges;
-use crate::auth::Caller;
+use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::validate;
 
@@ -91,10 +91,9 @@ struct CreateBody {
 
 async fn create_product(
     products: web::Data<Addr<ProductsActor>>,
-    caller: Caller,
+    _admin: Admin,
     body: web::Json<CreateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
     let body = body.into_inner();
     let msg = CreateProduct {
         name: validate::text("name", &body.name, MAX_NAME)?,
@@ -157,11 +156,10 @@ struct UpdateBody {
 
 async fn update_product(
     products: web::Data<Addr<ProductsActor>>,
-    caller: Caller,
+    _admin: Admin,
     id: web::Path<Uuid>,
     body: web::Json<UpdateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
     let body = body.into_inner();
     let changes = ProductChanges {
         name: body
@@ -199,10 +197,9 @@ async fn update_product(
 
 async fn delete_product(
     products: web::Data<Addr<ProductsActor>>,
-    caller: Caller,
+    _admin: Admin,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
     products
         .send(DeleteProduct {
             id: id.into_inner(),

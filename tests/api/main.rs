@@ -5,9 +5,11 @@
 //! (`scripts/stack.sh up`); `scripts/test.sh` sets it up.
 
 mod actors;
+mod analytics;
 mod consumer;
 mod errors;
 mod events;
+mod exactness;
 mod helpers;
 mod outbox;
 mod products;
