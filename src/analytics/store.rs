@@ -1,5 +1,7 @@
 //! SQL of the analytics service: one upsert per table per batch, and the read queries.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel::QueryableByName;
@@ -9,16 +11,17 @@ use uuid::Uuid;
 
 use super::aggregation::Fold;
 
+/// A column of `rows` for an `unnest` insert, in the map's iteration order (the same order as
+/// its keys).
+fn column<T, V>(rows: &HashMap<Uuid, T>) -> impl Fn(fn(&T) -> V) -> Vec<V> + '_ {
+    move |field| rows.values().map(field).collect()
+}
+
 /// Writes one folded batch.
 pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryResult<()> {
     if !fold.products.is_empty() {
         let ids: Vec<Uuid> = fold.products.keys().copied().collect();
-        let col = |f: fn(&super::aggregation::ProductDelta) -> i64| -> Vec<i64> {
-            fold.products.values().map(f).collect()
-        };
-        let at = |f: fn(&super::aggregation::ProductDelta) -> Option<DateTime<Utc>>| {
-            fold.products.values().map(f).collect::<Vec<_>>()
-        };
+        let (col, at) = (column(&fold.products), column(&fold.products));
         diesel::sql_query(
             "INSERT INTO an_products AS p (product_id, views, cart_adds, cart_removes, purchases, \
                units_sold, updates, created_at, deleted_at, last_event_at) \
@@ -48,12 +51,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
     }
     if !fold.users.is_empty() {
         let ids: Vec<Uuid> = fold.users.keys().copied().collect();
-        let col = |f: fn(&super::aggregation::UserDelta) -> i64| -> Vec<i64> {
-            fold.users.values().map(f).collect()
-        };
-        let at = |f: fn(&super::aggregation::UserDelta) -> Option<DateTime<Utc>>| {
-            fold.users.values().map(f).collect::<Vec<_>>()
-        };
+        let (col, at) = (column(&fold.users), column(&fold.users));
         diesel::sql_query(
             "INSERT INTO an_users AS u (user_id, registered_at, profile_updates, views, cart_adds, \
                cart_removes, purchases, units_bought, activity_count, last_active_at) \
