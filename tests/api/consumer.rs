@@ -6,13 +6,16 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Addr;
 use bigdecimal::BigDecimal;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use recsys::config::Service;
 use recsys::recommendations::query::{Query, Recommend};
 use recsys_actors::cache::{CacheGet, CacheSet};
-use recsys_actors::kafka_consumer::{ApplyBatch, Batch, Consumed, LoadPositions, Pause, Resume};
+use recsys_actors::kafka_consumer::{
+    ApplyBatch, Batch, Consumed, KafkaConsumer, LoadPositions, Pause, Resume,
+};
 use recsys_schema::events::*;
 use recsys_schema::topics;
 use serde_json::{json, Value};
@@ -72,6 +75,58 @@ pub async fn post_activity(
     assert_eq!(reply.status, 202, "{}", reply.text);
 }
 
+/// Publishes every record of both topics again (same keys, same values, so same event ids);
+/// answers how many.
+pub async fn republish_everything(app: &TestApp, expected: usize) -> usize {
+    let names = [
+        app.topic(topics::USER_UPDATES),
+        app.topic(topics::PRODUCT_UPDATES),
+    ];
+    let records = consume(&brokers(), &names, expected, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), expected);
+    let kafka = producer();
+    for r in &records {
+        produce(&kafka, &r.topic, &r.key, &r.raw).await;
+    }
+    records.len()
+}
+
+/// Waits until the consumer of `service` counted at least `want` duplicates.
+pub async fn await_duplicates(app: &TestApp, service: &str, want: f64) {
+    let label = format!("service=\"{service}\"");
+    eventually(
+        Duration::from_secs(60),
+        "repeats to be counted as duplicates",
+        || async {
+            let seen = metric_sum(
+                app,
+                "kafka_messages_consumed_total",
+                &[&label, "status=\"duplicate\""],
+            )
+            .await;
+            (seen >= want).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Makes `consumer` read its topics again from the start, as after lost commits: pauses it,
+/// resets the stored positions of its group (`<prefix><service>`), resumes it.
+pub async fn redeliver_from_start(
+    app: &TestApp,
+    consumer: &Addr<KafkaConsumer<Envelope>>,
+    service: &str,
+) {
+    consumer.send(Pause).await.unwrap();
+    app.db()
+        .execute(&format!(
+            "UPDATE consumer_offsets SET next_offset = 0 WHERE consumer_group = '{}{service}'",
+            app.prefix
+        ))
+        .await;
+    consumer.send(Resume).await.unwrap();
+}
+
 /// The score of `product` in `GET /recommendations`, once it is listed with a score.
 async fn score_of(app: &TestApp, product: &str) -> Option<f64> {
     let reply = app
@@ -113,64 +168,14 @@ async fn duplicates_and_redeliveries_do_not_change_scores() {
     .await;
 
     // Admin + user registered, 4 activities; product created.
-    let names = [
-        app.topic(topics::USER_UPDATES),
-        app.topic(topics::PRODUCT_UPDATES),
-    ];
-    let records = consume(&brokers(), &names, 7, Duration::from_secs(30)).await;
-    assert_eq!(records.len(), 7);
-    let kafka = producer();
-    for r in &records {
-        produce(&kafka, &r.topic, &r.key, &r.raw).await;
-    }
-    eventually(
-        Duration::from_secs(30),
-        "the republished records to be seen as duplicates",
-        || async {
-            (metric_sum(
-                &app,
-                "kafka_messages_consumed_total",
-                &[RECS, "status=\"duplicate\""],
-            )
-            .await
-                >= 7.0)
-                .then_some(())
-        },
-    )
-    .await;
+    republish_everything(&app, 7).await;
+    await_duplicates(&app, "recommendations", 7.0).await;
     assert!(close(score_of(&app, &product).await.unwrap(), expected));
 
     let consumer = app.app.recommendations().unwrap().consumer;
-    consumer.send(Pause).await.unwrap();
-    let db = TestDb(
-        app.settings
-            .postgres
-            .database_url
-            .clone()
-            .unwrap()
-            .expose()
-            .to_string(),
-    );
-    db.execute(
-        "UPDATE consumer_offsets SET next_offset = 0 WHERE consumer_group LIKE '%recommendations'",
-    )
-    .await;
-    consumer.send(Resume).await.unwrap();
-    eventually(
-        Duration::from_secs(60),
-        "all 14 records to be redelivered as duplicates",
-        || async {
-            (metric_sum(
-                &app,
-                "kafka_messages_consumed_total",
-                &[RECS, "status=\"duplicate\""],
-            )
-            .await
-                >= 21.0)
-                .then_some(())
-        },
-    )
-    .await;
+    redeliver_from_start(&app, &consumer, "recommendations").await;
+    // All 14 records in the topics come again, all already applied.
+    await_duplicates(&app, "recommendations", 21.0).await;
     assert!(close(score_of(&app, &product).await.unwrap(), expected));
     assert_eq!(
         metric_sum(
@@ -183,7 +188,8 @@ async fn duplicates_and_redeliveries_do_not_change_scores() {
         "each distinct event applied exactly once"
     );
     assert_eq!(
-        db.count("processed_events WHERE consumer_group LIKE '%recommendations'")
+        app.db()
+            .count("processed_events WHERE consumer_group LIKE '%recommendations'")
             .await,
         7
     );
@@ -494,15 +500,7 @@ async fn out_of_order_events_converge_on_the_newest_catalog_state() {
         quantity: 2,
     }));
     produce(&kafka, &user_topic, &user.to_string(), &purchase.to_json()).await;
-    let db = TestDb(
-        app.settings
-            .postgres
-            .database_url
-            .clone()
-            .unwrap()
-            .expose()
-            .to_string(),
-    );
+    let db = app.db();
     eventually(
         Duration::from_secs(30),
         "the early purchase to be scored",

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use recsys::config::Service;
-use recsys_actors::kafka_consumer::{Pause, Resume};
-use recsys_schema::topics;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::consumer::{metric_sum, post_activity, produce, producer};
+use crate::consumer::{
+    await_duplicates, metric_sum, post_activity, redeliver_from_start, republish_everything,
+};
 use crate::helpers::*;
 
 const ANALYTICS: &str = "service=\"analytics\"";
@@ -119,55 +119,13 @@ async fn counters_equal_distinct_events_despite_duplicates_and_redelivery() {
     };
     settled(total).await;
 
-    let names = [
-        app.topic(topics::USER_UPDATES),
-        app.topic(topics::PRODUCT_UPDATES),
-    ];
-    let records = consume(&brokers(), &names, total as usize, Duration::from_secs(30)).await;
-    assert_eq!(records.len(), total as usize);
-    let kafka = producer();
-    for r in &records {
-        produce(&kafka, &r.topic, &r.key, &r.raw).await;
-    }
-    let duplicates = |want: f64| {
-        let app = &app;
-        async move {
-            eventually(
-                Duration::from_secs(60),
-                "analytics to skip the repeats",
-                || async {
-                    let seen = metric_sum(
-                        app,
-                        "kafka_messages_consumed_total",
-                        &[ANALYTICS, "status=\"duplicate\""],
-                    )
-                    .await;
-                    (seen >= want).then_some(())
-                },
-            )
-            .await
-        }
-    };
-    duplicates(total as f64).await;
+    republish_everything(&app, total as usize).await;
+    await_duplicates(&app, "analytics", total as f64).await;
 
     let consumer = app.app.analytics().unwrap().consumer;
-    consumer.send(Pause).await.unwrap();
-    let db = TestDb(
-        app.settings
-            .postgres
-            .database_url
-            .clone()
-            .unwrap()
-            .expose()
-            .to_string(),
-    );
-    db.execute(
-        "UPDATE consumer_offsets SET next_offset = 0 WHERE consumer_group LIKE '%analytics'",
-    )
-    .await;
-    consumer.send(Resume).await.unwrap();
+    redeliver_from_start(&app, &consumer, "analytics").await;
     // Every record in the topics (each event twice) comes again, all already applied.
-    duplicates(3.0 * total as f64).await;
+    await_duplicates(&app, "analytics", 3.0 * total as f64).await;
 
     let summary = stats(&app, "/analytics/summary").await;
     assert_eq!(summary["events_total"], total);

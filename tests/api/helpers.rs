@@ -316,7 +316,12 @@ impl TestApp {
 
     /// Rows in `table`.
     pub async fn count(&self, table: &str) -> i64 {
-        TestDb(self.database_url.clone()).count(table).await
+        self.db().count(table).await
+    }
+
+    /// This app's database.
+    pub fn db(&self) -> TestDb {
+        TestDb(self.database_url.clone())
     }
 
     /// The physical name of a logical topic.
