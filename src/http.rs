@@ -9,7 +9,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use rdkafka::producer::FutureProducer;
 use recsys_actors::kafka::{self, SlogContext};
 use serde::Serialize;
@@ -38,10 +38,6 @@ pub struct Readiness {
     /// A client used only to ask the broker for metadata.
     pub kafka: FutureProducer<SlogContext>,
 }
-
-/// The request id of a request (from `X-Request-Id` when sane, else fresh).
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
 
 /// Registers `/healthz`, `/readyz` and `/metrics`.
 pub fn common_routes(cfg: &mut web::ServiceConfig) {
@@ -141,7 +137,6 @@ pub async fn observe(
         })
         .map(str::to_string)
         .unwrap_or_else(|| Uuid::new_v4().to_string());
-    req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().as_str().to_string();
     let mut res = next.call(req).await?;
     let elapsed = started.elapsed();
@@ -240,12 +235,4 @@ async fn metrics_text() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(metrics::render())
-}
-
-/// The request id the middleware assigned.
-pub fn request_id(req: &HttpRequest) -> String {
-    req.extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default()
 }
