@@ -272,3 +272,62 @@ async fn aggregation_and_query_actors_answer_typed_messages() {
         "activity of an unknown user still counts"
     );
 }
+
+/// While the sink cannot write (one of its tables is unavailable), the consumer retries the same
+/// batch with backoff and moves no position; once writes work again every event counts once.
+#[actix_web::test]
+async fn a_failing_sink_is_retried_until_it_succeeds_and_counts_once() {
+    let app = spawn_app().await;
+    let events_total = |want: i64| {
+        let app = &app;
+        async move {
+            eventually(
+                Duration::from_secs(60),
+                "analytics to count the events",
+                || async {
+                    (stats(app, "/analytics/summary").await["events_total"] == want).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    events_total(1).await; // the admin's registration
+
+    app.db()
+        .execute("ALTER TABLE an_event_counts RENAME TO an_event_counts_away")
+        .await;
+    for _ in 0..3 {
+        app.new_user().await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "failed attempts to be counted",
+        || async {
+            let errors = metric_sum(
+                &app,
+                "kafka_messages_consumed_total",
+                &[ANALYTICS, "status=\"error\""],
+            )
+            .await;
+            (errors >= 3.0).then_some(())
+        },
+    )
+    .await;
+    app.db()
+        .execute("ALTER TABLE an_event_counts_away RENAME TO an_event_counts")
+        .await;
+
+    events_total(4).await;
+    let summary = stats(&app, "/analytics/summary").await;
+    assert_eq!(summary["users"], 4);
+    assert_eq!(
+        metric_sum(
+            &app,
+            "kafka_messages_consumed_total",
+            &[ANALYTICS, "status=\"ok\""]
+        )
+        .await,
+        4.0,
+        "each event applied once after the retries"
+    );
+}
