@@ -1,10 +1,11 @@
 //! The transactional outbox on Postgres: [`enqueue`] writes an event in the caller's
 //! transaction; [`PgOutbox`] is the store the generic relay actor publishes from.
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
-use recsys_actors::outbox_relay::{BatchOutcome, OutboxRecord, OutboxStore, Publish};
+use recsys_actors::outbox_relay::{BatchOutcome, OutboxRecord, OutboxStore, Pending, Publish};
 use recsys_schema::events::Envelope;
 use recsys_schema::tables::outbox;
 
@@ -99,11 +100,21 @@ impl OutboxStore for PgOutbox {
         })
     }
 
-    fn pending(&self) -> BoxFuture<'static, anyhow::Result<i64>> {
+    fn pending(&self) -> BoxFuture<'static, anyhow::Result<Pending>> {
         let pool = self.pool.clone();
         Box::pin(async move {
             let mut conn = pool.get_owned().await?;
-            Ok(outbox::table.count().get_result(&mut *conn).await?)
+            let (rows, oldest): (i64, Option<DateTime<Utc>>) = outbox::table
+                .select((
+                    diesel::dsl::count_star(),
+                    diesel::dsl::min(outbox::created_at),
+                ))
+                .get_result(&mut *conn)
+                .await?;
+            let oldest_age = oldest
+                .and_then(|t| (Utc::now() - t).to_std().ok())
+                .unwrap_or_default();
+            Ok(Pending { rows, oldest_age })
         })
     }
 }

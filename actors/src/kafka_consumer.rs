@@ -21,7 +21,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use slog::{debug, info, warn, Logger};
 
 use crate::kafka::{self, SlogContext};
-use crate::metrics::{KAFKA_MESSAGES_CONSUMED, KAFKA_PROCESSING_DURATION, KAFKA_REBALANCES};
+use crate::metrics::{
+    KAFKA_CONSUMER_LAG, KAFKA_MESSAGES_CONSUMED, KAFKA_PROCESSING_DURATION, KAFKA_REBALANCES,
+};
 
 /// A decoded record and where it was read.
 #[derive(Debug, Clone)]
@@ -174,6 +176,8 @@ pub struct KafkaConsumer<T: Send + Sync + 'static> {
     positions: Recipient<LoadPositions>,
     logger: Logger,
     running: Option<SpawnHandle>,
+    /// A lag measurement is in flight.
+    measuring: bool,
 }
 
 impl<T: Send + Sync + 'static> KafkaConsumer<T> {
@@ -192,6 +196,7 @@ impl<T: Send + Sync + 'static> KafkaConsumer<T> {
             positions,
             logger,
             running: None,
+            measuring: false,
         }
     }
 
@@ -216,10 +221,78 @@ impl<T: Send + Sync + 'static> KafkaConsumer<T> {
     }
 }
 
+/// How often consumer lag is measured.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+impl<T: Send + Sync + 'static> KafkaConsumer<T> {
+    /// Sets `kafka_consumer_lag` for every partition of the topics: the log end offset minus
+    /// the stored position (the log start when nothing was stored). Runs whether or not the
+    /// consume loop runs, so a stopped consumer shows its lag growing.
+    fn measure_lag(&mut self, ctx: &mut Context<Self>) {
+        if self.measuring {
+            return;
+        }
+        self.measuring = true;
+        let (config, positions, logger) = (
+            self.config.clone(),
+            self.positions.clone(),
+            self.logger.clone(),
+        );
+        let work = async move {
+            let brokers = config.brokers.clone();
+            let topics = config.topics.clone();
+            let offsets =
+                tokio::task::spawn_blocking(move || watermarks(&brokers, &topics)).await??;
+            let wanted = offsets.iter().map(|(t, p, _, _)| (t.clone(), *p)).collect();
+            let stored = positions.send(LoadPositions(wanted)).await??;
+            for (topic, partition, low, high) in offsets {
+                let position = stored
+                    .iter()
+                    .find(|(t, p, _)| *t == topic && *p == partition)
+                    .map_or(low, |(_, _, o)| *o);
+                KAFKA_CONSUMER_LAG
+                    .with_label_values(&[
+                        config.service,
+                        &config.group,
+                        &topic,
+                        &partition.to_string(),
+                    ])
+                    .set((high - position).max(0));
+            }
+            anyhow::Ok(())
+        };
+        ctx.spawn(work.into_actor(self).map(move |result, act, _| {
+            act.measuring = false;
+            if let Err(e) = result {
+                debug!(logger, "lag not measured"; "error" => format!("{e:#}"));
+            }
+        }));
+    }
+}
+
+/// `(topic, partition, low, high)` watermarks of every partition of `topics` (blocking).
+fn watermarks(brokers: &str, topics: &[String]) -> anyhow::Result<Vec<(String, i32, i64, i64)>> {
+    let client: rdkafka::consumer::BaseConsumer =
+        kafka::client_config(brokers, "recsys-lag").create()?;
+    let timeout = Duration::from_secs(2);
+    let mut out = Vec::new();
+    for topic in topics {
+        let metadata = client.fetch_metadata(Some(topic), timeout)?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let (low, high) = client.fetch_watermarks(topic, p.id(), timeout)?;
+                out.push((topic.clone(), p.id(), low, high));
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl<T: Send + Sync + 'static> Actor for KafkaConsumer<T> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(LAG_INTERVAL, |act, ctx| act.measure_lag(ctx));
         info!(self.logger, "consumer started"; "group" => &self.config.group, "topics" => self.config.topics.join(","));
         self.start_loop(ctx);
     }

@@ -2,7 +2,7 @@
 
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
-    IntCounterVec, IntGauge,
+    IntCounterVec, IntGauge, IntGaugeVec,
 };
 use std::sync::LazyLock;
 
@@ -49,6 +49,17 @@ pub static KAFKA_PROCESSING_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| 
     .expect("metric registers once")
 });
 
+/// `kafka_consumer_lag{service,group,topic,partition}`: records behind the log end (log end
+/// offset minus the position stored with the consumer's state).
+pub static KAFKA_CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "kafka_consumer_lag",
+        "Records behind the log end, by service, group, topic and partition",
+        &["service", "group", "topic", "partition"]
+    )
+    .expect("metric registers once")
+});
+
 /// `kafka_consumer_rebalances_total{service}`.
 pub static KAFKA_REBALANCES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -59,13 +70,24 @@ pub static KAFKA_REBALANCES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// `outbox_oldest_pending_age_seconds`: age of the oldest unpublished outbox row (0 when empty).
+pub static OUTBOX_OLDEST_AGE: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
+    prometheus::register_gauge!(
+        "outbox_oldest_pending_age_seconds",
+        "Age of the oldest outbox row not yet acknowledged by the broker"
+    )
+    .expect("metric registers once")
+});
+
 /// Touches every family so that `/metrics` lists them before their first sample.
 pub fn init() {
     LazyLock::force(&KAFKA_MESSAGES_PRODUCED);
     LazyLock::force(&OUTBOX_PENDING);
+    LazyLock::force(&OUTBOX_OLDEST_AGE);
     LazyLock::force(&KAFKA_MESSAGES_CONSUMED);
     LazyLock::force(&KAFKA_PROCESSING_DURATION);
     LazyLock::force(&KAFKA_REBALANCES);
+    LazyLock::force(&KAFKA_CONSUMER_LAG);
     LazyLock::force(&REDIS_REQUESTS);
     LazyLock::force(&REDIS_REQUEST_DURATION);
 }

@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use slog::{debug, error, info, warn, Logger};
 
 use crate::kafka::{self, SlogContext};
-use crate::metrics::{KAFKA_MESSAGES_PRODUCED, OUTBOX_PENDING};
+use crate::metrics::{KAFKA_MESSAGES_PRODUCED, OUTBOX_OLDEST_AGE, OUTBOX_PENDING};
 
 /// One pending outbox row.
 #[derive(Debug, Clone)]
@@ -45,6 +45,23 @@ pub enum BatchOutcome {
     Done { claimed: usize, published: usize },
 }
 
+/// The backlog of the outbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pending {
+    /// Rows not yet published.
+    pub rows: i64,
+    /// Age of the oldest of them; zero when there are none.
+    pub oldest_age: Duration,
+}
+
+impl Pending {
+    /// Sets `outbox_pending` and `outbox_oldest_pending_age_seconds`.
+    fn record(&self) {
+        OUTBOX_PENDING.set(self.rows);
+        OUTBOX_OLDEST_AGE.set(self.oldest_age.as_secs_f64());
+    }
+}
+
 /// Where the outbox lives. Implementations must serialize relays (at most one publishes at a
 /// time, e.g. with a database lock held during [`OutboxStore::relay_batch`]) and remove exactly
 /// the acknowledged ids.
@@ -58,7 +75,7 @@ pub trait OutboxStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, anyhow::Result<BatchOutcome>>;
 
     /// Number of rows not yet published.
-    fn pending(&self) -> BoxFuture<'static, anyhow::Result<i64>>;
+    fn pending(&self) -> BoxFuture<'static, anyhow::Result<Pending>>;
 }
 
 /// How the relay is set up.
@@ -137,7 +154,8 @@ impl OutboxRelay {
         }
     }
 
-    /// Updates `outbox_pending`, also while a batch waits for the broker.
+    /// Updates `outbox_pending` and the oldest row's age, also while a batch waits for the
+    /// broker.
     fn refresh_pending(&mut self, ctx: &mut Context<Self>) {
         if self.counting {
             return;
@@ -149,8 +167,8 @@ impl OutboxRelay {
                 .into_actor(self)
                 .map(|pending, act, _| {
                     act.counting = false;
-                    if let Ok(n) = pending {
-                        OUTBOX_PENDING.set(n);
+                    if let Ok(pending) = pending {
+                        pending.record();
                     }
                 }),
         );
@@ -345,8 +363,8 @@ impl Handler<Drain> for OutboxRelay {
                 warn!(logger, "producer flush incomplete"; "error" => %e);
             }
             let pending = store.pending().await?;
-            OUTBOX_PENDING.set(pending);
-            Ok(pending)
+            pending.record();
+            Ok(pending.rows)
         })
     }
 }

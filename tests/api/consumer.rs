@@ -566,3 +566,48 @@ async fn out_of_order_events_converge_on_the_newest_catalog_state() {
     )
     .await;
 }
+
+/// The recommendations consumer's lag summed over the partitions of `topic`.
+async fn lag_of(app: &TestApp, topic: &str) -> f64 {
+    metric_sum(app, "kafka_consumer_lag", &[RECS, topic]).await
+}
+
+/// `kafka_consumer_lag` counts the records a stopped consumer has not applied and falls back
+/// to 0 once it runs again.
+#[actix_web::test]
+async fn lag_grows_while_the_consumer_is_stopped_and_returns_to_zero() {
+    let app = spawn_app().await;
+    let topic = format!("topic=\"{}\"", app.topic(topics::USER_UPDATES));
+    eventually(Duration::from_secs(30), "a caught-up consumer", || async {
+        (metric_sum(
+            &app,
+            "kafka_messages_consumed_total",
+            &[RECS, "status=\"ok\""],
+        )
+        .await
+            >= 1.0
+            && lag_of(&app, &topic).await == 0.0)
+            .then_some(())
+    })
+    .await;
+
+    let consumer = app.app.recommendations().unwrap().consumer;
+    consumer.send(Pause).await.unwrap();
+    let (user, token, _) = app.new_user().await;
+    for _ in 0..4 {
+        post_activity(&app, user, &token, &Uuid::new_v4().to_string(), "view", 1).await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the lag to show the 5 unapplied records",
+        || async { (lag_of(&app, &topic).await >= 5.0).then_some(()) },
+    )
+    .await;
+    consumer.send(Resume).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the lag to return to 0",
+        || async { (lag_of(&app, &topic).await == 0.0).then_some(()) },
+    )
+    .await;
+}

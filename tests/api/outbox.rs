@@ -37,7 +37,7 @@ fn start_broker(port: u16) -> tokio::process::Child {
 }
 
 /// With no broker listening, writes answer 2xx, `/readyz` says why it is not ready and
-/// `outbox_pending` counts the backlog; a broker coming up receives every event once, in order.
+/// `outbox_pending` (and the oldest row's age) count the backlog; a broker coming up receives every event once, in order.
 #[actix_web::test]
 async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
     let port = free_port();
@@ -95,7 +95,11 @@ async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
     eventually(
         Duration::from_secs(10),
         "outbox_pending to show the backlog",
-        || async { (app.metric("outbox_pending").await == Some(total as f64)).then_some(()) },
+        || async {
+            (app.metric("outbox_pending").await == Some(total as f64)
+                && app.metric("outbox_oldest_pending_age_seconds").await > Some(0.0))
+            .then_some(())
+        },
     )
     .await;
 
@@ -133,8 +137,10 @@ async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
     }
 
     eventually(Duration::from_secs(10), "the outbox to empty", || async {
-        (app.outbox_rows().await == 0 && app.metric("outbox_pending").await == Some(0.0))
-            .then_some(())
+        (app.outbox_rows().await == 0
+            && app.metric("outbox_pending").await == Some(0.0)
+            && app.metric("outbox_oldest_pending_age_seconds").await == Some(0.0))
+        .then_some(())
     })
     .await;
     let ready = app.get(Service::Users, "/readyz", None).await;
