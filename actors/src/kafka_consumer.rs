@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -178,6 +178,8 @@ pub struct KafkaConsumer<T: Send + Sync + 'static> {
     running: Option<SpawnHandle>,
     /// A lag measurement is in flight.
     measuring: bool,
+    /// The group-less client that reads watermarks; made on first use.
+    lag_client: Option<Arc<BaseConsumer>>,
 }
 
 impl<T: Send + Sync + 'static> KafkaConsumer<T> {
@@ -197,6 +199,7 @@ impl<T: Send + Sync + 'static> KafkaConsumer<T> {
             logger,
             running: None,
             measuring: false,
+            lag_client: None,
         }
     }
 
@@ -232,6 +235,16 @@ impl<T: Send + Sync + 'static> KafkaConsumer<T> {
         if self.measuring {
             return;
         }
+        let client = match &self.lag_client {
+            Some(client) => client.clone(),
+            None => match kafka::client_config(&self.config.brokers, "recsys-lag").create() {
+                Ok(client) => self.lag_client.insert(Arc::new(client)).clone(),
+                Err(e) => {
+                    warn!(self.logger, "cannot create the lag client"; "error" => %e);
+                    return;
+                }
+            },
+        };
         self.measuring = true;
         let (config, positions, logger) = (
             self.config.clone(),
@@ -239,10 +252,9 @@ impl<T: Send + Sync + 'static> KafkaConsumer<T> {
             self.logger.clone(),
         );
         let work = async move {
-            let brokers = config.brokers.clone();
             let topics = config.topics.clone();
             let offsets =
-                tokio::task::spawn_blocking(move || watermarks(&brokers, &topics)).await??;
+                tokio::task::spawn_blocking(move || watermarks(&client, &topics)).await??;
             let wanted = offsets.iter().map(|(t, p, _, _)| (t.clone(), *p)).collect();
             let stored = positions.send(LoadPositions(wanted)).await??;
             for (topic, partition, low, high) in offsets {
@@ -271,9 +283,10 @@ impl<T: Send + Sync + 'static> KafkaConsumer<T> {
 }
 
 /// `(topic, partition, low, high)` watermarks of every partition of `topics` (blocking).
-fn watermarks(brokers: &str, topics: &[String]) -> anyhow::Result<Vec<(String, i32, i64, i64)>> {
-    let client: rdkafka::consumer::BaseConsumer =
-        kafka::client_config(brokers, "recsys-lag").create()?;
+fn watermarks(
+    client: &BaseConsumer,
+    topics: &[String],
+) -> anyhow::Result<Vec<(String, i32, i64, i64)>> {
     let timeout = Duration::from_secs(2);
     let mut out = Vec::new();
     for topic in topics {
