@@ -126,21 +126,9 @@ impl<'a> Shop<'a> {
 
     /// Records `kind` of `quantity` units of `product` as `user` (`user.activity`).
     async fn act(&self, user: &Shopper, kind: &str, product: Uuid, quantity: u32) {
-        let reply = self
-            .app
-            .post(
-                Service::Users,
-                &format!("/users/{}/activity", user.id),
-                json!({"type": kind, "product_id": product, "quantity": quantity}),
-                Some(&user.token),
-            )
+        self.app
+            .post_activity(user.id, &user.token, product, kind, quantity)
             .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::ACCEPTED,
-            "{kind} of {product}: {}",
-            reply.text
-        );
         self.emit();
     }
 

@@ -56,25 +56,6 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload:
         .expect("record produced");
 }
 
-pub async fn post_activity(
-    app: &TestApp,
-    user: Uuid,
-    token: &str,
-    product: &str,
-    kind: &str,
-    quantity: u32,
-) {
-    let reply = app
-        .post(
-            Service::Users,
-            &format!("/users/{user}/activity"),
-            json!({"type": kind, "product_id": product, "quantity": quantity}),
-            Some(token),
-        )
-        .await;
-    assert_eq!(reply.status, 202, "{}", reply.text);
-}
-
 /// Publishes every record of both topics again (same keys, same values, so same event ids);
 /// answers how many.
 pub async fn republish_everything(app: &TestApp, expected: usize) -> usize {
@@ -156,9 +137,10 @@ async fn duplicates_and_redeliveries_do_not_change_scores() {
     let product = product["id"].as_str().unwrap().to_string();
     let (user, token, _) = app.new_user().await;
     for _ in 0..3 {
-        post_activity(&app, user, &token, &product, "purchase", 1).await;
+        app.post_activity(user, &token, &product, "purchase", 1)
+            .await;
     }
-    post_activity(&app, user, &token, &product, "view", 2).await;
+    app.post_activity(user, &token, &product, "view", 2).await;
     let expected = 3.0 * 10.0 + 2.0;
     eventually(Duration::from_secs(30), "the score to reach 32", || async {
         score_of(&app, &product)
@@ -595,7 +577,8 @@ async fn lag_grows_while_the_consumer_is_stopped_and_returns_to_zero() {
     consumer.send(Pause).await.unwrap();
     let (user, token, _) = app.new_user().await;
     for _ in 0..4 {
-        post_activity(&app, user, &token, &Uuid::new_v4().to_string(), "view", 1).await;
+        app.post_activity(user, &token, &Uuid::new_v4().to_string(), "view", 1)
+            .await;
     }
     eventually(
         Duration::from_secs(30),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use recsys::config::Service;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -42,19 +42,6 @@ async fn send_raw_as(
         request = request.bearer_auth(token);
     }
     read_reply(request.send().await.expect("request sent")).await
-}
-
-/// A response as a [`Reply`].
-async fn read_reply(response: reqwest::Response) -> Reply {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap_or_default();
-    Reply {
-        status,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-        headers,
-    }
 }
 
 /// Asserts `status`, `code`, a JSON content type and exactly `{"error": {"code", "message"}}`.

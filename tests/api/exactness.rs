@@ -9,9 +9,7 @@ use recsys::config::Service;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::consumer::{
-    await_duplicates, metric_sum, post_activity, redeliver_from_start, republish_everything,
-};
+use crate::consumer::{await_duplicates, metric_sum, redeliver_from_start, republish_everything};
 use crate::helpers::*;
 
 const ANALYTICS: &str = "service=\"analytics\"";
@@ -85,7 +83,7 @@ async fn counters_equal_distinct_events_despite_duplicates_and_redelivery() {
             let product = &products[(u + k) % products.len()];
             let kind = kinds[(u * 3 + k) % kinds.len()];
             let quantity = (k % 3 + 1) as u32;
-            post_activity(&app, id, &token, product, kind, quantity).await;
+            app.post_activity(id, &token, product, kind, quantity).await;
             let counters = expected.entry(product.clone()).or_default();
             match kind {
                 "view" => counters[0] += 1,
@@ -210,33 +208,15 @@ async fn aggregation_and_query_actors_answer_typed_messages() {
             positions: vec![("direct".into(), 1, first + events.len() as i64)],
         })
     };
-    assert_eq!(
-        actors
+    // New, then a replay at the same offsets, then the same events at new offsets.
+    for (first, applied) in [(0, [true; 3]), (0, [false; 3]), (3, [false; 3])] {
+        let answer = actors
             .aggregation
-            .send(ApplyBatch(batch(0)))
+            .send(ApplyBatch(batch(first)))
             .await
-            .unwrap()
-            .unwrap(),
-        [true; 3]
-    );
-    assert_eq!(
-        actors
-            .aggregation
-            .send(ApplyBatch(batch(0)))
-            .await
-            .unwrap()
-            .unwrap(),
-        [false; 3]
-    );
-    assert_eq!(
-        actors
-            .aggregation
-            .send(ApplyBatch(batch(3)))
-            .await
-            .unwrap()
-            .unwrap(),
-        [false; 3]
-    );
+            .unwrap();
+        assert_eq!(answer.unwrap(), applied, "batch at offset {first}");
+    }
     let positions = actors
         .aggregation
         .send(LoadPositions(vec![("direct".into(), 1)]))

@@ -232,7 +232,7 @@ impl TestApp {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        read(request.send().await.expect("request sent")).await
+        read_reply(request.send().await.expect("request sent")).await
     }
 
     /// `GET`.
@@ -279,6 +279,33 @@ impl TestApp {
         let email = format!("user-{}@example.com", Uuid::new_v4().simple());
         let (id, token) = self.register("Test User", &email, "user-password").await;
         (id, token, email)
+    }
+
+    /// Records `kind` (`view`, `cart_add`, `cart_remove`, `purchase`) of `quantity` units of
+    /// `product` as `user`; asserts `202`.
+    pub async fn post_activity(
+        &self,
+        user: Uuid,
+        token: &str,
+        product: impl std::fmt::Display,
+        kind: &str,
+        quantity: u32,
+    ) {
+        let product = product.to_string();
+        let reply = self
+            .post(
+                Service::Users,
+                &format!("/users/{user}/activity"),
+                json!({"type": kind, "product_id": product, "quantity": quantity}),
+                Some(token),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::ACCEPTED,
+            "{kind} of {product}: {}",
+            reply.text
+        );
     }
 
     /// Creates a product as admin; answers its JSON.
@@ -330,7 +357,8 @@ impl TestApp {
     }
 }
 
-async fn read(response: reqwest::Response) -> Reply {
+/// A response as a [`Reply`].
+pub async fn read_reply(response: reqwest::Response) -> Reply {
     let status = response.status();
     let headers = response.headers().clone();
     let text = response.text().await.unwrap_or_default();

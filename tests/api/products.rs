@@ -43,16 +43,7 @@ async fn post_literal(app: &TestApp, body: &str, token: Option<&str>) -> Reply {
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.expect("request sent");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap_or_default();
-    Reply {
-        status,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-        headers,
-    }
+    read_reply(request.send().await.expect("request sent")).await
 }
 
 /// Creates a product as admin with `price` given as the literal JSON text `price`; answers the

@@ -37,20 +37,8 @@ impl Shopper {
     /// Records `kind` (`view`, `cart_add`, `cart_remove`, `purchase`) of `quantity` units of
     /// `product`; asserts 202.
     async fn does(&self, app: &TestApp, kind: &str, product: &str, quantity: u32) {
-        let reply = app
-            .post(
-                Service::Users,
-                &format!("/users/{}/activity", self.id),
-                json!({"type": kind, "product_id": product, "quantity": quantity}),
-                Some(&self.token),
-            )
+        app.post_activity(self.id, &self.token, product, kind, quantity)
             .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::ACCEPTED,
-            "{kind} of {product}: {}",
-            reply.text
-        );
     }
 
     /// The path of this user's personal recommendations.
