@@ -107,6 +107,11 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6)]
     pub kafka_partitions: i32,
 
+    /// Replicas per partition of a topic created at startup (1 for the local tansu, whose
+    /// brokers share one store; 3 on a three-broker Kafka cluster).
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub kafka_replication_factor: i32,
+
     #[command(flatten)]
     pub postgres: PostgresSettings,
 
@@ -208,6 +213,14 @@ impl Settings {
             Service::Products => self.products_port,
             Service::Recommendations => self.recommendations_port,
             Service::Analytics => self.analytics_port,
+        }
+    }
+
+    /// How topics are created when missing.
+    pub fn topic_layout(&self) -> recsys_actors::kafka::TopicLayout {
+        recsys_actors::kafka::TopicLayout {
+            partitions: self.kafka_partitions,
+            replication: self.kafka_replication_factor.max(1),
         }
     }
 

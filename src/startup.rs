@@ -57,7 +57,7 @@ where
             topics::prefixed(&settings.kafka_topic_prefix, topics::USER_UPDATES),
             topics::prefixed(&settings.kafka_topic_prefix, topics::PRODUCT_UPDATES),
         ],
-        partitions: settings.kafka_partitions,
+        layout: settings.topic_layout(),
         max_records: settings.consumer_max_batch.max(1),
         max_wait: Duration::from_millis(settings.consumer_max_wait_ms),
     };
@@ -214,7 +214,7 @@ impl Application {
                     topics::USER_UPDATES.to_string(),
                     topics::PRODUCT_UPDATES.to_string(),
                 ],
-                partitions: settings.kafka_partitions,
+                layout: settings.topic_layout(),
                 batch_size: 500,
                 poll_interval: settings.outbox_poll_interval(),
                 delivery_timeout: Duration::from_millis(settings.kafka_delivery_timeout_ms),

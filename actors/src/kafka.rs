@@ -85,11 +85,20 @@ pub fn probe_client(brokers: &str, logger: Logger) -> KafkaResult<FutureProducer
     client_config(brokers, "recsys-probe").create_with_context(SlogContext::new(logger))
 }
 
-/// Creates each of `topics` with `partitions` partitions unless it already exists.
+/// How the topics a service needs are created when missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Replicas per partition (1 on a single-store broker such as tansu; 3 on a real cluster).
+    pub replication: i32,
+}
+
+/// Creates each of `topics` with `layout` unless it already exists.
 pub async fn ensure_topics(
     brokers: &str,
     topics: &[String],
-    partitions: i32,
+    layout: TopicLayout,
     timeout: Duration,
     logger: &Logger,
 ) -> KafkaResult<()> {
@@ -97,7 +106,13 @@ pub async fn ensure_topics(
         .create_with_context(SlogContext::new(logger.clone()))?;
     let new_topics: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            NewTopic::new(
+                t,
+                layout.partitions,
+                TopicReplication::Fixed(layout.replication),
+            )
+        })
         .collect();
     let options = AdminOptions::new()
         .operation_timeout(Some(timeout))
@@ -105,7 +120,7 @@ pub async fn ensure_topics(
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(topic) => {
-                info!(logger, "topic created"; "topic" => topic, "partitions" => partitions)
+                info!(logger, "topic created"; "topic" => topic, "partitions" => layout.partitions, "replication" => layout.replication)
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {

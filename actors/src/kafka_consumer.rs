@@ -74,8 +74,8 @@ pub struct ConsumerConfig {
     pub group: String,
     /// Physical topic names.
     pub topics: Vec<String>,
-    /// Partitions of topics created at start (source and dead-letter topics).
-    pub partitions: i32,
+    /// How topics are created at start (source and dead-letter topics).
+    pub layout: kafka::TopicLayout,
     /// Largest batch.
     pub max_records: usize,
     /// How long a batch waits for more records after its first.
@@ -391,7 +391,7 @@ async fn run<T: Send + Sync + 'static>(
         kafka::ensure_topics(
             &config.brokers,
             &all_topics,
-            config.partitions,
+            config.layout,
             Duration::from_secs(5),
             &logger,
         )

@@ -87,8 +87,8 @@ pub struct RelayConfig {
     pub topic_prefix: String,
     /// Logical topics to create at start when missing.
     pub topics: Vec<String>,
-    /// Partitions of a created topic.
-    pub partitions: i32,
+    /// How a missing topic is created.
+    pub layout: kafka::TopicLayout,
     /// Rows per batch.
     pub batch_size: i64,
     /// How often the outbox is polled when nobody wakes the relay.
@@ -190,19 +190,19 @@ impl OutboxRelay {
                 .iter()
                 .map(|t| format!("{}{t}", self.config.topic_prefix))
                 .collect();
-            (self.config.brokers.clone(), topics, self.config.partitions)
+            (self.config.brokers.clone(), topics, self.config.layout)
         });
         let limit = self.config.batch_size;
         let publish = self.publisher()();
         let logger = self.logger.clone();
         let work = async move {
-            if let Some((brokers, topics, partitions)) = ensure {
+            if let Some((brokers, topics, layout)) = ensure {
                 // Publishing to a topic that does not exist yet would park records until they
                 // time out: wait for the topics first.
                 if let Err(e) = kafka::ensure_topics(
                     &brokers,
                     &topics,
-                    partitions,
+                    layout,
                     Duration::from_secs(5),
                     &logger,
                 )
