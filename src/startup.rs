@@ -6,12 +6,13 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Arbiter};
+use actix::Arbiter;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use recsys_actors::kafka;
+use recsys_actors::observe::{Observed, ObservedAddr};
 use recsys_actors::outbox_relay::{Drain, OutboxRelay, RelayConfig};
 use recsys_actors::supervision::start_supervised;
 use recsys_schema::topics;
@@ -35,19 +36,23 @@ use recsys_actors::kafka_consumer::{
 };
 use recsys_schema::events::Envelope;
 
+/// The `service` label of machinery shared by the hosted services (the outbox relay serves
+/// both users and products).
+pub const RUNTIME: &str = "runtime";
+
 /// Starts the generic consumer of both topics for `service` (group `<prefix><service>`),
 /// feeding `sink`, on its own arbiter.
 fn start_consumer<S>(
     settings: &Settings,
     service: &'static str,
     group: String,
-    sink: Addr<S>,
+    sink: ObservedAddr<S>,
     logger: &Logger,
-) -> Addr<KafkaConsumer<Envelope>>
+) -> ObservedAddr<KafkaConsumer<Envelope>>
 where
     S: actix::Actor<Context = actix::Context<S>>
-        + actix::Handler<ApplyBatch<Envelope>>
-        + actix::Handler<LoadPositions>,
+        + actix::Handler<Observed<ApplyBatch<Envelope>>>
+        + actix::Handler<Observed<LoadPositions>>,
 {
     let config = ConsumerConfig {
         service,
@@ -63,10 +68,11 @@ where
     };
     start_supervised(
         &Arbiter::new().handle(),
+        service,
         KafkaConsumer::new(
             config,
             Arc::new(consumption::decode_envelope),
-            sink.clone().recipient(),
+            sink.recipient(),
             sink.recipient(),
             logger.new(o!("actor" => "consumer")),
         ),
@@ -77,11 +83,11 @@ where
 #[derive(Clone)]
 pub struct AnalyticsActors {
     /// Answers statistics queries.
-    pub queries: Addr<AnalyticsQueries>,
+    pub queries: ObservedAddr<AnalyticsQueries>,
     /// Folds batches into the statistics; sink of the consumer.
-    pub aggregation: Addr<AggregationActor>,
+    pub aggregation: ObservedAddr<AggregationActor>,
     /// Reads both topics (group `<prefix>analytics`).
-    pub consumer: Addr<KafkaConsumer<Envelope>>,
+    pub consumer: ObservedAddr<KafkaConsumer<Envelope>>,
 }
 
 impl AnalyticsActors {
@@ -93,13 +99,14 @@ impl AnalyticsActors {
         let group = format!("{}analytics", settings.kafka_topic_prefix);
         let aggregation = start_supervised(
             &arbiter,
+            "analytics",
             AggregationActor::new(
                 pool.clone(),
                 group.clone(),
                 logger.new(o!("actor" => "aggregation")),
             ),
         );
-        let queries = start_supervised(&arbiter, AnalyticsQueries::new(pool.clone()));
+        let queries = start_supervised(&arbiter, "analytics", AnalyticsQueries::new(pool.clone()));
         let consumer = start_consumer(settings, "analytics", group, aggregation.clone(), &logger);
         Self {
             queries,
@@ -113,13 +120,13 @@ impl AnalyticsActors {
 #[derive(Clone)]
 pub struct RecommendationsActors {
     /// Answers queries.
-    pub query: Addr<RecommendationsActor>,
+    pub query: ObservedAddr<RecommendationsActor>,
     /// Owns the scores; sink of the consumer.
-    pub ranking: Addr<RankingActor>,
+    pub ranking: ObservedAddr<RankingActor>,
     /// Fronts Redis.
-    pub cache: Addr<CacheActor>,
+    pub cache: ObservedAddr<CacheActor>,
     /// Reads both topics (group `<prefix>recommendations`).
-    pub consumer: Addr<KafkaConsumer<Envelope>>,
+    pub consumer: ObservedAddr<KafkaConsumer<Envelope>>,
 }
 
 impl RecommendationsActors {
@@ -134,10 +141,11 @@ impl RecommendationsActors {
             Duration::from_millis(settings.redis_timeout_ms.max(1)),
             logger.new(o!("actor" => "cache")),
         )?;
-        let cache = start_supervised(&arbiter, cache);
+        let cache = start_supervised(&arbiter, "recommendations", cache);
         let group = format!("{}recommendations", settings.kafka_topic_prefix);
         let ranking = start_supervised(
             &arbiter,
+            "recommendations",
             RankingActor::new(
                 pool.clone(),
                 group.clone(),
@@ -150,6 +158,7 @@ impl RecommendationsActors {
         );
         let query = start_supervised(
             &arbiter,
+            "recommendations",
             RecommendationsActor::new(
                 pool.clone(),
                 cache.clone(),
@@ -175,9 +184,9 @@ pub struct Application {
     ports: BTreeMap<Service, u16>,
     servers: Vec<(Service, ServerHandle)>,
     running: Vec<Server>,
-    relay: Option<Addr<OutboxRelay>>,
-    users: Option<Addr<UsersActor>>,
-    products: Option<Addr<ProductsActor>>,
+    relay: Option<ObservedAddr<OutboxRelay>>,
+    users: Option<ObservedAddr<UsersActor>>,
+    products: Option<ObservedAddr<ProductsActor>>,
     recommendations: Option<RecommendationsActors>,
     analytics: Option<AnalyticsActors>,
     pool: Pool,
@@ -224,15 +233,16 @@ impl Application {
                 Arc::new(PgOutbox::new(pool.clone())),
                 logger.new(o!("actor" => "outbox_relay")),
             )?;
-            Some(start_supervised(&Arbiter::new().handle(), relay))
+            Some(start_supervised(&Arbiter::new().handle(), RUNTIME, relay))
         } else {
             None
         };
-        let wake = relay.clone().map(|r| r.recipient());
+        let wake = relay.as_ref().map(|r| r.recipient());
 
         let users = services.contains(&Service::Users).then(|| {
             start_supervised(
                 &Arbiter::new().handle(),
+                "users",
                 UsersActor::new(
                     pool.clone(),
                     keys.clone(),
@@ -244,6 +254,7 @@ impl Application {
         let products = services.contains(&Service::Products).then(|| {
             start_supervised(
                 &Arbiter::new().handle(),
+                "products",
                 ProductsActor::new(
                     pool.clone(),
                     wake.clone(),
@@ -376,12 +387,12 @@ impl Application {
     }
 
     /// The users actor, when hosted.
-    pub fn users(&self) -> Option<Addr<UsersActor>> {
+    pub fn users(&self) -> Option<ObservedAddr<UsersActor>> {
         self.users.clone()
     }
 
     /// The products actor, when hosted.
-    pub fn products(&self) -> Option<Addr<ProductsActor>> {
+    pub fn products(&self) -> Option<ObservedAddr<ProductsActor>> {
         self.products.clone()
     }
 
@@ -396,7 +407,7 @@ impl Application {
     }
 
     /// The outbox relay, when hosted.
-    pub fn relay(&self) -> Option<Addr<OutboxRelay>> {
+    pub fn relay(&self) -> Option<ObservedAddr<OutboxRelay>> {
         self.relay.clone()
     }
 

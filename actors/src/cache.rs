@@ -379,3 +379,5 @@ mod tests {
         assert_eq!(gate.admit(), Some(2));
     }
 }
+
+crate::observed_handlers!(CacheActor => CacheGet, CacheSet, CacheRaise, crate::supervision::Fail);

@@ -24,6 +24,7 @@ use crate::kafka::{self, SlogContext};
 use crate::metrics::{
     KAFKA_CONSUMER_LAG, KAFKA_MESSAGES_CONSUMED, KAFKA_PROCESSING_DURATION, KAFKA_REBALANCES,
 };
+use crate::observe::ObservedRecipient;
 
 /// A decoded record and where it was read.
 #[derive(Debug, Clone)]
@@ -91,7 +92,7 @@ struct GroupContext {
     inner: SlogContext,
     logger: Logger,
     service: &'static str,
-    positions: Recipient<LoadPositions>,
+    positions: ObservedRecipient<LoadPositions>,
 }
 
 impl ClientContext for GroupContext {
@@ -172,8 +173,8 @@ impl ConsumerContext for GroupContext {
 pub struct KafkaConsumer<T: Send + Sync + 'static> {
     config: ConsumerConfig,
     decoder: Decoder<T>,
-    sink: Recipient<ApplyBatch<T>>,
-    positions: Recipient<LoadPositions>,
+    sink: ObservedRecipient<ApplyBatch<T>>,
+    positions: ObservedRecipient<LoadPositions>,
     logger: Logger,
     running: Option<SpawnHandle>,
     /// A lag measurement is in flight.
@@ -187,8 +188,8 @@ impl<T: Send + Sync + 'static> KafkaConsumer<T> {
     pub fn new(
         config: ConsumerConfig,
         decoder: Decoder<T>,
-        sink: Recipient<ApplyBatch<T>>,
-        positions: Recipient<LoadPositions>,
+        sink: ObservedRecipient<ApplyBatch<T>>,
+        positions: ObservedRecipient<LoadPositions>,
         logger: Logger,
     ) -> Self {
         Self {
@@ -381,8 +382,8 @@ where
 async fn run<T: Send + Sync + 'static>(
     config: ConsumerConfig,
     decoder: Decoder<T>,
-    sink: Recipient<ApplyBatch<T>>,
-    positions: Recipient<LoadPositions>,
+    sink: ObservedRecipient<ApplyBatch<T>>,
+    positions: ObservedRecipient<LoadPositions>,
     logger: Logger,
 ) -> anyhow::Result<()> {
     let mut all_topics = config.topics.clone();
@@ -583,3 +584,5 @@ async fn dead_letter(
         .with_label_values(&[config.service, message.topic(), "unknown", "dead_letter"])
         .inc();
 }
+
+crate::observed_handlers!(impl[T: Send + Sync + 'static] KafkaConsumer<T> => Pause, Resume, crate::supervision::Fail);

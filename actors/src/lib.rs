@@ -14,11 +14,17 @@
 //!   forgets a row only once the broker acknowledged it.
 //! - [`cache`]: the Redis cache actor in front of slower queries; a miss and a Redis failure
 //!   look the same to callers.
+//! - [`observe`]: the envelope, addresses and handler macro that count every actor's mailbox
+//!   depth, messages, handling time and restarts.
 //! - [`metrics`]: the metric families this machinery records (Kafka produce, outbox, Redis cache).
 
 pub mod cache;
 pub mod kafka;
 pub mod kafka_consumer;
 pub mod metrics;
+pub mod observe;
 pub mod outbox_relay;
 pub mod supervision;
+
+/// Re-exported for [`observed_handlers!`], which names actix types from the caller's crate.
+pub use actix;

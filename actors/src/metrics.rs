@@ -90,6 +90,10 @@ pub fn init() {
     LazyLock::force(&KAFKA_CONSUMER_LAG);
     LazyLock::force(&REDIS_REQUESTS);
     LazyLock::force(&REDIS_REQUEST_DURATION);
+    LazyLock::force(&ACTOR_MAILBOX_DEPTH);
+    LazyLock::force(&ACTOR_MESSAGES);
+    LazyLock::force(&ACTOR_MESSAGE_DURATION);
+    LazyLock::force(&ACTOR_RESTARTS);
 }
 
 /// `redis_requests_total{operation,status}`: cache requests to Redis, by operation (`get`, `set`,
@@ -111,6 +115,53 @@ pub static REDIS_REQUEST_DURATION: LazyLock<prometheus::HistogramVec> = LazyLock
         "Duration of requests to the Redis cache, by operation",
         &["operation"],
         vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .expect("metric registers once")
+});
+
+/// `actor_mailbox_depth{service,actor}`: messages sent to the actor and not yet handled
+/// (queued, or being handled); see [`crate::observe`].
+pub static ACTOR_MAILBOX_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "actor_mailbox_depth",
+        "Messages sent to an actor and not yet handled, by service and actor type",
+        &["service", "actor"]
+    )
+    .expect("metric registers once")
+});
+
+/// `actor_messages_total{service,actor,message,outcome}`: messages handled, by outcome (`ok`,
+/// `error` for an `Err` answer, `dropped` when never answered).
+pub static ACTOR_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "actor_messages_total",
+        "Messages handled by actors, by service, actor type, message type and outcome",
+        &["service", "actor", "message", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// `actor_message_duration_seconds{service,actor,message}`: from the start of handling to the
+/// answer, asynchronous work included.
+pub static ACTOR_MESSAGE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "actor_message_duration_seconds",
+        "Time actors take to answer a message, by service, actor type and message type",
+        &["service", "actor", "message"],
+        vec![
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            0.5, 1.0, 2.5, 5.0, 10.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// `actor_restarts_total{service,actor}`: restarts by the actor's supervisor.
+pub static ACTOR_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "actor_restarts_total",
+        "Actor restarts by their supervisor, by service and actor type",
+        &["service", "actor"]
     )
     .expect("metric registers once")
 });

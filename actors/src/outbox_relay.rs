@@ -199,14 +199,9 @@ impl OutboxRelay {
             if let Some((brokers, topics, layout)) = ensure {
                 // Publishing to a topic that does not exist yet would park records until they
                 // time out: wait for the topics first.
-                if let Err(e) = kafka::ensure_topics(
-                    &brokers,
-                    &topics,
-                    layout,
-                    Duration::from_secs(5),
-                    &logger,
-                )
-                .await
+                if let Err(e) =
+                    kafka::ensure_topics(&brokers, &topics, layout, Duration::from_secs(5), &logger)
+                        .await
                 {
                     warn!(logger, "broker not ready, outbox waits"; "error" => %e);
                     return (
@@ -377,3 +372,5 @@ impl Handler<crate::supervision::Fail> for OutboxRelay {
         ctx.stop();
     }
 }
+
+crate::observed_handlers!(OutboxRelay => Wake, Drain, crate::supervision::Fail);

@@ -1,10 +1,18 @@
-//! Supervision helpers: every long-lived actor of a service runs under an actix [`Supervisor`].
+//! Supervision: every long-lived actor of a service runs under a supervisor and is observed.
 //!
 //! When a supervised actor stops, its supervisor calls `restarting()` on the same instance and
 //! starts it again; the message being handled is lost and its sender gets a
-//! [`actix::MailboxError`], which the HTTP layer turns into a clean `503`.
+//! [`actix::MailboxError`], which the HTTP layer turns into a clean `503`. The supervisor here is
+//! actix's own loop plus one thing: it counts each restart in `actor_restarts_total`.
 
-use actix::{Actor, Addr, ArbiterHandle, Context, Message, Supervised, Supervisor};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use actix::dev::{channel, ContextFut};
+use actix::{Actor, Addr, ArbiterHandle, Context, Message, Supervised};
+
+use crate::observe::{ObservedAddr, Probe};
 
 /// Asks a supervised actor to stop as if it had failed, so that its supervisor restarts it.
 ///
@@ -14,10 +22,54 @@ use actix::{Actor, Addr, ArbiterHandle, Context, Message, Supervised, Supervisor
 #[rtype(result = "()")]
 pub struct Fail;
 
-/// Starts `actor` under a [`Supervisor`] on the given arbiter and returns its address.
-pub fn start_supervised<A>(arbiter: &ArbiterHandle, actor: A) -> Addr<A>
+/// Mailbox capacity of supervised actors (actix's default): senders beyond it wait.
+const MAILBOX_CAPACITY: usize = 16;
+
+/// Starts `actor` under a supervisor on the given arbiter and returns its observed address,
+/// labelled `service` and the actor's type name.
+pub fn start_supervised<A>(
+    arbiter: &ArbiterHandle,
+    service: &'static str,
+    actor: A,
+) -> ObservedAddr<A>
 where
     A: Actor<Context = Context<A>> + Supervised + Send,
 {
-    Supervisor::start_in_arbiter(arbiter, move |_| actor)
+    let probe = Probe::new::<A>(service);
+    let (tx, rx) = channel::channel(MAILBOX_CAPACITY);
+    let restarts = probe.clone();
+    arbiter.spawn_fn(move || {
+        let context = Context::with_receiver(rx);
+        actix::spawn(CountingSupervisor {
+            actor: context.into_future(actor),
+            probe: restarts,
+        });
+    });
+    ObservedAddr::new(Addr::new(tx), probe)
+}
+
+/// Runs an actor's context; when the actor stops while its mailbox is still open, restarts it
+/// and counts the restart.
+struct CountingSupervisor<A: Actor<Context = Context<A>> + Supervised> {
+    actor: ContextFut<A, Context<A>>,
+    probe: Probe,
+}
+
+impl<A: Actor<Context = Context<A>> + Supervised> Future for CountingSupervisor<A> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match Pin::new(&mut this.actor).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    if !this.actor.restart() {
+                        return Poll::Ready(());
+                    }
+                    this.probe.restarted();
+                }
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use recsys_actors::cache::{CacheActor, CacheGet, CacheRaise, CacheSet};
-use recsys_actors::metrics::REDIS_REQUESTS;
+use recsys_actors::metrics::{ACTOR_RESTARTS, REDIS_REQUESTS};
 use recsys_actors::supervision::{start_supervised, Fail};
 use slog::{o, Drain, Logger};
 
@@ -233,7 +233,7 @@ async fn the_actor_restarts_after_fail_and_serves_again() {
     let logs = Captured::default();
     let arbiter = Arbiter::new();
     let actor = CacheActor::new(&redis_address(), OP_TIMEOUT, logs.logger()).unwrap();
-    let cache = start_supervised(&arbiter.handle(), actor);
+    let cache = start_supervised(&arbiter.handle(), "cache-test", actor);
     let key = format!("{}survivor", prefix());
     assert!(cache
         .send(CacheSet {
@@ -249,5 +249,11 @@ async fn the_actor_restarts_after_fail_and_serves_again() {
 
     assert_eq!(value.as_deref(), Some("still here"));
     assert_eq!(logs.count("cache actor restarting"), 1);
+    assert_eq!(
+        ACTOR_RESTARTS
+            .with_label_values(&["cache-test", "CacheActor"])
+            .get(),
+        1
+    );
     arbiter.stop();
 }

@@ -369,3 +369,5 @@ mod tests {
         assert_eq!(fold.counts.values().sum::<i64>(), events.len() as i64);
     }
 }
+
+recsys_actors::observed_handlers!(AggregationActor => ApplyBatch<Envelope>, LoadPositions, Fail);

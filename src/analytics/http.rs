@@ -1,9 +1,9 @@
 //! Routes of the analytics service; every route needs an admin token. Handlers validate and
 //! send one [`Stats`] query to [`AnalyticsQueries`].
 
-use actix::Addr;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
+use recsys_actors::observe::ObservedAddr;
 use recsys_schema::events::Event;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -24,7 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn ask(
-    queries: &Addr<AnalyticsQueries>,
+    queries: &ObservedAddr<AnalyticsQueries>,
     query: StatsQuery,
 ) -> Result<HttpResponse, ApiError> {
     let value = queries.send(Stats(query)).await??;
@@ -32,7 +32,7 @@ async fn ask(
 }
 
 async fn summary(
-    queries: web::Data<Addr<AnalyticsQueries>>,
+    queries: web::Data<ObservedAddr<AnalyticsQueries>>,
     _admin: Admin,
 ) -> Result<HttpResponse, ApiError> {
     ask(&queries, StatsQuery::Summary).await
@@ -46,7 +46,7 @@ struct TopParams {
 }
 
 async fn top(
-    queries: web::Data<Addr<AnalyticsQueries>>,
+    queries: web::Data<ObservedAddr<AnalyticsQueries>>,
     _admin: Admin,
     params: web::Query<TopParams>,
 ) -> Result<HttpResponse, ApiError> {
@@ -62,7 +62,7 @@ async fn top(
 }
 
 async fn product(
-    queries: web::Data<Addr<AnalyticsQueries>>,
+    queries: web::Data<ObservedAddr<AnalyticsQueries>>,
     _admin: Admin,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
@@ -70,7 +70,7 @@ async fn product(
 }
 
 async fn user(
-    queries: web::Data<Addr<AnalyticsQueries>>,
+    queries: web::Data<ObservedAddr<AnalyticsQueries>>,
     _admin: Admin,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
@@ -94,7 +94,7 @@ fn instant(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
 }
 
 async fn timeseries(
-    queries: web::Data<Addr<AnalyticsQueries>>,
+    queries: web::Data<ObservedAddr<AnalyticsQueries>>,
     _admin: Admin,
     params: web::Query<SeriesParams>,
 ) -> Result<HttpResponse, ApiError> {

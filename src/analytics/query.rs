@@ -102,3 +102,5 @@ mod erased {
         }
     }
 }
+
+recsys_actors::observed_handlers!(AnalyticsQueries => Stats, Fail);

@@ -5,6 +5,7 @@ use actix::prelude::*;
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel_async::AsyncConnection;
+use recsys_actors::observe::ObservedRecipient;
 use recsys_actors::outbox_relay::Wake;
 use recsys_actors::supervision::Fail;
 use recsys_schema::events::{price_string, Envelope, Event, ProductDeleted, ProductSnapshot};
@@ -21,13 +22,13 @@ use crate::outbox;
 pub struct ProductsActor {
     pool: Pool,
     /// Woken after each commit; `None` when no relay runs in this process.
-    relay: Option<Recipient<Wake>>,
+    relay: Option<ObservedRecipient<Wake>>,
     logger: Logger,
 }
 
 impl ProductsActor {
     /// An actor writing through `pool`.
-    pub fn new(pool: Pool, relay: Option<Recipient<Wake>>, logger: Logger) -> Self {
+    pub fn new(pool: Pool, relay: Option<ObservedRecipient<Wake>>, logger: Logger) -> Self {
         Self {
             pool,
             relay,
@@ -299,3 +300,5 @@ impl Handler<Fail> for ProductsActor {
         ctx.stop();
     }
 }
+
+recsys_actors::observed_handlers!(ProductsActor => CreateProduct, GetProduct, ListProducts, UpdateProduct, DeleteProduct, Fail);

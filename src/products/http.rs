@@ -3,9 +3,9 @@
 
 use std::str::FromStr;
 
-use actix::Addr;
 use actix_web::{web, HttpResponse};
 use bigdecimal::{BigDecimal, Signed};
+use recsys_actors::observe::ObservedAddr;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -90,7 +90,7 @@ struct CreateBody {
 }
 
 async fn create_product(
-    products: web::Data<Addr<ProductsActor>>,
+    products: web::Data<ObservedAddr<ProductsActor>>,
     _admin: Admin,
     body: web::Json<CreateBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -110,7 +110,7 @@ async fn create_product(
 }
 
 async fn get_product(
-    products: web::Data<Addr<ProductsActor>>,
+    products: web::Data<ObservedAddr<ProductsActor>>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let product = products
@@ -130,7 +130,7 @@ struct ListQuery {
 }
 
 async fn list_products(
-    products: web::Data<Addr<ProductsActor>>,
+    products: web::Data<ObservedAddr<ProductsActor>>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
@@ -155,7 +155,7 @@ struct UpdateBody {
 }
 
 async fn update_product(
-    products: web::Data<Addr<ProductsActor>>,
+    products: web::Data<ObservedAddr<ProductsActor>>,
     _admin: Admin,
     id: web::Path<Uuid>,
     body: web::Json<UpdateBody>,
@@ -196,7 +196,7 @@ async fn update_product(
 }
 
 async fn delete_product(
-    products: web::Data<Addr<ProductsActor>>,
+    products: web::Data<ObservedAddr<ProductsActor>>,
     _admin: Admin,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {

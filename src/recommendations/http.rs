@@ -1,8 +1,8 @@
 //! Routes of the recommendations service. Handlers validate, authorize, send one
 //! [`Recommend`] to the query actor and pass its JSON through with `X-Cache: hit|miss`.
 
-use actix::Addr;
 use actix_web::{web, HttpResponse};
+use recsys_actors::observe::ObservedAddr;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -29,7 +29,7 @@ struct Params {
 }
 
 async fn answer(
-    actor: &Addr<RecommendationsActor>,
+    actor: &ObservedAddr<RecommendationsActor>,
     query: Query,
     limit: Option<i64>,
 ) -> Result<HttpResponse, ApiError> {
@@ -42,7 +42,7 @@ async fn answer(
 }
 
 async fn global(
-    actor: web::Data<Addr<RecommendationsActor>>,
+    actor: web::Data<ObservedAddr<RecommendationsActor>>,
     params: web::Query<Params>,
 ) -> Result<HttpResponse, ApiError> {
     let params = params.into_inner();
@@ -51,7 +51,7 @@ async fn global(
 }
 
 async fn for_user(
-    actor: web::Data<Addr<RecommendationsActor>>,
+    actor: web::Data<ObservedAddr<RecommendationsActor>>,
     caller: Caller,
     user_id: web::Path<Uuid>,
     params: web::Query<Params>,
@@ -62,7 +62,7 @@ async fn for_user(
 }
 
 async fn similar(
-    actor: web::Data<Addr<RecommendationsActor>>,
+    actor: web::Data<ObservedAddr<RecommendationsActor>>,
     product_id: web::Path<Uuid>,
     params: web::Query<Params>,
 ) -> Result<HttpResponse, ApiError> {

@@ -10,6 +10,7 @@ use bigdecimal::BigDecimal;
 use chrono::Utc;
 use prometheus::{register_int_counter_vec, IntCounterVec};
 use recsys_actors::cache::{CacheActor, CacheGet, CacheSet};
+use recsys_actors::observe::ObservedAddr;
 use recsys_actors::supervision::Fail;
 use recsys_schema::events::price_string;
 use serde::Serialize;
@@ -104,7 +105,7 @@ pub struct Recommend {
 /// The query actor.
 pub struct RecommendationsActor {
     pool: Pool,
-    cache: Addr<CacheActor>,
+    cache: ObservedAddr<CacheActor>,
     /// Prefix of every Redis key of this deployment.
     key_prefix: String,
     weights: Weights,
@@ -117,7 +118,7 @@ impl RecommendationsActor {
     /// A query actor reading `pool` through `cache`.
     pub fn new(
         pool: Pool,
-        cache: Addr<CacheActor>,
+        cache: ObservedAddr<CacheActor>,
         key_prefix: String,
         weights: Weights,
         half_life: Duration,
@@ -257,3 +258,5 @@ impl Handler<Fail> for RecommendationsActor {
 pub fn init_metrics() {
     LazyLock::force(&CACHE_REQUESTS);
 }
+
+recsys_actors::observed_handlers!(RecommendationsActor => Recommend, Fail);

@@ -12,6 +12,7 @@ use diesel_async::AsyncConnection;
 use prometheus::{register_histogram, Histogram};
 use recsys_actors::cache::{CacheActor, CacheRaise};
 use recsys_actors::kafka_consumer::{ApplyBatch, LoadPositions};
+use recsys_actors::observe::ObservedAddr;
 use recsys_actors::supervision::Fail;
 use recsys_schema::events::{Envelope, Event, ProductSnapshot};
 use slog::{debug, info, warn, Logger};
@@ -147,7 +148,7 @@ pub struct RankingActor {
     group: String,
     weights: Weights,
     half_life: Duration,
-    cache: Addr<CacheActor>,
+    cache: ObservedAddr<CacheActor>,
     /// Redis key of the published generation.
     generation_key: String,
     logger: Logger,
@@ -160,7 +161,7 @@ impl RankingActor {
         group: String,
         weights: Weights,
         half_life: Duration,
-        cache: Addr<CacheActor>,
+        cache: ObservedAddr<CacheActor>,
         generation_key: String,
         logger: Logger,
     ) -> Self {
@@ -389,3 +390,5 @@ mod tests {
         assert_eq!(fold.catalog[&p2], CatalogChange::Deleted { version: 4 });
     }
 }
+
+recsys_actors::observed_handlers!(RankingActor => ApplyBatch<Envelope>, LoadPositions, Fail);

@@ -7,6 +7,7 @@
 use actix::prelude::*;
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel_async::AsyncConnection;
+use recsys_actors::observe::ObservedRecipient;
 use recsys_actors::outbox_relay::Wake;
 use recsys_actors::supervision::Fail;
 use recsys_schema::events::{Action, Envelope, Event, UserActivity, UserRegistered, UserUpdated};
@@ -26,13 +27,18 @@ pub struct UsersActor {
     pool: Pool,
     keys: JwtKeys,
     /// Woken after each commit; `None` when no relay runs in this process.
-    relay: Option<Recipient<Wake>>,
+    relay: Option<ObservedRecipient<Wake>>,
     logger: Logger,
 }
 
 impl UsersActor {
     /// An actor writing through `pool`, issuing tokens with `keys`.
-    pub fn new(pool: Pool, keys: JwtKeys, relay: Option<Recipient<Wake>>, logger: Logger) -> Self {
+    pub fn new(
+        pool: Pool,
+        keys: JwtKeys,
+        relay: Option<ObservedRecipient<Wake>>,
+        logger: Logger,
+    ) -> Self {
         Self {
             pool,
             keys,
@@ -56,7 +62,7 @@ impl UsersActor {
 struct Ctx {
     pool: Pool,
     keys: JwtKeys,
-    relay: Option<Recipient<Wake>>,
+    relay: Option<ObservedRecipient<Wake>>,
     logger: Logger,
 }
 
@@ -459,3 +465,5 @@ impl Handler<Fail> for UsersActor {
         ctx.stop();
     }
 }
+
+recsys_actors::observed_handlers!(UsersActor => RegisterUser, Login, GetUser, UpdateUser, RecordActivity, EnsureAdmin, Fail);

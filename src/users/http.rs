@@ -1,8 +1,8 @@
 //! Routes of the users service. Handlers authenticate, validate, send one typed message to
 //! [`UsersActor`] and map the reply; a lost message becomes a `503`.
 
-use actix::Addr;
 use actix_web::{web, HttpResponse};
+use recsys_actors::observe::ObservedAddr;
 use recsys_schema::events::Action;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -38,7 +38,7 @@ struct RegisterBody {
 }
 
 async fn register(
-    users: web::Data<Addr<UsersActor>>,
+    users: web::Data<ObservedAddr<UsersActor>>,
     body: web::Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -68,7 +68,7 @@ struct TokenBody {
 }
 
 async fn login(
-    users: web::Data<Addr<UsersActor>>,
+    users: web::Data<ObservedAddr<UsersActor>>,
     body: web::Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -81,7 +81,7 @@ async fn login(
 }
 
 async fn get_user(
-    users: web::Data<Addr<UsersActor>>,
+    users: web::Data<ObservedAddr<UsersActor>>,
     caller: Caller,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
@@ -100,7 +100,7 @@ struct UpdateBody {
 }
 
 async fn update_user(
-    users: web::Data<Addr<UsersActor>>,
+    users: web::Data<ObservedAddr<UsersActor>>,
     caller: Caller,
     id: web::Path<Uuid>,
     body: web::Json<UpdateBody>,
@@ -146,7 +146,7 @@ struct Accepted {
 }
 
 async fn record_activity(
-    users: web::Data<Addr<UsersActor>>,
+    users: web::Data<ObservedAddr<UsersActor>>,
     caller: Caller,
     id: web::Path<Uuid>,
     body: web::Json<ActivityBody>,

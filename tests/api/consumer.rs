@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
 use bigdecimal::BigDecimal;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -16,6 +15,7 @@ use recsys_actors::cache::{CacheGet, CacheSet};
 use recsys_actors::kafka_consumer::{
     ApplyBatch, Batch, Consumed, KafkaConsumer, LoadPositions, Pause, Resume,
 };
+use recsys_actors::observe::ObservedAddr;
 use recsys_schema::events::*;
 use recsys_schema::topics;
 use serde_json::{json, Value};
@@ -95,7 +95,7 @@ pub async fn await_duplicates(app: &TestApp, service: &str, want: f64) {
 /// resets the stored positions of its group (`<prefix><service>`), resumes it.
 pub async fn redeliver_from_start(
     app: &TestApp,
-    consumer: &Addr<KafkaConsumer<Envelope>>,
+    consumer: &ObservedAddr<KafkaConsumer<Envelope>>,
     service: &str,
 ) {
     consumer.send(Pause).await.unwrap();

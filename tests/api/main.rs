@@ -11,6 +11,7 @@ mod errors;
 mod events;
 mod exactness;
 mod helpers;
+mod observability;
 mod outbox;
 mod products;
 mod recommendations;

@@ -1,0 +1,376 @@
+//! Observed actors: mailbox depth, messages, handling time and restarts of every actor.
+//!
+//! Every message travels in an [`Observed`] envelope that carries a [`Ticket`]. The ticket is
+//! counted in `actor_mailbox_depth{service,actor}` from the moment the message is sent until it
+//! is answered or dropped, so the gauge is "messages sent and not yet handled" whatever held them
+//! up (a full mailbox, a busy actor, a slow asynchronous answer). When the actor answers, the
+//! ticket records `actor_messages_total{service,actor,message,outcome}` (`ok`, `error` for an
+//! `Err` answer, `dropped` when the message was never answered: the actor stopped or restarted
+//! first) and `actor_message_duration_seconds{service,actor,message}` (from the start of handling
+//! to the answer, asynchronous work included).
+//!
+//! Callers hold an [`ObservedAddr`] (or an [`ObservedRecipient`]) instead of a bare `Addr`;
+//! [`crate::supervision::start_supervised`] hands one out, and its supervisor counts
+//! `actor_restarts_total{service,actor}`. An actor accepts the envelope for each of its messages
+//! through one line of [`observed_handlers!`](crate::observed_handlers), which forwards to its
+//! ordinary `Handler<M>`; a message it forgets to list cannot be sent through an observed
+//! address (the code does not compile), so nothing bypasses the counts.
+//!
+//! The `actor` and `message` labels are Rust type names without their path and generic
+//! arguments (`KafkaConsumer`, `ApplyBatch`): bounded by the code, never by data.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::dev::{MessageResponse, OneshotSender, RecipientRequest, Request, ToEnvelope};
+use actix::{Actor, Addr, Handler, Message, Recipient};
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::oneshot;
+
+use crate::metrics::{ACTOR_MAILBOX_DEPTH, ACTOR_MESSAGES, ACTOR_MESSAGE_DURATION, ACTOR_RESTARTS};
+
+/// `Foo` for `my_crate::module::Foo<Bar>`: a bounded label value for a type.
+pub fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+/// How an answer counts in `actor_messages_total`: `ok` or `error`.
+pub trait Outcome {
+    /// The `outcome` label value of this answer.
+    fn outcome(&self) -> &'static str;
+}
+
+impl<T, E> Outcome for Result<T, E> {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Ok(_) => "ok",
+            Err(_) => "error",
+        }
+    }
+}
+
+/// Answers that carry no failure.
+macro_rules! always_ok {
+    ($($ty:ty),+) => {
+        $(impl Outcome for $ty {
+            fn outcome(&self) -> &'static str {
+                "ok"
+            }
+        })+
+    };
+}
+always_ok!((), bool);
+
+impl<T> Outcome for Option<T> {
+    fn outcome(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl<T> Outcome for Vec<T> {
+    fn outcome(&self) -> &'static str {
+        "ok"
+    }
+}
+
+/// The metric handles of one actor instance (`service` and `actor` labels).
+#[derive(Clone)]
+pub struct Probe(Arc<ProbeInner>);
+
+struct ProbeInner {
+    service: &'static str,
+    actor: &'static str,
+    depth: IntGauge,
+    restarts: IntCounter,
+}
+
+impl Probe {
+    /// The probe of an actor of type `A` serving `service`. Creates its depth and restart series
+    /// at zero, so they are on `/metrics` before anything happens.
+    pub fn new<A: ?Sized>(service: &'static str) -> Self {
+        let actor = short_type_name::<A>();
+        let depth = ACTOR_MAILBOX_DEPTH.with_label_values(&[service, actor]);
+        let restarts = ACTOR_RESTARTS.with_label_values(&[service, actor]);
+        Self(Arc::new(ProbeInner {
+            service,
+            actor,
+            depth,
+            restarts,
+        }))
+    }
+
+    /// The `service` label.
+    pub fn service(&self) -> &'static str {
+        self.0.service
+    }
+
+    /// The `actor` label.
+    pub fn actor(&self) -> &'static str {
+        self.0.actor
+    }
+
+    /// Counts one restart.
+    pub fn restarted(&self) {
+        self.0.restarts.inc();
+    }
+
+    /// A ticket for one message of type `M`, counted in the mailbox depth until dropped.
+    fn ticket<M>(&self) -> Ticket {
+        self.0.depth.inc();
+        Ticket {
+            probe: self.clone(),
+            message: short_type_name::<M>(),
+            started: None,
+            outcome: None,
+        }
+    }
+}
+
+/// One message in flight. Counted in `actor_mailbox_depth` while it lives; records its outcome
+/// (or `dropped`) and handling time when it goes.
+pub struct Ticket {
+    probe: Probe,
+    message: &'static str,
+    /// When handling began.
+    started: Option<Instant>,
+    /// Set once answered.
+    outcome: Option<&'static str>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let probe = &self.probe.0;
+        probe.depth.dec();
+        let outcome = self.outcome.unwrap_or("dropped");
+        ACTOR_MESSAGES
+            .with_label_values(&[probe.service, probe.actor, self.message, outcome])
+            .inc();
+        if let (Some(started), Some(_)) = (self.started, self.outcome) {
+            ACTOR_MESSAGE_DURATION
+                .with_label_values(&[probe.service, probe.actor, self.message])
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// A message `M` with its ticket; answers what `M` answers.
+pub struct Observed<M> {
+    message: M,
+    ticket: Ticket,
+}
+
+impl<M: Message> Message for Observed<M> {
+    type Result = M::Result;
+}
+
+impl<M> Observed<M> {
+    /// Starts the handling clock and splits the envelope (used by
+    /// [`observed_handlers!`](crate::observed_handlers)).
+    pub fn open(self) -> (M, Ticket) {
+        let Observed {
+            message,
+            mut ticket,
+        } = self;
+        ticket.started = Some(Instant::now());
+        (message, ticket)
+    }
+}
+
+/// The answer of an observed handler: the actor's own answer, and the ticket that is closed
+/// when that answer is delivered.
+pub struct ObservedResponse<A: Handler<M>, M: Message> {
+    response: <A as Handler<M>>::Result,
+    ticket: Ticket,
+}
+
+impl<A: Handler<M>, M: Message> ObservedResponse<A, M> {
+    /// Wraps the actor's answer to a message.
+    pub fn new(response: <A as Handler<M>>::Result, ticket: Ticket) -> Self {
+        Self { response, ticket }
+    }
+}
+
+impl<A, M> MessageResponse<A, Observed<M>> for ObservedResponse<A, M>
+where
+    A: Actor + Handler<M>,
+    M: Message + 'static,
+    M::Result: Outcome + 'static,
+{
+    fn handle(self, ctx: &mut A::Context, tx: Option<OneshotSender<M::Result>>) {
+        let (inner_tx, mut inner_rx) = oneshot::channel();
+        self.response.handle(ctx, Some(inner_tx));
+        let mut ticket = self.ticket;
+        let deliver = move |answer: M::Result| {
+            ticket.outcome = Some(answer.outcome());
+            drop(ticket);
+            if let Some(tx) = tx {
+                // The sender may have given up waiting; the message still counts as handled.
+                let _ = tx.send(answer);
+            }
+        };
+        match inner_rx.try_recv() {
+            Ok(answer) => deliver(answer),
+            // Answered later (an asynchronous handler), or never if the actor stops first: the
+            // ticket then goes with the channel and counts as `dropped`.
+            Err(oneshot::error::TryRecvError::Empty) => {
+                actix::spawn(async move {
+                    if let Ok(answer) = inner_rx.await {
+                        deliver(answer);
+                    }
+                });
+            }
+            Err(oneshot::error::TryRecvError::Closed) => {}
+        }
+    }
+}
+
+/// Lets an actor accept [`Observed`] envelopes for the listed messages, forwarding each to its
+/// own `Handler<M>`.
+///
+/// ```ignore
+/// recsys_actors::observed_handlers!(UsersActor => RegisterUser, Login, Fail);
+/// recsys_actors::observed_handlers!(impl[T: Send + 'static] KafkaConsumer<T> => Pause, Resume);
+/// ```
+#[macro_export]
+macro_rules! observed_handlers {
+    (@one [$($generics:tt)*] $actor:ty => $message:ty) => {
+        impl<$($generics)*> $crate::actix::Handler<$crate::observe::Observed<$message>> for $actor {
+            type Result = $crate::observe::ObservedResponse<$actor, $message>;
+
+            fn handle(
+                &mut self,
+                envelope: $crate::observe::Observed<$message>,
+                ctx: &mut Self::Context,
+            ) -> Self::Result {
+                let (message, ticket) = envelope.open();
+                let response = <Self as $crate::actix::Handler<$message>>::handle(self, message, ctx);
+                $crate::observe::ObservedResponse::new(response, ticket)
+            }
+        }
+    };
+    (impl $generics:tt $actor:ty => $($message:ty),+ $(,)?) => {
+        $($crate::observed_handlers!(@one $generics $actor => $message);)+
+    };
+    ($actor:ty => $($message:ty),+ $(,)?) => {
+        $($crate::observed_handlers!(@one [] $actor => $message);)+
+    };
+}
+
+/// The address of an observed actor: sends every message in an [`Observed`] envelope.
+pub struct ObservedAddr<A: Actor> {
+    addr: Addr<A>,
+    probe: Probe,
+}
+
+impl<A: Actor> Clone for ObservedAddr<A> {
+    fn clone(&self) -> Self {
+        Self {
+            addr: self.addr.clone(),
+            probe: self.probe.clone(),
+        }
+    }
+}
+
+impl<A: Actor> ObservedAddr<A> {
+    /// Observes the actor at `addr` with `probe`.
+    pub fn new(addr: Addr<A>, probe: Probe) -> Self {
+        Self { addr, probe }
+    }
+
+    /// Sends `message` and waits for the answer (see [`Addr::send`]).
+    pub fn send<M>(&self, message: M) -> Request<A, Observed<M>>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        A: Handler<Observed<M>>,
+        A::Context: ToEnvelope<A, Observed<M>>,
+    {
+        self.addr.send(self.envelope(message))
+    }
+
+    /// Sends `message` without waiting for the answer (see [`Addr::do_send`]).
+    pub fn do_send<M>(&self, message: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        A: Handler<Observed<M>>,
+        A::Context: ToEnvelope<A, Observed<M>>,
+    {
+        self.addr.do_send(self.envelope(message))
+    }
+
+    /// A type-erased sender of `M` to this actor, observed the same way.
+    pub fn recipient<M>(&self) -> ObservedRecipient<M>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        A: Handler<Observed<M>>,
+        A::Context: ToEnvelope<A, Observed<M>>,
+    {
+        ObservedRecipient {
+            recipient: self.addr.clone().recipient(),
+            probe: self.probe.clone(),
+        }
+    }
+
+    /// Whether the actor is still alive (its mailbox open).
+    pub fn connected(&self) -> bool {
+        self.addr.connected()
+    }
+
+    /// The labels this actor is counted under.
+    pub fn probe(&self) -> &Probe {
+        &self.probe
+    }
+
+    fn envelope<M>(&self, message: M) -> Observed<M> {
+        Observed {
+            message,
+            ticket: self.probe.ticket::<M>(),
+        }
+    }
+}
+
+/// A type-erased, observed sender of `M` (see [`ObservedAddr::recipient`]).
+pub struct ObservedRecipient<M: Message + Send>
+where
+    M::Result: Send,
+{
+    recipient: Recipient<Observed<M>>,
+    probe: Probe,
+}
+
+impl<M: Message + Send> Clone for ObservedRecipient<M>
+where
+    M::Result: Send,
+{
+    fn clone(&self) -> Self {
+        Self {
+            recipient: self.recipient.clone(),
+            probe: self.probe.clone(),
+        }
+    }
+}
+
+impl<M: Message + Send + 'static> ObservedRecipient<M>
+where
+    M::Result: Send,
+{
+    /// Sends `message` and waits for the answer (see [`Recipient::send`]).
+    pub fn send(&self, message: M) -> RecipientRequest<Observed<M>> {
+        self.recipient.send(Observed {
+            message,
+            ticket: self.probe.ticket::<M>(),
+        })
+    }
+
+    /// Sends `message` without waiting for the answer (see [`Recipient::do_send`]).
+    pub fn do_send(&self, message: M) {
+        self.recipient.do_send(Observed {
+            message,
+            ticket: self.probe.ticket::<M>(),
+        })
+    }
+}

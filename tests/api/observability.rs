@@ -1,0 +1,357 @@
+//! What `/metrics` tells an operator: every metric family with its labels after a small
+//! workload, label values bounded (no ids), actor mailbox depth rising under a flood and
+//! falling back to zero, and restarts counted.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use recsys::config::Service;
+use recsys_actors::supervision::Fail;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// One sample of the text exposition: family, labels, value.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of label `key`, if the sample has it.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses the Prometheus text format (as the prometheus crate writes it).
+pub fn parse_samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|line| {
+            let (head, value) = line.rsplit_once(' ')?;
+            let value = value.parse().ok()?;
+            let (name, labels) = match head.split_once('{') {
+                Some((name, rest)) => (name, rest.strip_suffix('}')?),
+                None => (head, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    Some((k.to_string(), v.trim_matches('"').to_string()))
+                })
+                .collect();
+            Some(Sample {
+                name: name.to_string(),
+                labels,
+                value,
+            })
+        })
+        .collect()
+}
+
+/// The samples on `service`'s `/metrics`.
+pub async fn samples(app: &TestApp, service: Service) -> Vec<Sample> {
+    parse_samples(&app.get(service, "/metrics", None).await.text)
+}
+
+/// `actor_mailbox_depth` of one actor.
+fn depth(samples: &[Sample], service: &str, actor: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == "actor_mailbox_depth"
+                && s.label("service") == Some(service)
+                && s.label("actor") == Some(actor)
+        })
+        .map(|s| s.value)
+}
+
+/// Every actor the all-in-one runtime starts, as `(service, actor)` labels.
+const ACTORS: [(&str, &str); 10] = [
+    ("users", "UsersActor"),
+    ("products", "ProductsActor"),
+    ("runtime", "OutboxRelay"),
+    ("recommendations", "RankingActor"),
+    ("recommendations", "RecommendationsActor"),
+    ("recommendations", "CacheActor"),
+    ("recommendations", "KafkaConsumer"),
+    ("analytics", "AggregationActor"),
+    ("analytics", "AnalyticsQueries"),
+    ("analytics", "KafkaConsumer"),
+];
+
+/// A little of everything: accounts, products, actions flowing to both consumers, cached and
+/// uncached recommendations, statistics. Answers when both consumers applied the actions.
+pub async fn small_workload(app: &TestApp) {
+    let (user, token, _) = app.new_user().await;
+    let product = app
+        .create_product("Observed lamp", json!(19.99), Some("lighting"))
+        .await;
+    let product = product["id"].as_str().unwrap().to_string();
+    for action in ["view", "cart_add", "purchase"] {
+        app.post_activity(user, &token, &product, action, 1).await;
+    }
+    app.get(Service::Products, &format!("/products/{product}"), None)
+        .await;
+    app.get(Service::Products, "/products/not-a-uuid", None)
+        .await;
+    eventually(
+        Duration::from_secs(30),
+        "both consumers to apply the actions",
+        || async {
+            let samples = samples(app, Service::Users).await;
+            let applied = |service: &str| {
+                samples
+                    .iter()
+                    .filter(|s| {
+                        s.name == "kafka_messages_consumed_total"
+                            && s.label("service") == Some(service)
+                            && s.label("status") == Some("ok")
+                            && s.label("type") == Some("user.activity")
+                    })
+                    .map(|s| s.value)
+                    .sum::<f64>()
+            };
+            (applied("recommendations") >= 3.0 && applied("analytics") >= 3.0).then_some(())
+        },
+    )
+    .await;
+    for _ in 0..2 {
+        let reply = app
+            .get(Service::Recommendations, "/recommendations?limit=5", None)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let reply = app
+        .get(
+            Service::Analytics,
+            "/analytics/summary",
+            Some(&app.admin_token),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+/// After a small workload every family named in the observability issue is on `/metrics` with
+/// its labels, and the process collector is there too.
+#[actix_web::test]
+async fn every_metric_family_is_exposed_with_its_labels() {
+    let app = spawn_app().await;
+    small_workload(&app).await;
+    let samples = eventually(
+        Duration::from_secs(10),
+        "lag to be measured for both groups",
+        || async {
+            let samples = samples(&app, Service::Analytics).await;
+            let groups: BTreeSet<_> = samples
+                .iter()
+                .filter(|s| s.name == "kafka_consumer_lag")
+                .filter_map(|s| s.label("service").map(str::to_string))
+                .collect();
+            (groups.len() == 2).then_some(samples)
+        },
+    )
+    .await;
+
+    let labelled = |name: &str, labels: &[&str]| {
+        let found: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();
+        assert!(!found.is_empty(), "{name} is missing from /metrics");
+        for sample in &found {
+            for label in labels {
+                assert!(
+                    sample.label(label).is_some(),
+                    "{name} has no {label} label: {sample:?}"
+                );
+            }
+        }
+    };
+    labelled("actor_mailbox_depth", &["service", "actor"]);
+    labelled(
+        "actor_messages_total",
+        &["service", "actor", "message", "outcome"],
+    );
+    labelled(
+        "actor_message_duration_seconds_bucket",
+        &["service", "actor", "message", "le"],
+    );
+    labelled("actor_restarts_total", &["service", "actor"]);
+    labelled(
+        "kafka_consumer_lag",
+        &["service", "group", "topic", "partition"],
+    );
+    labelled("kafka_consumer_rebalances_total", &["service"]);
+    labelled("outbox_oldest_pending_age_seconds", &[]);
+    labelled("outbox_pending", &[]);
+    labelled("kafka_messages_produced_total", &["topic", "status"]);
+    labelled(
+        "kafka_messages_consumed_total",
+        &["service", "topic", "type", "status"],
+    );
+    labelled(
+        "http_requests_total",
+        &["service", "method", "route", "status"],
+    );
+    labelled("redis_requests_total", &["operation", "status"]);
+    for family in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        labelled(family, &[]);
+    }
+
+    for (service, actor) in ACTORS {
+        assert_eq!(
+            depth(&samples, service, actor),
+            Some(0.0),
+            "{service}/{actor}: idle, so nothing in its mailbox"
+        );
+        assert!(
+            samples.iter().any(|s| s.name == "actor_restarts_total"
+                && s.label("service") == Some(service)
+                && s.label("actor") == Some(actor)),
+            "{service}/{actor} has no restart counter"
+        );
+    }
+    let handled: BTreeSet<(String, String)> = samples
+        .iter()
+        .filter(|s| s.name == "actor_messages_total" && s.value > 0.0)
+        .map(|s| {
+            (
+                s.label("actor").unwrap().to_string(),
+                s.label("message").unwrap().to_string(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("UsersActor", "RecordActivity"),
+        ("ProductsActor", "CreateProduct"),
+        ("RankingActor", "ApplyBatch"),
+        ("AggregationActor", "ApplyBatch"),
+        ("RecommendationsActor", "Recommend"),
+        ("CacheActor", "CacheGet"),
+        ("AnalyticsQueries", "Stats"),
+        ("OutboxRelay", "Wake"),
+    ] {
+        assert!(
+            handled.contains(&(expected.0.to_string(), expected.1.to_string())),
+            "no {expected:?} in actor_messages_total: {handled:?}"
+        );
+    }
+}
+
+/// Label values are bounded: route templates and type names, never an id from a request.
+#[actix_web::test]
+async fn no_label_value_carries_an_id() {
+    let app = spawn_app().await;
+    small_workload(&app).await;
+    let missing = Uuid::new_v4();
+    app.get(Service::Products, &format!("/products/{missing}"), None)
+        .await;
+    let text = app.get(Service::Users, "/metrics", None).await.text;
+    let samples = parse_samples(&text);
+    assert!(!samples.is_empty());
+    for sample in &samples {
+        for (key, value) in &sample.labels {
+            let looks_like_id = value
+                .split(['/', '.', '-', '_'])
+                .any(|part| part.len() >= 8 && part.chars().all(|c| c.is_ascii_hexdigit()))
+                || Uuid::parse_str(value).is_ok();
+            // Topic names carry the test's own prefix, which is random by design.
+            let is_topic = key == "topic" || key == "group";
+            assert!(
+                is_topic || !looks_like_id,
+                "{} has an unbounded {key}={value}",
+                sample.name
+            );
+        }
+    }
+    assert!(!text.contains(&missing.to_string()));
+}
+
+/// Concurrent logins (each an argon2 verification) pile up in the users actor's mailbox
+/// gauge, which falls back to 0 once all are answered; every one is counted.
+#[actix_web::test]
+async fn mailbox_depth_rises_under_a_flood_and_falls_back_to_zero() {
+    const FLOOD: usize = 48;
+    let app = spawn_app().await;
+    let (_, _, email) = app.new_user().await;
+    let logins = join_all((0..FLOOD).map(|_| {
+        app.post(
+            Service::Users,
+            "/users/login",
+            json!({"email": email, "password": "wrong password"}),
+            None,
+        )
+    }));
+    let watch = eventually(
+        Duration::from_secs(60),
+        "the users mailbox to fill",
+        || async {
+            let samples = samples(&app, Service::Analytics).await;
+            depth(&samples, "users", "UsersActor").filter(|depth| *depth >= 4.0)
+        },
+    );
+    let (replies, peak) = futures_util::join!(logins, watch);
+    assert!(replies.iter().all(|r| r.status == 401));
+    assert!(peak >= 4.0, "peak {peak}");
+
+    let samples = eventually(
+        Duration::from_secs(10),
+        "the users mailbox to drain",
+        || async {
+            let samples = samples(&app, Service::Analytics).await;
+            (depth(&samples, "users", "UsersActor") == Some(0.0)).then_some(samples)
+        },
+    )
+    .await;
+    let refused = samples
+        .iter()
+        .find(|s| {
+            s.name == "actor_messages_total"
+                && s.label("actor") == Some("UsersActor")
+                && s.label("message") == Some("Login")
+                && s.label("outcome") == Some("error")
+        })
+        .map(|s| s.value);
+    assert_eq!(refused, Some(FLOOD as f64));
+}
+
+/// A killed actor is restarted, counted in `actor_restarts_total`, and serves again.
+#[actix_web::test]
+async fn a_killed_actor_is_restarted_and_counted() {
+    let app = spawn_app().await;
+    let restarts = |samples: &[Sample], actor: &str| {
+        samples
+            .iter()
+            .find(|s| s.name == "actor_restarts_total" && s.label("actor") == Some(actor))
+            .map(|s| s.value)
+    };
+    let before = samples(&app, Service::Users).await;
+    assert_eq!(restarts(&before, "UsersActor"), Some(0.0));
+    assert_eq!(restarts(&before, "ProductsActor"), Some(0.0));
+
+    app.app.users().unwrap().send(Fail).await.unwrap();
+    app.app.users().unwrap().send(Fail).await.unwrap();
+    app.app.products().unwrap().send(Fail).await.unwrap();
+
+    let after = eventually(Duration::from_secs(10), "restarts counted", || async {
+        let samples = samples(&app, Service::Users).await;
+        (restarts(&samples, "UsersActor") == Some(2.0)).then_some(samples)
+    })
+    .await;
+    assert_eq!(restarts(&after, "ProductsActor"), Some(1.0));
+    assert_eq!(restarts(&after, "RankingActor"), Some(0.0));
+    let (_, token, _) = app.new_user().await;
+    assert!(!token.is_empty(), "the restarted users actor serves again");
+}
