@@ -11,7 +11,7 @@
 #   STACK_DIR         runtime state of the local stack (tansu db, logs, pids)
 #   TANSU_BIN         absolute path of the tansu broker binary
 # and small helpers: info, warn, die, section, have, as_root, now_ms,
-# elapsed_since, tansu_bin, tcp_open, kafka_ping.
+# elapsed_since, tansu_bin, tcp_open, kafka_ping, apt_install.
 #
 # Sourcing this file does not change shell options of the caller beyond what
 # the caller already set (all scripts use `set -euo pipefail`).
@@ -97,4 +97,16 @@ kafka_ping() {
       head -c 10 <&3
     ' _ "$1" "$2" 2>/dev/null | od -An -v -tx1 | tr -d ' \n') || return 1
   [[ ${#reply} -eq 20 && ${reply:8:12} == "726563730000" ]]
+}
+
+# apt_install PKG... — install Debian packages (apt-get update once per run).
+APT_UPDATED=""
+apt_install() {
+  info "installing: $*"
+  export DEBIAN_FRONTEND=noninteractive
+  if [[ -z $APT_UPDATED ]]; then
+    as_root apt-get update -q
+    APT_UPDATED=1
+  fi
+  as_root apt-get install -y -q --no-install-recommends "$@" </dev/null 9>&-
 }

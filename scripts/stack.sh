@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# scripts/stack.sh — the local infrastructure recsys needs: Postgres, Redis and
-# a three-broker tansu (Kafka protocol) cluster.
+# scripts/stack.sh — the local infrastructure recsys needs: Postgres, Redis,
+# a three-broker tansu (Kafka protocol) cluster, and Prometheus scraping the
+# runtime.
 #
 # Usage:
 #   scripts/stack.sh up      ensure Postgres (127.0.0.1:5432) and Redis
 #                            (127.0.0.1:6379) answer, starting/installing them
 #                            if needed; build tansu if missing; start three
 #                            tansu brokers on 127.0.0.1:9091/9092/9093 sharing
-#                            one SQLite store; wait until each answers Kafka.
+#                            one SQLite store; wait until each answers Kafka;
+#                            start Prometheus (Debian package, installed if
+#                            missing) on 127.0.0.1:9090 scraping the runtime
+#                            with dashboards/prometheus.local.yml.
 #                            Idempotent.
-#   scripts/stack.sh down    stop the tansu brokers started by `up`
-#                            (Postgres and Redis are left alone).
+#   scripts/stack.sh down    stop the tansu brokers and Prometheus started by
+#                            `up` (Postgres and Redis are left alone).
 #   scripts/stack.sh status  show each component and the service URLs;
 #                            exits non-zero if a component is down.
 #   scripts/stack.sh env     print `export` lines (TANSU_BIN, KAFKA_ADDRESS,
@@ -23,6 +27,9 @@
 #   TANSU_START_TIMEOUT    seconds to wait for each broker (default 60)
 #   TANSU_BUILD_TIMEOUT    seconds to wait for a running tansu build (default 3600)
 #   TANSU_RUST_LOG         RUST_LOG for the brokers (default warn)
+#   RECSYS_METRICS_TARGET  what Prometheus scrapes (default 127.0.0.1:8080: the
+#                          all-in-one runtime serves one registry on every port)
+#   PROMETHEUS_PORT        Prometheus listen port (default 9090)
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -43,8 +50,9 @@ TANSU_BUILD_LOG="$RECSYS_CACHE/tansu-build.log"
 TANSU_START_TIMEOUT="${TANSU_START_TIMEOUT:-60}"
 TANSU_BUILD_TIMEOUT="${TANSU_BUILD_TIMEOUT:-3600}"
 SERVICE_TIMEOUT=60
-
-APT_UPDATED=""
+PROMETHEUS_HOST=127.0.0.1
+PROMETHEUS_PORT="${PROMETHEUS_PORT:-9090}"
+RECSYS_METRICS_TARGET="${RECSYS_METRICS_TARGET:-127.0.0.1:8080}"
 
 # ------------------------------------------------------------------ helpers ---
 
@@ -60,16 +68,6 @@ wait_until() {
     fi
     sleep 0.5
   done
-}
-
-apt_install() {
-  info "installing: $*"
-  export DEBIAN_FRONTEND=noninteractive
-  if [[ -z $APT_UPDATED ]]; then
-    as_root apt-get update -q
-    APT_UPDATED=1
-  fi
-  as_root apt-get install -y -q --no-install-recommends "$@" </dev/null 9>&-
 }
 
 # take_lock — serialise concurrent `up`/`down` runs (e.g. run.sh and test.sh).
@@ -342,6 +340,72 @@ reap_broker() {
   rm -f "$(pid_file "$port")"
 }
 
+# --------------------------------------------------------------- prometheus ---
+
+prometheus_ready() {
+  curl -fsS -o /dev/null --max-time 2 "http://$PROMETHEUS_HOST:$PROMETHEUS_PORT/-/ready" 2>/dev/null
+}
+
+prometheus_pid() {
+  local pidf="$STACK_DIR/prometheus.pid" pid
+  [[ -s $pidf ]] || return 1
+  pid=$(<"$pidf")
+  [[ $pid =~ ^[0-9]+$ ]] && pid_alive "$pid" || return 1
+  [[ $(tr '\0' ' ' <"/proc/$pid/cmdline") == *prometheus*"$STACK_DIR"* ]] || return 1
+  echo "$pid"
+}
+
+# ensure_prometheus — Prometheus from the distribution, scraping the runtime
+# with dashboards/prometheus.local.yml (target rewritten to
+# RECSYS_METRICS_TARGET), its data under $STACK_DIR/prometheus.
+ensure_prometheus() {
+  have prometheus && have promtool || apt_install prometheus
+  have curl || apt_install curl
+  local config="$STACK_DIR/prometheus.yml" log="$STACK_DIR/prometheus.log" pid
+  sed "s/127\.0\.0\.1:8080/$RECSYS_METRICS_TARGET/" "$RECSYS_ROOT/dashboards/prometheus.local.yml" >"$config.new"
+  promtool check config "$config.new" >/dev/null || die "prometheus: invalid config $config.new"
+  if pid=$(prometheus_pid); then
+    if cmp -s "$config" "$config.new" && prometheus_ready; then
+      rm -f "$config.new"
+      info "prometheus: already running (pid $pid)"
+      return 0
+    fi
+    info "prometheus: restarting with a new configuration (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_until 15 "prometheus exit" bash -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
+  elif prometheus_ready; then
+    rm -f "$config.new"
+    warn "prometheus: $PROMETHEUS_HOST:$PROMETHEUS_PORT already answers but was not started by stack.sh; using it"
+    return 0
+  fi
+  mv -f "$config.new" "$config"
+  mkdir -p "$STACK_DIR/prometheus"
+  info "prometheus: starting on $PROMETHEUS_HOST:$PROMETHEUS_PORT, scraping $RECSYS_METRICS_TARGET"
+  (
+    cd "$STACK_DIR"
+    # shellcheck disable=SC2016 # $$/$0/$@ belong to the inner bash
+    setsid -f bash -c 'echo $$ >"$0"; exec "$@"' "$STACK_DIR/prometheus.pid" \
+      prometheus --config.file="$config" --storage.tsdb.path="$STACK_DIR/prometheus" \
+      --storage.tsdb.retention.time=2d --web.listen-address="$PROMETHEUS_HOST:$PROMETHEUS_PORT" \
+      </dev/null >"$log" 2>&1 9>&-
+  )
+  wait_until "$SERVICE_TIMEOUT" "prometheus" prometheus_ready || {
+    tail -n 20 "$log" >&2
+    die "prometheus did not become ready (log: $log)"
+  }
+  info "prometheus: up on http://$PROMETHEUS_HOST:$PROMETHEUS_PORT"
+}
+
+stop_prometheus() {
+  local pid
+  if pid=$(prometheus_pid); then
+    info "prometheus: stopping (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_until 15 "prometheus exit" bash -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STACK_DIR/prometheus.pid"
+}
+
 # --------------------------------------------------------------- commands ---
 
 cmd_up() {
@@ -355,6 +419,7 @@ cmd_up() {
   for port in "${TANSU_PORTS[@]}"; do
     ensure_broker "$port"
   done
+  ensure_prometheus
   info "stack is up (state: $STACK_DIR)"
 }
 
@@ -370,7 +435,8 @@ cmd_down() {
   for port in "${!pids[@]}"; do
     reap_broker "$port" "${pids[$port]}"
   done
-  info "tansu brokers stopped (Postgres and Redis left running)"
+  stop_prometheus
+  info "tansu brokers and prometheus stopped (Postgres and Redis left running)"
 }
 
 # status_line NAME STATE ADDRESS [NOTE]
@@ -404,8 +470,16 @@ cmd_status() {
       rc=1
     fi
   done
+  if prometheus_ready; then
+    status_line prometheus up "http://$PROMETHEUS_HOST:$PROMETHEUS_PORT" "scraping $RECSYS_METRICS_TARGET"
+  else
+    status_line prometheus down "http://$PROMETHEUS_HOST:$PROMETHEUS_PORT"
+    rc=1
+  fi
   echo "  tansu binary: $TANSU_BIN$([[ -x $TANSU_BIN ]] || echo ' (missing)')"
   echo "  state dir:    $STACK_DIR"
+  echo "  dashboards:   docker compose up -d (Grafana http://localhost:3000, admin/admin);"
+  echo "                locally, query Prometheus at http://$PROMETHEUS_HOST:$PROMETHEUS_PORT/graph"
   echo "services:"
   local entry name url
   for entry in users:8080 products:8081 recommendations:8082 analytics:8083; do

@@ -8,7 +8,9 @@
 #
 # Steps (all run even if an earlier one fails; exit status is non-zero if any
 # failed):
-#   1. scripts/stack.sh up
+#   1. scripts/stack.sh up (also installs and starts Prometheus), then the
+#      tools the deployment tests call: docker-compose (Debian package; it only
+#      validates the compose file, no Docker engine is needed) and promtool
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #   4. drop leftover recsys_test_% databases (not those in use right now)
@@ -60,6 +62,12 @@ start_stack() {
   fi
   bash "$STACK" up || die "could not bring the stack up"
   bash "$STACK" status || true
+}
+
+# The deployment and dashboard tests run these programs; install them if missing.
+ensure_test_tools() {
+  have docker-compose || apt_install docker-compose
+  { have prometheus && have promtool; } || apt_install prometheus
 }
 
 stop_stack_in_ci() {
@@ -133,6 +141,7 @@ main() {
   start_stack
   export_test_env
   step "toolchain" ensure_components
+  step "test tools" ensure_test_tools
   step "cargo fmt --check" cargo fmt --all -- --check
   step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
   step "drop test databases" drop_test_databases

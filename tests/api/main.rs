@@ -10,6 +10,7 @@ mod consumer;
 mod errors;
 mod events;
 mod exactness;
+mod deploy;
 mod helpers;
 mod observability;
 mod outbox;

@@ -1,0 +1,218 @@
+//! The docker-compose deployment, checked without a Docker engine: the distribution's
+//! `docker-compose config -q` accepts the file, every environment variable it gives a recsys
+//! container is one the runtime reads, each service container hosts the service of its port,
+//! and nothing waits by sleeping (healthchecks and `depends_on` conditions instead).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use clap::CommandFactory;
+use recsys::cli::Cli;
+use recsys::config::Service;
+use serde_yaml::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `docker-compose` with the repository's compose file (`DOCKER_COMPOSE_BIN` overrides).
+fn compose(args: &[&str]) -> std::process::Output {
+    let program = std::env::var("DOCKER_COMPOSE_BIN").unwrap_or_else(|_| "docker-compose".into());
+    Command::new(program)
+        .current_dir(root())
+        .args(["--project-name", "recsys", "-f", "docker-compose.yml"])
+        .args(args)
+        .env_remove("JWT_SECRET")
+        .output()
+        .expect("docker-compose runs (scripts/test.sh installs the distribution's)")
+}
+
+/// The compose file as `docker-compose config` resolves it (anchors merged, variables set).
+fn resolved() -> Value {
+    let output = compose(&["config"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_yaml::from_slice(&output.stdout).expect("docker-compose config prints YAML")
+}
+
+/// Every environment variable the runtime reads (the `env` of each `serve` argument).
+fn runtime_env_names() -> BTreeSet<String> {
+    let command = Cli::command();
+    let mut names = BTreeSet::new();
+    for sub in command.get_subcommands() {
+        for arg in sub.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                names.insert(env.to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(names.contains("KAFKA_ADDRESS") && names.contains("DATABASE_URL"));
+    names
+}
+
+/// The services built from this repository's Dockerfile.
+fn recsys_services(compose: &Value) -> Vec<(String, &Value)> {
+    compose["services"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, service)| {
+            service["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("recsys"))
+                || !service["build"].is_null()
+        })
+        .map(|(name, service)| (name.as_str().unwrap().to_string(), service))
+        .collect()
+}
+
+fn env_names(service: &Value) -> BTreeSet<String> {
+    match &service["environment"] {
+        Value::Mapping(map) => map
+            .keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect(),
+        Value::Sequence(list) => list
+            .iter()
+            .map(|e| e.as_str().unwrap().split('=').next().unwrap().to_string())
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+#[test]
+fn docker_compose_config_accepts_the_file() {
+    let output = compose(&["config", "-q"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "warnings: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn every_variable_compose_sets_is_one_the_runtime_reads() {
+    let compose = resolved();
+    let known = runtime_env_names();
+    let services = recsys_services(&compose);
+    assert!(services.len() >= 4, "{services:?}");
+    for (name, service) in services {
+        let set = env_names(service);
+        assert!(!set.is_empty(), "{name} sets no environment");
+        let unknown: Vec<_> = set.difference(&known).collect();
+        assert!(
+            unknown.is_empty(),
+            "{name} sets variables the runtime does not read: {unknown:?}"
+        );
+    }
+}
+
+#[test]
+fn one_container_per_service_on_the_seed_ports_with_healthchecks() {
+    let compose = resolved();
+    let services = recsys_services(&compose);
+    for service in Service::ALL {
+        let (name, spec) = services
+            .iter()
+            .find(|(name, _)| name == service.name())
+            .unwrap_or_else(|| panic!("no {} container", service.name()));
+        let command: Vec<&str> = spec["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(command, ["serve", "--services", service.name()], "{name}");
+        let port = match service {
+            Service::Users => 8080,
+            Service::Products => 8081,
+            Service::Recommendations => 8082,
+            Service::Analytics => 8083,
+        };
+        let published = serde_yaml::to_string(&spec["ports"]).unwrap();
+        assert!(
+            published.contains(&format!("published: {port}"))
+                || published.contains(&format!("{port}:{port}")),
+            "{name} does not publish {port}: {published}"
+        );
+        let check = serde_yaml::to_string(&spec["healthcheck"]["test"]).unwrap();
+        assert!(check.contains(&format!("{port}/readyz")), "{name}: {check}");
+    }
+    for broker in [
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+        "postgres",
+        "redis",
+        "prometheus",
+        "grafana",
+    ] {
+        let spec = &compose["services"][broker];
+        assert!(!spec.is_null(), "no {broker} service");
+        assert!(
+            !spec["healthcheck"].is_null(),
+            "{broker} has no healthcheck"
+        );
+    }
+    for (n, port) in [(1, 9091), (2, 9092), (3, 9093)] {
+        let ports =
+            serde_yaml::to_string(&compose["services"][format!("kafka-{n}")]["ports"]).unwrap();
+        assert!(ports.contains(&port.to_string()), "kafka-{n}: {ports}");
+    }
+}
+
+#[test]
+fn startup_order_comes_from_health_not_sleeps() {
+    let compose = resolved();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        if let Some(deps) = service["depends_on"].as_mapping() {
+            for (dep, spec) in deps {
+                let condition = spec["condition"].as_str().unwrap_or("");
+                assert!(
+                    matches!(
+                        condition,
+                        "service_healthy" | "service_completed_successfully" | "service_started"
+                    ),
+                    "{name} -> {dep:?}: {condition}"
+                );
+            }
+        }
+        let text = serde_yaml::to_string(service).unwrap();
+        assert!(!text.contains("sleep "), "{name} sleeps: {text}");
+    }
+    for service in Service::ALL {
+        let deps = &compose["services"][service.name()]["depends_on"];
+        assert_eq!(
+            deps["migrate"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{}",
+            service.name()
+        );
+        assert_eq!(
+            deps["postgres"]["condition"].as_str(),
+            Some("service_healthy")
+        );
+    }
+}
+
+#[test]
+fn the_image_is_built_in_stages_and_runs_the_binary() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let stages = dockerfile
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FROM "))
+        .count();
+    assert!(stages >= 2, "multi-stage build expected");
+    assert!(dockerfile.contains("cargo build --release --locked --bin recsys"));
+    assert!(dockerfile.contains("ENTRYPOINT [\"recsys\"]"));
+}
