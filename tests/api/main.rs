@@ -7,10 +7,11 @@
 mod actors;
 mod analytics;
 mod consumer;
+mod dashboards;
+mod deploy;
 mod errors;
 mod events;
 mod exactness;
-mod deploy;
 mod helpers;
 mod observability;
 mod outbox;
