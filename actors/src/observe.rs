@@ -101,30 +101,21 @@ impl Probe {
         }))
     }
 
-    /// The `service` label.
-    pub fn service(&self) -> &'static str {
-        self.0.service
-    }
-
-    /// The `actor` label.
-    pub fn actor(&self) -> &'static str {
-        self.0.actor
-    }
-
     /// Counts one restart.
     pub fn restarted(&self) {
         self.0.restarts.inc();
     }
 
-    /// A ticket for one message of type `M`, counted in the mailbox depth until dropped.
-    fn ticket<M>(&self) -> Ticket {
+    /// `message` with a ticket, counted in the mailbox depth until answered or dropped.
+    fn envelope<M>(&self, message: M) -> Observed<M> {
         self.0.depth.inc();
-        Ticket {
+        let ticket = Ticket {
             probe: self.clone(),
             message: short_type_name::<M>(),
             started: None,
             outcome: None,
-        }
+        };
+        Observed { message, ticket }
     }
 }
 
@@ -287,7 +278,7 @@ impl<A: Actor> ObservedAddr<A> {
         A: Handler<Observed<M>>,
         A::Context: ToEnvelope<A, Observed<M>>,
     {
-        self.addr.send(self.envelope(message))
+        self.addr.send(self.probe.envelope(message))
     }
 
     /// Sends `message` without waiting for the answer (see [`Addr::do_send`]).
@@ -298,7 +289,7 @@ impl<A: Actor> ObservedAddr<A> {
         A: Handler<Observed<M>>,
         A::Context: ToEnvelope<A, Observed<M>>,
     {
-        self.addr.do_send(self.envelope(message))
+        self.addr.do_send(self.probe.envelope(message))
     }
 
     /// A type-erased sender of `M` to this actor, observed the same way.
@@ -312,23 +303,6 @@ impl<A: Actor> ObservedAddr<A> {
         ObservedRecipient {
             recipient: self.addr.clone().recipient(),
             probe: self.probe.clone(),
-        }
-    }
-
-    /// Whether the actor is still alive (its mailbox open).
-    pub fn connected(&self) -> bool {
-        self.addr.connected()
-    }
-
-    /// The labels this actor is counted under.
-    pub fn probe(&self) -> &Probe {
-        &self.probe
-    }
-
-    fn envelope<M>(&self, message: M) -> Observed<M> {
-        Observed {
-            message,
-            ticket: self.probe.ticket::<M>(),
         }
     }
 }
@@ -360,17 +334,11 @@ where
 {
     /// Sends `message` and waits for the answer (see [`Recipient::send`]).
     pub fn send(&self, message: M) -> RecipientRequest<Observed<M>> {
-        self.recipient.send(Observed {
-            message,
-            ticket: self.probe.ticket::<M>(),
-        })
+        self.recipient.send(self.probe.envelope(message))
     }
 
     /// Sends `message` without waiting for the answer (see [`Recipient::do_send`]).
     pub fn do_send(&self, message: M) {
-        self.recipient.do_send(Observed {
-            message,
-            ticket: self.probe.ticket::<M>(),
-        })
+        self.recipient.do_send(self.probe.envelope(message))
     }
 }
