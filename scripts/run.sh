@@ -7,7 +7,7 @@
 #   scripts/run.sh [SERVE_ARGS...]        e.g. scripts/run.sh --services users
 #
 # Development defaults (only applied when the variable is unset):
-#   JWT_SECRET=dev-secret-change-me
+#   JWT_SECRET=<random, kept in $RECSYS_CACHE/dev-jwt-secret>
 #   ADMIN_EMAIL=admin@example.com
 #   ADMIN_PASSWORD=admin-password
 # The release binary is built into $CARGO_TARGET_DIR (default
@@ -30,11 +30,21 @@ build_release() {
 }
 
 dev_env() {
-  export JWT_SECRET="${JWT_SECRET:-dev-secret-change-me}"
+  if [[ -z ${JWT_SECRET:-} ]]; then
+    # A random development key, kept in the cache so tokens survive restarts; never a
+    # documented default (anyone could forge tokens with it).
+    local key_file="$RECSYS_CACHE/dev-jwt-secret"
+    if [[ ! -s $key_file ]]; then
+      mkdir -p "$RECSYS_CACHE"
+      (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$key_file")
+    fi
+    JWT_SECRET=$(<"$key_file")
+    export JWT_SECRET
+    info "JWT_SECRET: the development key in $key_file"
+  fi
   export ADMIN_EMAIL="${ADMIN_EMAIL:-admin@example.com}"
   export ADMIN_PASSWORD="${ADMIN_PASSWORD:-admin-password}"
   section "serve"
-  info "JWT_SECRET=$JWT_SECRET"
   info "ADMIN_EMAIL=$ADMIN_EMAIL"
   info "ADMIN_PASSWORD=$ADMIN_PASSWORD"
   info "services: users http://localhost:8080, products http://localhost:8081," \

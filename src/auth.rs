@@ -59,6 +59,10 @@ pub struct Claims {
     pub iat: i64,
 }
 
+/// The shortest `JWT_SECRET` the runtime accepts: an HS256 key should carry at least 256 bits,
+/// and a short, memorable secret (such as a documented default) lets anyone forge tokens.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// Signing and verification keys derived from `JWT_SECRET`.
 #[derive(Clone)]
 pub struct JwtKeys {
@@ -68,6 +72,15 @@ pub struct JwtKeys {
 }
 
 impl JwtKeys {
+    /// Keys for a configured secret; refuses one shorter than [`MIN_SECRET_BYTES`].
+    pub fn configured(secret: &Secret) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            secret.expose().len() >= MIN_SECRET_BYTES,
+            "JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes; use a random value (e.g. `openssl rand -hex 32`)"
+        );
+        Ok(Self::new(secret))
+    }
+
     /// Keys for `secret`.
     pub fn new(secret: &Secret) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);

@@ -119,7 +119,8 @@ pub struct Settings {
     #[arg(long, env = "REDIS_ADDRESS", default_value = "localhost:6379")]
     pub redis_address: String,
 
-    /// HS256 key for JWTs. Unset: a random key per start (tokens die with the process).
+    /// HS256 key for JWTs, at least 32 bytes. Unset: a random key per start (tokens die with
+    /// the process).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 
@@ -195,6 +196,18 @@ pub struct Settings {
     #[arg(long, env = "CONSUMER_MAX_WAIT_MS", default_value_t = 20)]
     pub consumer_max_wait_ms: u64,
 
+    /// Failed logins of one email within the lockout window before it is locked.
+    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: u32,
+
+    /// Failed logins from one client address within the lockout window before it is locked.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 50)]
+    pub login_max_failures_per_ip: u32,
+
+    /// How long a failed login counts (seconds).
+    #[arg(long, env = "LOGIN_LOCKOUT_SECS", default_value_t = 900)]
+    pub login_lockout_secs: u64,
+
     /// How often the outbox relay polls for rows it was not woken for (milliseconds).
     #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 500)]
     pub outbox_poll_ms: u64,
@@ -213,6 +226,15 @@ impl Settings {
             Service::Products => self.products_port,
             Service::Recommendations => self.recommendations_port,
             Service::Analytics => self.analytics_port,
+        }
+    }
+
+    /// The login lockout policy.
+    pub fn login_limits(&self) -> crate::users::throttle::LoginLimits {
+        crate::users::throttle::LoginLimits {
+            per_email: self.login_max_failures.max(1),
+            per_ip: self.login_max_failures_per_ip.max(1),
+            window: Duration::from_secs(self.login_lockout_secs),
         }
     }
 

@@ -36,6 +36,12 @@ pub enum ApiError {
     /// The body is not JSON (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// Too many failed attempts (logins); retry after the given time (429).
+    #[error("too many failed attempts; retry in {} s", retry_after_secs(*.retry_after))]
+    TooManyRequests {
+        /// When the next attempt may be made.
+        retry_after: std::time::Duration,
+    },
     /// A dependency (database, an actor) cannot serve the request now; retry later (503).
     #[error("{0}")]
     Unavailable(String),
@@ -56,6 +62,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Unexpected(_) => "internal",
         }
@@ -65,6 +72,11 @@ impl ApiError {
     pub fn invalid(message: impl Into<String>) -> Self {
         ApiError::Validation(message.into())
     }
+}
+
+/// Whole seconds to wait, rounded up (`Retry-After` takes seconds).
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 /// The JSON body of every error response.
@@ -103,6 +115,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -114,8 +127,14 @@ impl ResponseError for ApiError {
             other => other.to_string(),
         };
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Unavailable(_) = self {
-            response.insert_header(("Retry-After", "1"));
+        match self {
+            ApiError::Unavailable(_) => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            ApiError::TooManyRequests { retry_after } => {
+                response.insert_header(("Retry-After", retry_after_secs(*retry_after).to_string()));
+            }
+            _ => {}
         }
         response.json(ErrorBody::new(self.code(), message))
     }

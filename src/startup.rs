@@ -207,13 +207,13 @@ impl Application {
         info!(logger, "database migrated"; "applied" => applied.len());
         let pool = db::pool(&settings.postgres);
 
-        let keys = JwtKeys::new(&match &settings.jwt_secret {
-            Some(secret) => secret.clone(),
+        let keys = match &settings.jwt_secret {
+            Some(secret) => JwtKeys::configured(secret)?,
             None => {
                 warn!(logger, "JWT_SECRET is not set: using a random key; every token dies with this process. Set JWT_SECRET in any real deployment!");
-                auth::random_secret()
+                JwtKeys::new(&auth::random_secret())
             }
-        });
+        };
 
         let relay = if services.iter().any(|s| s.writes_events()) {
             let config = RelayConfig {
@@ -247,6 +247,7 @@ impl Application {
                     pool.clone(),
                     keys.clone(),
                     wake.clone(),
+                    settings.login_limits(),
                     logger.new(o!("service" => "users")),
                 ),
             )

@@ -4,6 +4,9 @@
 //! Handlers run concurrently (each message returns a future on the actor's arbiter); password
 //! hashing runs on the blocking pool so the arbiter never stalls.
 
+use std::net::IpAddr;
+use std::time::Instant;
+
 use actix::prelude::*;
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel_async::AsyncConnection;
@@ -16,33 +19,40 @@ use slog::{info, warn, Logger};
 use uuid::Uuid;
 
 use super::store::{self, ActivityRow, UserChanges, UserRow};
+use super::throttle::{LoginLimits, LoginThrottle};
 use crate::auth::{self, JwtKeys, Role};
 use crate::config::Secret;
 use crate::db::{self, Pool};
 use crate::error::ApiError;
 use crate::outbox;
 
-/// The users actor. Stateless apart from its handles, so a restart loses nothing.
+/// The users actor. Apart from its handles it holds only the login failure counts, which a
+/// restart forgets (the lockout then starts over).
 pub struct UsersActor {
     pool: Pool,
     keys: JwtKeys,
     /// Woken after each commit; `None` when no relay runs in this process.
     relay: Option<ObservedRecipient<Wake>>,
+    /// Failed logins per email and per client address.
+    throttle: LoginThrottle,
     logger: Logger,
 }
 
 impl UsersActor {
-    /// An actor writing through `pool`, issuing tokens with `keys`.
+    /// An actor writing through `pool`, issuing tokens with `keys`, locking logins out after
+    /// the failures `limits` allow.
     pub fn new(
         pool: Pool,
         keys: JwtKeys,
         relay: Option<ObservedRecipient<Wake>>,
+        limits: LoginLimits,
         logger: Logger,
     ) -> Self {
         Self {
             pool,
             keys,
             relay,
+            throttle: LoginThrottle::new(limits),
             logger,
         }
     }
@@ -208,15 +218,27 @@ fn new_user(name: String, email: String, password_hash: Option<String>, role: Ro
 pub struct Login {
     pub email: String,
     pub password: Secret,
+    /// The client's address, for the per-address failure limit (`None`: not known).
+    pub client: Option<IpAddr>,
 }
 
-/// Verifies the password (also for unknown emails, so timing tells nothing).
+/// Verifies the password (also for unknown emails, so timing tells nothing), unless the email
+/// or the client address is locked out by earlier failures (`429`, see [`super::throttle`]).
 impl Handler<Login> for UsersActor {
-    type Result = ResponseFuture<Result<String, ApiError>>;
+    type Result = ResponseActFuture<Self, Result<String, ApiError>>;
 
     fn handle(&mut self, msg: Login, _: &mut Self::Context) -> Self::Result {
+        let attempt = match self.throttle.admit(&msg.email, msg.client, Instant::now()) {
+            Ok(attempt) => attempt,
+            Err(wait) => {
+                warn!(self.logger, "login locked out after repeated failures"; "retry_after_s" => wait.as_secs());
+                return Box::pin(actix::fut::ready(Err(ApiError::TooManyRequests {
+                    retry_after: wait,
+                })));
+            }
+        };
         let ctx = self.ctx();
-        Box::pin(async move {
+        let verify = async move {
             let user = {
                 let mut conn = ctx.pool.get().await?;
                 store::find_by_email(&mut conn, &msg.email).await?
@@ -227,7 +249,17 @@ impl Handler<Login> for UsersActor {
                 Some(user) if ok => Ok(ctx.keys.issue(user.id, Role::from_db(&user.role))),
                 _ => Err(ApiError::Unauthorized("invalid email or password".into())),
             }
-        })
+        };
+        Box::pin(verify.into_actor(self).map(move |answer, act, _| {
+            // Only a wrong password counts; a database outage is not the client's failure.
+            let failed = matches!(answer, Err(ApiError::Unauthorized(_)));
+            if answer.is_ok() || failed {
+                act.throttle.finish(attempt, answer.is_ok(), Instant::now());
+            } else {
+                act.throttle.abandon(attempt);
+            }
+            answer
+        }))
     }
 }
 

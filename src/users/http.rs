@@ -1,7 +1,7 @@
 //! Routes of the users service. Handlers authenticate, validate, send one typed message to
 //! [`UsersActor`] and map the reply; a lost message becomes a `503`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use recsys_actors::observe::ObservedAddr;
 use recsys_schema::events::Action;
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,7 @@ struct TokenBody {
 
 async fn login(
     users: web::Data<ObservedAddr<UsersActor>>,
+    request: HttpRequest,
     body: web::Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -76,7 +77,15 @@ async fn login(
     // Malformed credentials get the same answer as wrong ones.
     let email = validate::email(&body.email).map_err(|_| unauthorized())?;
     let password = validate::password(&body.password).map_err(|_| unauthorized())?;
-    let token = users.send(Login { email, password }).await??;
+    // The peer address, not a forwarding header a client could set.
+    let client = request.peer_addr().map(|peer| peer.ip());
+    let token = users
+        .send(Login {
+            email,
+            password,
+            client,
+        })
+        .await??;
     Ok(HttpResponse::Ok().json(TokenBody { token }))
 }
 
@@ -87,7 +96,10 @@ async fn get_user(
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     caller.require_self_or_admin(id)?;
-    let user = users.send(GetUser { id }).await??;
+    let user = users
+        .send(GetUser { id })
+        .await?
+        .map_err(account_gone(&caller, id))?;
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -127,7 +139,7 @@ async fn update_user(
             .map(validate::password)
             .transpose()?,
     };
-    let user = users.send(msg).await??;
+    let user = users.send(msg).await?.map_err(account_gone(&caller, id))?;
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -169,6 +181,17 @@ async fn record_activity(
             action: body.action,
             quantity,
         })
-        .await??;
+        .await?
+        .map_err(account_gone(&caller, user_id))?;
     Ok(HttpResponse::Accepted().json(Accepted { event_id }))
+}
+
+/// A token whose own account no longer exists authenticates nobody: its holder gets `401`, not
+/// `404` (an admin asking about a missing account still gets `404`).
+fn account_gone(caller: &Caller, id: Uuid) -> impl FnOnce(ApiError) -> ApiError {
+    let own = caller.id() == id;
+    move |error| match error {
+        ApiError::NotFound(_) if own => ApiError::Unauthorized("account no longer exists".into()),
+        other => other,
+    }
 }

@@ -3,7 +3,9 @@
 //! - [`http`]: the routes; thin handlers that authenticate, validate and message the actor.
 //! - [`actor`]: [`actor::UsersActor`] and its messages; it owns every users write and its event.
 //! - [`store`]: the SQL.
+//! - [`throttle`]: the login lockout after repeated failures.
 
 pub mod actor;
 pub mod http;
 pub mod store;
+pub mod throttle;

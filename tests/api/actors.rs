@@ -36,6 +36,7 @@ async fn users_actor_answers_typed_messages() {
         .send(Login {
             email: "actor@example.com".into(),
             password: Secret::new("actor-password"),
+            client: None,
         })
         .await
         .unwrap()
@@ -45,6 +46,7 @@ async fn users_actor_answers_typed_messages() {
         .send(Login {
             email: "actor@example.com".into(),
             password: Secret::new("not-the-password"),
+            client: None,
         })
         .await
         .unwrap();

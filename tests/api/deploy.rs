@@ -16,16 +16,43 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `docker-compose` with the repository's compose file (`DOCKER_COMPOSE_BIN` overrides).
+/// `docker-compose` with the repository's compose file (`DOCKER_COMPOSE_BIN` overrides),
+/// with `JWT_SECRET` set as an operator must.
 fn compose(args: &[&str]) -> std::process::Output {
+    compose_with_secret(
+        args,
+        Some("0123456789abcdef0123456789abcdef0123456789abcdef"),
+    )
+}
+
+fn compose_with_secret(args: &[&str], secret: Option<&str>) -> std::process::Output {
     let program = std::env::var("DOCKER_COMPOSE_BIN").unwrap_or_else(|_| "docker-compose".into());
-    Command::new(program)
+    let mut command = Command::new(program);
+    command
         .current_dir(root())
         .args(["--project-name", "recsys", "-f", "docker-compose.yml"])
         .args(args)
-        .env_remove("JWT_SECRET")
+        .env_remove("JWT_SECRET");
+    if let Some(secret) = secret {
+        command.env("JWT_SECRET", secret);
+    }
+    command
         .output()
         .expect("docker-compose runs (scripts/test.sh installs the distribution's)")
+}
+
+/// No secret ships in the file: without `JWT_SECRET` the deployment does not start (a default
+/// would be public, and anyone could sign admin tokens with it).
+#[test]
+fn the_deployment_refuses_to_start_without_a_jwt_secret() {
+    let output = compose_with_secret(&["config", "-q"], None);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("JWT_SECRET"));
+    let resolved = String::from_utf8_lossy(&compose(&["config"]).stdout).into_owned();
+    assert!(
+        !resolved.contains("dev-secret"),
+        "no default secret in the file"
+    );
 }
 
 /// The compose file as `docker-compose config` resolves it (anchors merged, variables set).

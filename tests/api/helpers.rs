@@ -65,7 +65,7 @@ pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Setting
         "--redis-key-prefix",
         &redis_prefix,
         "--jwt-secret",
-        "test-secret",
+        "test-secret-that-is-at-least-32-bytes-long",
         "--admin-email",
         &admin_email,
         "--admin-password",

@@ -6,6 +6,7 @@
 
 mod actors;
 mod analytics;
+mod attacks;
 mod consumer;
 mod dashboards;
 mod deploy;

@@ -22,7 +22,7 @@ async fn start_binary(services: &str) -> (tokio::process::Child, [u16; 4], Strin
             "KAFKA_TOPIC_PREFIX",
             format!("t{}.", uuid::Uuid::new_v4().simple()),
         )
-        .env("JWT_SECRET", "binary-test-secret")
+        .env("JWT_SECRET", "binary-test-secret-of-at-least-32-bytes")
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("USERS_PORT", ports[0].to_string())
         .env("PRODUCTS_PORT", ports[1].to_string())
@@ -104,7 +104,7 @@ async fn sigterm_drains_the_outbox_and_exits_zero() {
         .unwrap();
     assert!(stderr.contains("outbox drained"), "{stderr}");
     assert!(
-        !stderr.contains("binary-test-secret"),
+        !stderr.contains("binary-test-secret-of-at-least-32-bytes"),
         "the JWT secret reached the log"
     );
     let app_db = TestDb(database_url);

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::helpers::*;
 
 /// The JWT secret every test runtime signs with (see `helpers::test_settings`).
-const TEST_SECRET: &str = "test-secret";
+const TEST_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 
 /// An HS256 token with the recsys claims, signed with `secret`, expiring `exp_offset` seconds
 /// from now.

@@ -1,0 +1,494 @@
+//! Hostile clients: forged and tampered tokens, tokens of deleted accounts, user tokens on admin
+//! routes, injection strings in every text field, password guessing (the login lockout), and a
+//! search of the logs and of every event for the passwords a scenario used. (Expired tokens,
+//! other secrets and algorithms, `alg: none` and other users' tokens are in `users.rs`.)
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use recsys::config::Service;
+use recsys::startup::Application;
+use recsys_schema::topics;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// `token` with its claims rewritten by `change`, and the original signature kept.
+fn tampered(token: &str, change: impl FnOnce(&mut Value)) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+    change(&mut claims);
+    let claims = B64.encode(serde_json::to_vec(&claims).unwrap());
+    format!("{}.{claims}.{}", parts[0], parts[2])
+}
+
+/// An HS256 token with the recsys claims signed with `secret`.
+fn forged(secret: &str, sub: Uuid, role: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": sub, "role": role, "iat": now, "exp": now + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The admin-only routes, as `(service, method, path, body)`.
+fn admin_routes(product: &str, user: Uuid) -> Vec<(Service, &'static str, String, Value)> {
+    let product_body = json!({"name": "Forged", "price": 1.00});
+    vec![
+        (
+            Service::Products,
+            "POST",
+            "/products".into(),
+            product_body.clone(),
+        ),
+        (
+            Service::Products,
+            "POST",
+            "/products/create".into(),
+            product_body,
+        ),
+        (
+            Service::Products,
+            "PATCH",
+            format!("/products/{product}"),
+            json!({"name": "x"}),
+        ),
+        (
+            Service::Products,
+            "PUT",
+            format!("/products/{product}"),
+            json!({"name": "x"}),
+        ),
+        (
+            Service::Products,
+            "DELETE",
+            format!("/products/{product}"),
+            Value::Null,
+        ),
+        (
+            Service::Analytics,
+            "GET",
+            "/analytics/summary".into(),
+            Value::Null,
+        ),
+        (
+            Service::Analytics,
+            "GET",
+            "/analytics/products/top".into(),
+            Value::Null,
+        ),
+        (
+            Service::Analytics,
+            "GET",
+            format!("/analytics/products/{product}"),
+            Value::Null,
+        ),
+        (
+            Service::Analytics,
+            "GET",
+            format!("/analytics/users/{user}"),
+            Value::Null,
+        ),
+        (
+            Service::Analytics,
+            "GET",
+            "/analytics/timeseries".into(),
+            Value::Null,
+        ),
+    ]
+}
+
+async fn call(app: &TestApp, route: &(Service, &str, String, Value), token: &str) -> Reply {
+    let (service, method, path, body) = route;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let body = (!body.is_null()).then_some(body.clone());
+    app.request(method, *service, path, body, Some(token)).await
+}
+
+/// A user's token on every admin route is 403; the same token with its `role` claim rewritten
+/// to `admin` (signature kept) is 401; a token signed with a guessable secret is 401. Nothing
+/// is written.
+#[actix_web::test]
+async fn user_tampered_and_forged_tokens_get_nothing_from_admin_routes() {
+    let app = spawn_app().await;
+    let product = app.create_product("Target", json!(5.00), None).await;
+    let product = product["id"].as_str().unwrap().to_string();
+    let (user, token, _) = app.new_user().await;
+    let promoted = tampered(&token, |claims| claims["role"] = json!("admin"));
+    let forged_tokens: Vec<String> = ["dev-secret-change-me", "secret", "changeme", ""]
+        .iter()
+        .map(|secret| forged(secret, user, "admin"))
+        .collect();
+    let products_before = app.count("products").await;
+
+    for route in admin_routes(&product, user) {
+        call(&app, &route, &token)
+            .await
+            .assert_error(403, "forbidden");
+        call(&app, &route, &promoted)
+            .await
+            .assert_error(401, "unauthorized");
+        for forged in &forged_tokens {
+            call(&app, &route, forged)
+                .await
+                .assert_error(401, "unauthorized");
+        }
+    }
+
+    assert_eq!(app.count("products").await, products_before);
+    let reply = app
+        .get(Service::Products, &format!("/products/{product}"), None)
+        .await;
+    assert_eq!(reply.body["name"], "Target");
+}
+
+/// A token whose `sub` is rewritten to another user is 401 (the signature no longer matches).
+#[actix_web::test]
+async fn a_token_rewritten_to_another_user_is_unauthorized() {
+    let app = spawn_app().await;
+    let (alice, _, _) = app.new_user().await;
+    let (_, mallory_token, _) = app.new_user().await;
+    let as_alice = tampered(&mallory_token, |claims| claims["sub"] = json!(alice));
+
+    app.get(Service::Users, &format!("/users/{alice}"), Some(&as_alice))
+        .await
+        .assert_error(401, "unauthorized");
+}
+
+/// The runtime refuses to start with a short (guessable) `JWT_SECRET`.
+#[actix_web::test]
+async fn the_runtime_refuses_a_short_jwt_secret() {
+    let (database_url, _) = fresh_database().await;
+    let mut settings = test_settings(&database_url, "short-secret.", &brokers());
+    settings.jwt_secret = Some(recsys::config::Secret::new("dev-secret-change-me"));
+
+    let error = Application::build(settings, &Service::ALL, test_logger())
+        .await
+        .err()
+        .expect("a 20-byte secret is refused");
+
+    assert!(format!("{error:#}").contains("JWT_SECRET is shorter than 32 bytes"));
+}
+
+/// Once an account is gone, its still-unexpired token gets 401 on every route of that account,
+/// and no activity is recorded for it.
+#[actix_web::test]
+async fn a_deleted_users_token_is_unauthorized() {
+    let app = spawn_app().await;
+    let (user, token, _) = app.new_user().await;
+    app.db()
+        .execute(&format!("DELETE FROM users WHERE id = '{user}'"))
+        .await;
+    let path = format!("/users/{user}");
+
+    app.get(Service::Users, &path, Some(&token))
+        .await
+        .assert_error(401, "unauthorized");
+    app.request(
+        reqwest::Method::PATCH,
+        Service::Users,
+        &path,
+        Some(json!({"name": "Ghost"})),
+        Some(&token),
+    )
+    .await
+    .assert_error(401, "unauthorized");
+    app.post(
+        Service::Users,
+        &format!("{path}/activity"),
+        json!({"type": "view", "product_id": Uuid::new_v4()}),
+        Some(&token),
+    )
+    .await
+    .assert_error(401, "unauthorized");
+    assert_eq!(app.count("user_activity").await, 0);
+    // An admin asking about the missing account learns only that it is not there.
+    app.get(Service::Users, &path, Some(&app.admin_token))
+        .await
+        .assert_error(404, "not_found");
+}
+
+/// Strings that break naive SQL or JSON handling, in every text field and query parameter:
+/// each answer is a 2xx that stores the text verbatim or a 400, never a 5xx, and the tables
+/// are intact.
+#[actix_web::test]
+async fn injection_strings_are_data_or_refused_never_code() {
+    const HOSTILE: [&str; 8] = [
+        "'; DROP TABLE users; --",
+        "\" OR \"1\"=\"1",
+        "admin'--",
+        "1; SELECT pg_sleep(10)",
+        "{\"$ne\": null}",
+        "\\\"}],\"role\":\"admin",
+        "Robert'); DELETE FROM products;--",
+        "\u{0}nul",
+    ];
+    let app = spawn_app().await;
+    let (user, token, _) = app.new_user().await;
+    let product = app.create_product("Anchor", json!(1.00), None).await;
+    let product = product["id"].as_str().unwrap().to_string();
+    let ok_or_400 = |reply: &Reply, what: &str| {
+        assert!(
+            reply.status.is_success() || reply.status == StatusCode::BAD_REQUEST,
+            "{what}: {} {}",
+            reply.status,
+            reply.text
+        );
+        if !reply.status.is_success() {
+            reply.assert_error(400, "invalid_request");
+        }
+    };
+
+    for (i, hostile) in HOSTILE.iter().enumerate() {
+        let registered = app
+            .post(
+                Service::Users,
+                "/users/register",
+                json!({"name": hostile, "email": format!("x{i}@example.com"), "password": format!("{hostile}-password")}),
+                None,
+            )
+            .await;
+        ok_or_400(&registered, "register name");
+        if registered.status.is_success() {
+            assert_eq!(registered.body["name"].as_str(), Some(hostile.trim()));
+        }
+        let email_as_hostile = app
+            .post(
+                Service::Users,
+                "/users/register",
+                json!({"name": "n", "email": hostile, "password": "long-enough"}),
+                None,
+            )
+            .await;
+        email_as_hostile.assert_error(400, "invalid_request");
+        let login = app
+            .post(
+                Service::Users,
+                "/users/login",
+                json!({"email": hostile, "password": hostile}),
+                None,
+            )
+            .await;
+        login.assert_error(401, "unauthorized");
+        let renamed = app
+            .request(
+                reqwest::Method::PATCH,
+                Service::Users,
+                &format!("/users/{user}"),
+                Some(json!({"name": hostile})),
+                Some(&token),
+            )
+            .await;
+        ok_or_400(&renamed, "rename");
+        let created = app
+            .post(
+                Service::Products,
+                "/products",
+                json!({"name": hostile, "price": 2.50, "category": hostile, "description": hostile}),
+                Some(&app.admin_token),
+            )
+            .await;
+        ok_or_400(&created, "product fields");
+        if created.status.is_success() {
+            assert_eq!(created.body["category"].as_str(), Some(hostile.trim()));
+        }
+        let encoded: String = url_encode(hostile);
+        for (service, path) in [
+            (Service::Products, format!("/products?category={encoded}")),
+            (
+                Service::Recommendations,
+                format!("/recommendations?category={encoded}"),
+            ),
+            (Service::Products, format!("/products/{encoded}")),
+            (Service::Users, format!("/users/{encoded}")),
+        ] {
+            let reply = app.get(service, &path, Some(&token)).await;
+            assert!(
+                reply.status.as_u16() < 500,
+                "{path}: {} {}",
+                reply.status,
+                reply.text
+            );
+        }
+    }
+
+    assert!(app.count("users").await >= 3, "the users table is intact");
+    let anchor = app
+        .get(Service::Products, &format!("/products/{product}"), None)
+        .await;
+    assert_eq!(anchor.body["name"], "Anchor");
+}
+
+/// Percent-encodes every byte that is not unreserved.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> Reply {
+    app.post(
+        Service::Users,
+        "/users/login",
+        json!({"email": email, "password": password}),
+        None,
+    )
+    .await
+}
+
+/// After `LOGIN_MAX_FAILURES` wrong passwords an email is locked: even the right password gets
+/// `429` with `Retry-After`, an unknown email locks the same way (so the lockout does not tell
+/// which emails exist), and other emails are unaffected.
+#[actix_web::test]
+async fn repeated_login_failures_lock_the_email() {
+    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
+        settings.login_max_failures = 3;
+        settings.login_max_failures_per_ip = 100;
+    })
+    .await;
+    let (_, _, email) = app.new_user().await;
+    let unknown = format!("nobody-{}@example.com", Uuid::new_v4().simple());
+
+    for target in [&email, &unknown] {
+        for _ in 0..3 {
+            login(&app, target, "wrong password")
+                .await
+                .assert_error(401, "unauthorized");
+        }
+        let locked = login(&app, target, "user-password").await;
+        locked.assert_error(429, "too_many_requests");
+        let retry: u64 = locked.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((800..=900).contains(&retry), "Retry-After: {retry}");
+    }
+    let (_, _, other) = app.new_user().await;
+    assert_eq!(login(&app, &other, "user-password").await.status, 200);
+}
+
+/// Failures from one address across many emails lock that address.
+#[actix_web::test]
+async fn repeated_login_failures_lock_the_client_address() {
+    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
+        settings.login_max_failures = 100;
+        settings.login_max_failures_per_ip = 4;
+    })
+    .await;
+    for i in 0..4 {
+        login(&app, &format!("guess{i}@example.com"), "wrong password")
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    let (_, _, email) = app.new_user().await;
+
+    login(&app, &email, "user-password")
+        .await
+        .assert_error(429, "too_many_requests");
+}
+
+/// A burst of concurrent guesses cannot slip past the limit: guesses beyond it are refused
+/// before any password is verified.
+#[actix_web::test]
+async fn concurrent_guesses_are_limited_too() {
+    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
+        settings.login_max_failures = 3;
+    })
+    .await;
+    let (_, _, email) = app.new_user().await;
+
+    let replies =
+        futures_util::future::join_all((0..20).map(|_| login(&app, &email, "wrong password")))
+            .await;
+
+    let verified = replies.iter().filter(|r| r.status == 401).count();
+    let refused = replies.iter().filter(|r| r.status == 429).count();
+    assert_eq!((verified, refused), (3, 17));
+}
+
+/// The passwords of a scenario that registers, logs in, changes the password and fails a login
+/// appear in no log line and in no record of either topic (nor does any password hash).
+#[actix_web::test]
+async fn passwords_reach_no_log_line_and_no_event() {
+    let (logger, lines) = captured_logger();
+    let app = spawn_app_with(&brokers(), logger).await;
+    let first = format!("first-{}", Uuid::new_v4().simple());
+    let second = format!("second-{}", Uuid::new_v4().simple());
+    let wrong = format!("wrong-{}", Uuid::new_v4().simple());
+    let email = format!("secretive-{}@example.com", Uuid::new_v4().simple());
+
+    let (user, token) = app.register("Secretive", &email, &first).await;
+    assert_eq!(login(&app, &email, &first).await.status, 200);
+    let changed = app
+        .request(
+            reqwest::Method::PATCH,
+            Service::Users,
+            &format!("/users/{user}"),
+            Some(json!({"password": second})),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    assert_eq!(login(&app, &email, &wrong).await.status, 401);
+    assert_eq!(login(&app, &email, &second).await.status, 200);
+    let admin = app
+        .post(
+            Service::Users,
+            "/users/login",
+            json!({"email": app.settings.admin_email, "password": ADMIN_PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(admin.status, 200);
+
+    let records = consume(
+        &brokers(),
+        &[app.topic(topics::USER_UPDATES)],
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    let kinds: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r.value["type"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"user.registered") && kinds.contains(&"user.updated"),
+        "{kinds:?}"
+    );
+    let secrets = [
+        first.as_str(),
+        second.as_str(),
+        wrong.as_str(),
+        ADMIN_PASSWORD,
+        "$argon2",
+    ];
+    for record in &records {
+        let text = format!("{} {} {:?}", record.key, record.raw, record.headers);
+        for secret in secrets {
+            assert!(!text.contains(secret), "a record carries {secret}: {text}");
+        }
+    }
+    let lines = lines.lock().unwrap();
+    assert!(lines.len() > 10, "the logs were captured");
+    for line in lines.iter() {
+        for secret in secrets {
+            assert!(
+                !line.contains(secret),
+                "a log line carries {secret}: {line}"
+            );
+        }
+    }
+}
