@@ -196,6 +196,14 @@ pub struct Settings {
     #[arg(long, env = "CONSUMER_MAX_WAIT_MS", default_value_t = 20)]
     pub consumer_max_wait_ms: u64,
 
+    /// Messages an actor may have in flight; beyond it requests are refused with 503.
+    #[arg(long, env = "ACTOR_MAILBOX_LIMIT", default_value_t = 1024)]
+    pub actor_mailbox_limit: usize,
+
+    /// How long a request waits for its actor's answer before it gets 503 (milliseconds).
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
     /// Failed logins of one email within the lockout window before it is locked.
     #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5)]
     pub login_max_failures: u32,
@@ -227,6 +235,11 @@ impl Settings {
             Service::Recommendations => self.recommendations_port,
             Service::Analytics => self.analytics_port,
         }
+    }
+
+    /// How long a request handler waits for an actor's answer.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
     }
 
     /// The login lockout policy.

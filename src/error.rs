@@ -148,6 +148,21 @@ impl From<MailboxError> for ApiError {
     }
 }
 
+/// An actor refused a request's message (overloaded), did not answer in time, or stopped: 503.
+impl From<recsys_actors::observe::Refused> for ApiError {
+    fn from(e: recsys_actors::observe::Refused) -> Self {
+        use recsys_actors::observe::Refused;
+        ApiError::Unavailable(
+            match e {
+                Refused::Overloaded => "service overloaded; retry later",
+                Refused::TimedOut => "request timed out",
+                Refused::Stopped => "service temporarily unavailable",
+            }
+            .into(),
+        )
+    }
+}
+
 /// No pooled connection within the timeout, or Postgres refused one.
 impl<E: std::fmt::Display> From<bb8::RunError<E>> for ApiError {
     fn from(e: bb8::RunError<E>) -> Self {

@@ -69,6 +69,7 @@ where
     start_supervised(
         &Arbiter::new().handle(),
         service,
+        settings.actor_mailbox_limit,
         KafkaConsumer::new(
             config,
             Arc::new(consumption::decode_envelope),
@@ -100,13 +101,19 @@ impl AnalyticsActors {
         let aggregation = start_supervised(
             &arbiter,
             "analytics",
+            settings.actor_mailbox_limit,
             AggregationActor::new(
                 pool.clone(),
                 group.clone(),
                 logger.new(o!("actor" => "aggregation")),
             ),
         );
-        let queries = start_supervised(&arbiter, "analytics", AnalyticsQueries::new(pool.clone()));
+        let queries = start_supervised(
+            &arbiter,
+            "analytics",
+            settings.actor_mailbox_limit,
+            AnalyticsQueries::new(pool.clone()),
+        );
         let consumer = start_consumer(settings, "analytics", group, aggregation.clone(), &logger);
         Self {
             queries,
@@ -141,11 +148,17 @@ impl RecommendationsActors {
             Duration::from_millis(settings.redis_timeout_ms.max(1)),
             logger.new(o!("actor" => "cache")),
         )?;
-        let cache = start_supervised(&arbiter, "recommendations", cache);
+        let cache = start_supervised(
+            &arbiter,
+            "recommendations",
+            settings.actor_mailbox_limit,
+            cache,
+        );
         let group = format!("{}recommendations", settings.kafka_topic_prefix);
         let ranking = start_supervised(
             &arbiter,
             "recommendations",
+            settings.actor_mailbox_limit,
             RankingActor::new(
                 pool.clone(),
                 group.clone(),
@@ -159,6 +172,7 @@ impl RecommendationsActors {
         let query = start_supervised(
             &arbiter,
             "recommendations",
+            settings.actor_mailbox_limit,
             RecommendationsActor::new(
                 pool.clone(),
                 cache.clone(),
@@ -233,7 +247,12 @@ impl Application {
                 Arc::new(PgOutbox::new(pool.clone())),
                 logger.new(o!("actor" => "outbox_relay")),
             )?;
-            Some(start_supervised(&Arbiter::new().handle(), RUNTIME, relay))
+            Some(start_supervised(
+                &Arbiter::new().handle(),
+                RUNTIME,
+                settings.actor_mailbox_limit,
+                relay,
+            ))
         } else {
             None
         };
@@ -243,10 +262,12 @@ impl Application {
             start_supervised(
                 &Arbiter::new().handle(),
                 "users",
+                settings.actor_mailbox_limit,
                 UsersActor::new(
                     pool.clone(),
                     keys.clone(),
                     wake.clone(),
+                    crate::users::hasher::start("users", settings.actor_mailbox_limit),
                     settings.login_limits(),
                     logger.new(o!("service" => "users")),
                 ),
@@ -256,6 +277,7 @@ impl Application {
             start_supervised(
                 &Arbiter::new().handle(),
                 "products",
+                settings.actor_mailbox_limit,
                 ProductsActor::new(
                     pool.clone(),
                     wake.clone(),
@@ -298,6 +320,7 @@ impl Application {
         let mut ports = BTreeMap::new();
         let mut servers = Vec::new();
         let mut running = Vec::new();
+        let timeout = settings.request_timeout();
         for &service in services {
             let listener =
                 TcpListener::bind((settings.bind_address.as_str(), settings.port(service)))
@@ -329,28 +352,30 @@ impl Application {
                     Service::Users => {
                         if let Some(users) = &users {
                             app = app
-                                .app_data(web::Data::new(users.clone()))
+                                .app_data(web::Data::new(users.with_timeout(timeout)))
                                 .configure(crate::users::http::routes);
                         }
                     }
                     Service::Products => {
                         if let Some(products) = &products {
                             app = app
-                                .app_data(web::Data::new(products.clone()))
+                                .app_data(web::Data::new(products.with_timeout(timeout)))
                                 .configure(crate::products::http::routes);
                         }
                     }
                     Service::Recommendations => {
                         if let Some(recommendations) = &recommendations {
                             app = app
-                                .app_data(web::Data::new(recommendations.query.clone()))
+                                .app_data(web::Data::new(
+                                    recommendations.query.with_timeout(timeout),
+                                ))
                                 .configure(crate::recommendations::http::routes);
                         }
                     }
                     Service::Analytics => {
                         if let Some(analytics) = &analytics {
                             app = app
-                                .app_data(web::Data::new(analytics.queries.clone()))
+                                .app_data(web::Data::new(analytics.queries.with_timeout(timeout)))
                                 .configure(crate::analytics::http::routes);
                         }
                     }

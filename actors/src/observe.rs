@@ -18,12 +18,19 @@
 //!
 //! The `actor` and `message` labels are Rust type names without their path and generic
 //! arguments (`KafkaConsumer`, `ApplyBatch`): bounded by the code, never by data.
+//!
+//! Mailboxes are bounded: once `limit` messages of an actor are in flight, a further send is
+//! refused at once with [`Refused::Overloaded`] (counted with outcome `shed`) instead of
+//! queueing without end, and the HTTP layer answers `503`. An address may also carry a
+//! deadline ([`ObservedAddr::with_timeout`]): an answer that takes longer is
+//! [`Refused::TimedOut`].
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use actix::dev::{MessageResponse, OneshotSender, RecipientRequest, Request, ToEnvelope};
-use actix::{Actor, Addr, Handler, Message, Recipient};
+use actix::dev::{MessageResponse, OneshotSender, ToEnvelope};
+use actix::{Actor, Addr, Handler, MailboxError, Message, Recipient};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::oneshot;
 
@@ -84,12 +91,41 @@ struct ProbeInner {
     actor: &'static str,
     depth: IntGauge,
     restarts: IntCounter,
+    /// Messages in flight beyond which sends are refused.
+    limit: i64,
 }
 
+/// Why a message got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The actor already has its limit of messages in flight; the message was not sent.
+    #[error("overloaded")]
+    Overloaded,
+    /// No answer within the address's deadline.
+    #[error("timed out")]
+    TimedOut,
+    /// The actor stopped (or restarted) before answering.
+    #[error("stopped before answering")]
+    Stopped,
+}
+
+impl From<MailboxError> for Refused {
+    fn from(e: MailboxError) -> Self {
+        match e {
+            MailboxError::Timeout => Refused::TimedOut,
+            MailboxError::Closed => Refused::Stopped,
+        }
+    }
+}
+
+/// Messages an actor may have in flight unless told otherwise.
+pub const DEFAULT_MAILBOX_LIMIT: usize = 1024;
+
 impl Probe {
-    /// The probe of an actor of type `A` serving `service`. Creates its depth and restart series
-    /// at zero, so they are on `/metrics` before anything happens.
-    pub fn new<A: ?Sized>(service: &'static str) -> Self {
+    /// The probe of an actor of type `A` serving `service`, refusing messages beyond `limit` in
+    /// flight. Creates its depth and restart series at zero, so they are on `/metrics` before
+    /// anything happens.
+    pub fn new<A: ?Sized>(service: &'static str, limit: usize) -> Self {
         let actor = short_type_name::<A>();
         let depth = ACTOR_MAILBOX_DEPTH.with_label_values(&[service, actor]);
         let restarts = ACTOR_RESTARTS.with_label_values(&[service, actor]);
@@ -98,6 +134,7 @@ impl Probe {
             actor,
             depth,
             restarts,
+            limit: i64::try_from(limit.max(1)).unwrap_or(i64::MAX),
         }))
     }
 
@@ -106,8 +143,15 @@ impl Probe {
         self.0.restarts.inc();
     }
 
-    /// `message` with a ticket, counted in the mailbox depth until answered or dropped.
-    fn envelope<M>(&self, message: M) -> Observed<M> {
+    /// `message` with a ticket, counted in the mailbox depth until answered or dropped; or
+    /// [`Refused::Overloaded`] (counted `shed`) when the actor has its limit in flight.
+    fn envelope<M>(&self, message: M) -> Result<Observed<M>, Refused> {
+        if self.0.depth.get() >= self.0.limit {
+            ACTOR_MESSAGES
+                .with_label_values(&[self.0.service, self.0.actor, short_type_name::<M>(), "shed"])
+                .inc();
+            return Err(Refused::Overloaded);
+        }
         self.0.depth.inc();
         let ticket = Ticket {
             probe: self.clone(),
@@ -115,7 +159,7 @@ impl Probe {
             started: None,
             outcome: None,
         };
-        Observed { message, ticket }
+        Ok(Observed { message, ticket })
     }
 }
 
@@ -253,6 +297,8 @@ macro_rules! observed_handlers {
 pub struct ObservedAddr<A: Actor> {
     addr: Addr<A>,
     probe: Probe,
+    /// How long a sender waits for an answer (`None`: as long as it takes).
+    timeout: Option<Duration>,
 }
 
 impl<A: Actor> Clone for ObservedAddr<A> {
@@ -260,6 +306,7 @@ impl<A: Actor> Clone for ObservedAddr<A> {
         Self {
             addr: self.addr.clone(),
             probe: self.probe.clone(),
+            timeout: self.timeout,
         }
     }
 }
@@ -267,21 +314,47 @@ impl<A: Actor> Clone for ObservedAddr<A> {
 impl<A: Actor> ObservedAddr<A> {
     /// Observes the actor at `addr` with `probe`.
     pub fn new(addr: Addr<A>, probe: Probe) -> Self {
-        Self { addr, probe }
+        Self {
+            addr,
+            probe,
+            timeout: None,
+        }
     }
 
-    /// Sends `message` and waits for the answer (see [`Addr::send`]).
-    pub fn send<M>(&self, message: M) -> Request<A, Observed<M>>
+    /// The same address, with answers awaited for at most `timeout` (for request handlers).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            timeout: Some(timeout),
+            ..self.clone()
+        }
+    }
+
+    /// Sends `message` and waits for the answer (see [`Addr::send`]); refused at once when the
+    /// actor is overloaded.
+    pub fn send<M>(&self, message: M) -> impl Future<Output = Result<M::Result, Refused>> + 'static
     where
         M: Message + Send + 'static,
         M::Result: Send,
         A: Handler<Observed<M>>,
         A::Context: ToEnvelope<A, Observed<M>>,
     {
-        self.addr.send(self.probe.envelope(message))
+        let request = self
+            .probe
+            .envelope(message)
+            .map(|envelope| self.addr.send(envelope));
+        let timeout = self.timeout;
+        async move {
+            let request = request?;
+            let answer = match timeout {
+                Some(timeout) => request.timeout(timeout).await,
+                None => request.await,
+            };
+            answer.map_err(Refused::from)
+        }
     }
 
-    /// Sends `message` without waiting for the answer (see [`Addr::do_send`]).
+    /// Sends `message` without waiting for the answer (see [`Addr::do_send`]); dropped (and
+    /// counted `shed`) when the actor is overloaded.
     pub fn do_send<M>(&self, message: M)
     where
         M: Message + Send + 'static,
@@ -289,7 +362,9 @@ impl<A: Actor> ObservedAddr<A> {
         A: Handler<Observed<M>>,
         A::Context: ToEnvelope<A, Observed<M>>,
     {
-        self.addr.do_send(self.probe.envelope(message))
+        if let Ok(envelope) = self.probe.envelope(message) {
+            self.addr.do_send(envelope)
+        }
     }
 
     /// A type-erased sender of `M` to this actor, observed the same way.
@@ -332,13 +407,21 @@ impl<M: Message + Send + 'static> ObservedRecipient<M>
 where
     M::Result: Send,
 {
-    /// Sends `message` and waits for the answer (see [`Recipient::send`]).
-    pub fn send(&self, message: M) -> RecipientRequest<Observed<M>> {
-        self.recipient.send(self.probe.envelope(message))
+    /// Sends `message` and waits for the answer (see [`Recipient::send`]); refused at once
+    /// when the actor is overloaded.
+    pub fn send(&self, message: M) -> impl Future<Output = Result<M::Result, Refused>> + 'static {
+        let request = self
+            .probe
+            .envelope(message)
+            .map(|envelope| self.recipient.send(envelope));
+        async move { request?.await.map_err(Refused::from) }
     }
 
-    /// Sends `message` without waiting for the answer (see [`Recipient::do_send`]).
+    /// Sends `message` without waiting for the answer (see [`Recipient::do_send`]); dropped
+    /// (and counted `shed`) when the actor is overloaded.
     pub fn do_send(&self, message: M) {
-        self.recipient.do_send(self.probe.envelope(message))
+        if let Ok(envelope) = self.probe.envelope(message) {
+            self.recipient.do_send(envelope)
+        }
     }
 }

@@ -26,16 +26,18 @@ pub struct Fail;
 const MAILBOX_CAPACITY: usize = 16;
 
 /// Starts `actor` under a supervisor on the given arbiter and returns its observed address,
-/// labelled `service` and the actor's type name.
+/// labelled `service` and the actor's type name, refusing sends beyond `limit` messages in
+/// flight (see [`crate::observe`]).
 pub fn start_supervised<A>(
     arbiter: &ArbiterHandle,
     service: &'static str,
+    limit: usize,
     actor: A,
 ) -> ObservedAddr<A>
 where
     A: Actor<Context = Context<A>> + Supervised + Send,
 {
-    let probe = Probe::new::<A>(service);
+    let probe = Probe::new::<A>(service, limit);
     let (tx, rx) = channel::channel(MAILBOX_CAPACITY);
     let restarts = probe.clone();
     arbiter.spawn_fn(move || {

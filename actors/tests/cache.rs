@@ -233,7 +233,12 @@ async fn the_actor_restarts_after_fail_and_serves_again() {
     let logs = Captured::default();
     let arbiter = Arbiter::new();
     let actor = CacheActor::new(&redis_address(), OP_TIMEOUT, logs.logger()).unwrap();
-    let cache = start_supervised(&arbiter.handle(), "cache-test", actor);
+    let cache = start_supervised(
+        &arbiter.handle(),
+        "cache-test",
+        recsys_actors::observe::DEFAULT_MAILBOX_LIMIT,
+        actor,
+    );
     let key = format!("{}survivor", prefix());
     assert!(cache
         .send(CacheSet {

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use recsys_actors::metrics::{
     ACTOR_MAILBOX_DEPTH, ACTOR_MESSAGES, ACTOR_MESSAGE_DURATION, ACTOR_RESTARTS,
 };
-use recsys_actors::observe::short_type_name;
+use recsys_actors::observe::{short_type_name, Refused, DEFAULT_MAILBOX_LIMIT};
 use recsys_actors::supervision::{start_supervised, Fail};
 
 /// An actor whose work takes time.
@@ -105,7 +105,7 @@ async fn mailbox_depth_rises_under_a_flood_and_falls_back_to_zero() {
     const SERVICE: &str = "flood";
     const FLOOD: usize = 40;
     let arbiter = Arbiter::new();
-    let worker = start_supervised(&arbiter.handle(), SERVICE, Worker);
+    let worker = start_supervised(&arbiter.handle(), SERVICE, DEFAULT_MAILBOX_LIMIT, Worker);
     assert_eq!(depth(SERVICE), 0, "the series exists from the start");
 
     let answers: Vec<_> = (0..FLOOD)
@@ -159,7 +159,7 @@ async fn mailbox_depth_rises_under_a_flood_and_falls_back_to_zero() {
 async fn a_restart_is_counted_and_the_message_it_cut_short_is_dropped() {
     const SERVICE: &str = "restart";
     let arbiter = Arbiter::new();
-    let worker = start_supervised(&arbiter.handle(), SERVICE, Worker);
+    let worker = start_supervised(&arbiter.handle(), SERVICE, DEFAULT_MAILBOX_LIMIT, Worker);
     let restarts = ACTOR_RESTARTS.with_label_values(&[SERVICE, ACTOR]);
     assert_eq!(restarts.get(), 0, "the series exists from the start");
 
@@ -195,7 +195,7 @@ async fn a_restart_is_counted_and_the_message_it_cut_short_is_dropped() {
 async fn a_message_to_a_stopped_actor_is_dropped_not_leaked() {
     const SERVICE: &str = "stopped";
     let arbiter = Arbiter::new();
-    let worker = start_supervised(&arbiter.handle(), SERVICE, Worker);
+    let worker = start_supervised(&arbiter.handle(), SERVICE, DEFAULT_MAILBOX_LIMIT, Worker);
     arbiter.stop();
     arbiter.join().unwrap();
 
@@ -209,4 +209,66 @@ async fn a_message_to_a_stopped_actor_is_dropped_not_leaked() {
     assert!(answer.is_err());
     assert_eq!(depth(SERVICE), 0);
     assert_eq!(messages(SERVICE, "Work", "dropped"), 1);
+}
+
+#[actix_rt::test]
+async fn beyond_its_limit_an_actor_sheds_messages_at_once() {
+    const SERVICE: &str = "shed";
+    const LIMIT: usize = 4;
+    let arbiter = Arbiter::new();
+    let worker = start_supervised(&arbiter.handle(), SERVICE, LIMIT, Worker);
+
+    let sends: Vec<_> = (0..20)
+        .map(|_| {
+            worker.send(Work {
+                took: Duration::from_millis(20),
+                answer: Ok(1),
+            })
+        })
+        .collect();
+    let answers = futures_util::future::join_all(sends).await;
+
+    let served = answers.iter().filter(|a| matches!(a, Ok(Ok(1)))).count();
+    let shed = answers
+        .iter()
+        .filter(|a| matches!(a, Err(Refused::Overloaded)))
+        .count();
+    assert_eq!((served, shed), (LIMIT, 20 - LIMIT));
+    assert_eq!(messages(SERVICE, "Work", "shed"), (20 - LIMIT) as u64);
+    assert_eq!(messages(SERVICE, "Work", "ok"), LIMIT as u64);
+    assert!(eventually(Duration::from_secs(5), || depth(SERVICE) == 0).await);
+    // Room again once the flood is answered.
+    let answer = worker
+        .send(Work {
+            took: Duration::ZERO,
+            answer: Ok(2),
+        })
+        .await;
+    assert_eq!(answer, Ok(Ok(2)));
+    arbiter.stop();
+}
+
+#[actix_rt::test]
+async fn an_address_with_a_deadline_stops_waiting_for_a_slow_answer() {
+    const SERVICE: &str = "deadline";
+    let arbiter = Arbiter::new();
+    let worker = start_supervised(&arbiter.handle(), SERVICE, DEFAULT_MAILBOX_LIMIT, Worker);
+    let impatient = worker.with_timeout(Duration::from_millis(20));
+
+    let answer = impatient
+        .send(Work {
+            took: Duration::from_millis(300),
+            answer: Ok(3),
+        })
+        .await;
+
+    assert_eq!(answer, Err(Refused::TimedOut));
+    // The actor still finishes the work; it counts once it is done.
+    assert!(
+        eventually(Duration::from_secs(5), || messages(SERVICE, "Work", "ok")
+            == 1)
+        .await
+    );
+    assert_eq!(depth(SERVICE), 0);
+    arbiter.stop();
 }

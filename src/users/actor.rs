@@ -10,7 +10,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel_async::AsyncConnection;
-use recsys_actors::observe::ObservedRecipient;
+use recsys_actors::observe::{ObservedAddr, ObservedRecipient};
 use recsys_actors::outbox_relay::Wake;
 use recsys_actors::supervision::Fail;
 use recsys_schema::events::{Action, Envelope, Event, UserActivity, UserRegistered, UserUpdated};
@@ -18,9 +18,10 @@ use serde::Serialize;
 use slog::{info, warn, Logger};
 use uuid::Uuid;
 
+use super::hasher::{HashPassword, HashWorker, VerifyPassword};
 use super::store::{self, ActivityRow, UserChanges, UserRow};
 use super::throttle::{LoginLimits, LoginThrottle};
-use crate::auth::{self, JwtKeys, Role};
+use crate::auth::{JwtKeys, Role};
 use crate::config::Secret;
 use crate::db::{self, Pool};
 use crate::error::ApiError;
@@ -33,6 +34,8 @@ pub struct UsersActor {
     keys: JwtKeys,
     /// Woken after each commit; `None` when no relay runs in this process.
     relay: Option<ObservedRecipient<Wake>>,
+    /// Runs argon2 off this actor's thread.
+    hasher: ObservedAddr<HashWorker>,
     /// Failed logins per email and per client address.
     throttle: LoginThrottle,
     logger: Logger,
@@ -45,6 +48,7 @@ impl UsersActor {
         pool: Pool,
         keys: JwtKeys,
         relay: Option<ObservedRecipient<Wake>>,
+        hasher: ObservedAddr<HashWorker>,
         limits: LoginLimits,
         logger: Logger,
     ) -> Self {
@@ -52,6 +56,7 @@ impl UsersActor {
             pool,
             keys,
             relay,
+            hasher,
             throttle: LoginThrottle::new(limits),
             logger,
         }
@@ -63,6 +68,7 @@ impl UsersActor {
             pool: self.pool.clone(),
             keys: self.keys.clone(),
             relay: self.relay.clone(),
+            hasher: self.hasher.clone(),
             logger: self.logger.clone(),
         }
     }
@@ -73,10 +79,24 @@ struct Ctx {
     pool: Pool,
     keys: JwtKeys,
     relay: Option<ObservedRecipient<Wake>>,
+    hasher: ObservedAddr<HashWorker>,
     logger: Logger,
 }
 
 impl Ctx {
+    /// The argon2id hash of `password`, computed by the hasher.
+    async fn hash(&self, password: Secret) -> Result<String, ApiError> {
+        self.hasher
+            .send(HashPassword(password))
+            .await?
+            .map_err(ApiError::Unexpected)
+    }
+
+    /// Whether `password` matches `hash`, checked by the hasher.
+    async fn verify(&self, password: Secret, hash: Option<String>) -> Result<bool, ApiError> {
+        Ok(self.hasher.send(VerifyPassword { password, hash }).await?)
+    }
+
     fn wake_relay(&self) {
         if let Some(relay) = &self.relay {
             relay.do_send(Wake);
@@ -130,19 +150,6 @@ pub struct Registered {
     pub token: String,
 }
 
-async fn hash_off_thread(password: Secret) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::Unexpected(e.into()))?
-        .map_err(ApiError::Unexpected)
-}
-
-async fn verify_off_thread(password: Secret, hash: Option<String>) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || auth::verify_password(&password, hash.as_deref()))
-        .await
-        .map_err(|e| ApiError::Unexpected(e.into()))
-}
-
 fn email_taken(e: diesel::result::Error) -> ApiError {
     if db::is_unique_violation(&e) {
         ApiError::Conflict("email already registered".into())
@@ -168,7 +175,7 @@ impl Handler<RegisterUser> for UsersActor {
         let ctx = self.ctx();
         Box::pin(async move {
             let password_hash = match msg.password {
-                Some(p) => Some(hash_off_thread(p).await?),
+                Some(p) => Some(ctx.hash(p).await?),
                 None => None,
             };
             let row = new_user(msg.name, msg.email, password_hash, Role::User);
@@ -244,7 +251,7 @@ impl Handler<Login> for UsersActor {
                 store::find_by_email(&mut conn, &msg.email).await?
             };
             let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-            let ok = verify_off_thread(msg.password, hash).await?;
+            let ok = ctx.verify(msg.password, hash).await?;
             match user {
                 Some(user) if ok => Ok(ctx.keys.issue(user.id, Role::from_db(&user.role))),
                 _ => Err(ApiError::Unauthorized("invalid email or password".into())),
@@ -304,7 +311,7 @@ impl Handler<UpdateUser> for UsersActor {
         let ctx = self.ctx();
         Box::pin(async move {
             let password_hash = match msg.password {
-                Some(p) => Some(hash_off_thread(p).await?),
+                Some(p) => Some(ctx.hash(p).await?),
                 None => None,
             };
             let (name, email, id) = (msg.name, msg.email, msg.id);
@@ -427,7 +434,7 @@ impl Handler<EnsureAdmin> for UsersActor {
                 store::find_by_email(&mut conn, &msg.email).await?
             };
             let Some(existing) = existing else {
-                let hash = hash_off_thread(msg.password).await?;
+                let hash = ctx.hash(msg.password).await?;
                 let name = msg.email.split('@').next().unwrap_or("admin").to_string();
                 let row = new_user(name, msg.email, Some(hash), Role::Admin);
                 let inserted = row.clone();
@@ -448,8 +455,9 @@ impl Handler<EnsureAdmin> for UsersActor {
                 info!(ctx.logger, "admin account created"; "user_id" => %row.id);
                 return Ok(row.id);
             };
-            let password_ok =
-                verify_off_thread(msg.password.clone(), existing.password_hash.clone()).await?;
+            let password_ok = ctx
+                .verify(msg.password.clone(), existing.password_hash.clone())
+                .await?;
             let is_admin = existing.role == Role::Admin.as_str();
             if password_ok && is_admin {
                 return Ok(existing.id);
@@ -457,7 +465,7 @@ impl Handler<EnsureAdmin> for UsersActor {
             let mut changes = UserChanges::default();
             let mut changed = Vec::new();
             if !password_ok {
-                changes.password_hash = Some(hash_off_thread(msg.password).await?);
+                changes.password_hash = Some(ctx.hash(msg.password).await?);
                 changed.push("password".to_string());
             }
             if !is_admin {

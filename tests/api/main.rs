@@ -14,6 +14,7 @@ mod errors;
 mod events;
 mod exactness;
 mod helpers;
+mod limits;
 mod observability;
 mod outbox;
 mod products;

@@ -77,8 +77,9 @@ fn depth(samples: &[Sample], service: &str, actor: &str) -> Option<f64> {
 }
 
 /// Every actor the all-in-one runtime starts, as `(service, actor)` labels.
-const ACTORS: [(&str, &str); 10] = [
+const ACTORS: [(&str, &str); 11] = [
     ("users", "UsersActor"),
+    ("users", "HashWorker"),
     ("products", "ProductsActor"),
     ("runtime", "OutboxRelay"),
     ("recommendations", "RankingActor"),
