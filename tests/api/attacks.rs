@@ -298,7 +298,7 @@ async fn injection_strings_are_data_or_refused_never_code() {
         if created.status.is_success() {
             assert_eq!(created.body["category"].as_str(), Some(hostile.trim()));
         }
-        let encoded: String = url_encode(hostile);
+        let encoded: String = urlencode(hostile);
         for (service, path) in [
             (Service::Products, format!("/products?category={encoded}")),
             (
@@ -325,28 +325,6 @@ async fn injection_strings_are_data_or_refused_never_code() {
     assert_eq!(anchor.body["name"], "Anchor");
 }
 
-/// Percent-encodes every byte that is not unreserved.
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
-async fn login(app: &TestApp, email: &str, password: &str) -> Reply {
-    app.post(
-        Service::Users,
-        "/users/login",
-        json!({"email": email, "password": password}),
-        None,
-    )
-    .await
-}
-
 /// After `LOGIN_MAX_FAILURES` wrong passwords an email is locked: even the right password gets
 /// `429` with `Retry-After`, an unknown email locks the same way (so the lockout does not tell
 /// which emails exist), and other emails are unaffected.
@@ -362,11 +340,11 @@ async fn repeated_login_failures_lock_the_email() {
 
     for target in [&email, &unknown] {
         for _ in 0..3 {
-            login(&app, target, "wrong password")
+            app.login(target, "wrong password")
                 .await
                 .assert_error(401, "unauthorized");
         }
-        let locked = login(&app, target, "user-password").await;
+        let locked = app.login(target, "user-password").await;
         locked.assert_error(429, "too_many_requests");
         let retry: u64 = locked.headers["retry-after"]
             .to_str()
@@ -376,7 +354,7 @@ async fn repeated_login_failures_lock_the_email() {
         assert!((800..=900).contains(&retry), "Retry-After: {retry}");
     }
     let (_, _, other) = app.new_user().await;
-    assert_eq!(login(&app, &other, "user-password").await.status, 200);
+    assert_eq!(app.login(&other, "user-password").await.status, 200);
 }
 
 /// Failures from one address across many emails lock that address.
@@ -388,13 +366,13 @@ async fn repeated_login_failures_lock_the_client_address() {
     })
     .await;
     for i in 0..4 {
-        login(&app, &format!("guess{i}@example.com"), "wrong password")
+        app.login(&format!("guess{i}@example.com"), "wrong password")
             .await
             .assert_error(401, "unauthorized");
     }
     let (_, _, email) = app.new_user().await;
 
-    login(&app, &email, "user-password")
+    app.login(&email, "user-password")
         .await
         .assert_error(429, "too_many_requests");
 }
@@ -410,8 +388,7 @@ async fn concurrent_guesses_are_limited_too() {
     let (_, _, email) = app.new_user().await;
 
     let replies =
-        futures_util::future::join_all((0..20).map(|_| login(&app, &email, "wrong password")))
-            .await;
+        futures_util::future::join_all((0..20).map(|_| app.login(&email, "wrong password"))).await;
 
     let verified = replies.iter().filter(|r| r.status == 401).count();
     let refused = replies.iter().filter(|r| r.status == 429).count();
@@ -430,7 +407,7 @@ async fn passwords_reach_no_log_line_and_no_event() {
     let email = format!("secretive-{}@example.com", Uuid::new_v4().simple());
 
     let (user, token) = app.register("Secretive", &email, &first).await;
-    assert_eq!(login(&app, &email, &first).await.status, 200);
+    assert_eq!(app.login(&email, &first).await.status, 200);
     let changed = app
         .request(
             reqwest::Method::PATCH,
@@ -441,8 +418,8 @@ async fn passwords_reach_no_log_line_and_no_event() {
         )
         .await;
     assert_eq!(changed.status, 200, "{}", changed.text);
-    assert_eq!(login(&app, &email, &wrong).await.status, 401);
-    assert_eq!(login(&app, &email, &second).await.status, 200);
+    assert_eq!(app.login(&email, &wrong).await.status, 401);
+    assert_eq!(app.login(&email, &second).await.status, 200);
     let admin = app
         .post(
             Service::Users,

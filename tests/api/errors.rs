@@ -450,15 +450,3 @@ async fn control_characters_are_rejected_not_stored() {
     assert_json_error(&login, 401, "unauthorized");
     assert_eq!(app.count("products").await, 0);
 }
-
-/// Percent-encodes every byte outside the unreserved set.
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}

@@ -274,6 +274,17 @@ impl TestApp {
         )
     }
 
+    /// `POST /users/login` with these credentials.
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post(
+            Service::Users,
+            "/users/login",
+            json!({"email": email, "password": password}),
+            None,
+        )
+        .await
+    }
+
     /// Registers a user with a unique email; answers `(id, token, email)`.
     pub async fn new_user(&self) -> (Uuid, String, String) {
         let email = format!("user-{}@example.com", Uuid::new_v4().simple());
@@ -543,4 +554,16 @@ impl TestDb {
             .unwrap()
             .n
     }
+}
+
+/// Percent-encodes every byte outside the unreserved set.
+pub fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

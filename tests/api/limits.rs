@@ -28,15 +28,7 @@ fn rss_bytes() -> u64 {
 /// Answers `(verified, shed)` of `n` concurrent wrong-password logins for `email`, checking
 /// that each is a 401 or a 503 with the JSON error and `Retry-After`.
 async fn flood(app: &TestApp, email: &str, n: usize) -> (usize, usize) {
-    let replies = join_all((0..n).map(|_| {
-        app.post(
-            Service::Users,
-            "/users/login",
-            json!({"email": email, "password": "wrong password"}),
-            None,
-        )
-    }))
-    .await;
+    let replies = join_all((0..n).map(|_| app.login(email, "wrong password"))).await;
     let verified = replies.iter().filter(|r| r.status == 401).count();
     let shed: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
     assert_eq!(verified + shed.len(), n, "only 401 and 503");
@@ -86,14 +78,7 @@ async fn a_flood_is_shed_with_503_and_memory_stays_bounded() {
     );
 
     assert_eq!(app.get(Service::Users, "/healthz", None).await.status, 200);
-    let ok = app
-        .post(
-            Service::Users,
-            "/users/login",
-            json!({"email": email, "password": "user-password"}),
-            None,
-        )
-        .await;
+    let ok = app.login(&email, "user-password").await;
     assert_eq!(ok.status, 200, "{}", ok.text);
     let counted: f64 = samples(&app, Service::Users)
         .await

@@ -291,14 +291,7 @@ async fn mailbox_depth_rises_under_a_flood_and_falls_back_to_zero() {
     })
     .await;
     let (_, _, email) = app.new_user().await;
-    let logins = join_all((0..FLOOD).map(|_| {
-        app.post(
-            Service::Users,
-            "/users/login",
-            json!({"email": email, "password": "wrong password"}),
-            None,
-        )
-    }));
+    let logins = join_all((0..FLOOD).map(|_| app.login(&email, "wrong password")));
     let watch = eventually(
         Duration::from_secs(60),
         "the users mailbox to fill",
