@@ -13,6 +13,7 @@ mod deploy;
 mod errors;
 mod events;
 mod exactness;
+mod faults;
 mod helpers;
 mod limits;
 mod observability;
