@@ -238,7 +238,14 @@ async fn ranking_follows_the_action_weights() {
         (unscored_new.as_str(), 0.0),
         (unscored_old.as_str(), 0.0),
     ];
-    let items = settled(&app, "/recommendations", None, &expected).await;
+    // D's expected score (0) is also what it shows before its events are applied, so wait for
+    // the order too: until then D sorts among the unscored products.
+    let order: Vec<&str> = expected.iter().map(|(id, _)| *id).collect();
+    let items = eventually(PIPELINE, "the ranking to settle in order", || async {
+        let items = settled(&app, "/recommendations", None, &expected).await;
+        (ids(&items) == order).then_some(items)
+    })
+    .await;
 
     assert_ranking(&items, &expected);
 }
