@@ -104,13 +104,145 @@ impl Expected {
 
 const ACTIONS: [&str; 4] = ["view", "cart_add", "cart_remove", "purchase"];
 
+/// A stream of activities of one user over three products, and the ledger of the ones the API
+/// acknowledged.
+struct Workload<'a> {
+    app: &'a TestApp,
+    products: Vec<String>,
+    user: uuid::Uuid,
+    token: String,
+    step: usize,
+    /// What the acknowledged writes imply, per product.
+    ledger: HashMap<String, Expected>,
+    acknowledged: i64,
+}
+
+impl<'a> Workload<'a> {
+    async fn new(app: &'a TestApp) -> Self {
+        let mut products = Vec::new();
+        for i in 0..3 {
+            let product = app
+                .create_product(&format!("Faulty {i}"), json!(i + 1), Some("faults"))
+                .await;
+            products.push(product["id"].as_str().unwrap().to_string());
+        }
+        let (user, token, _) = app.new_user().await;
+        Self {
+            app,
+            products,
+            user,
+            token,
+            step: 0,
+            ledger: HashMap::new(),
+            acknowledged: 0,
+        }
+    }
+
+    /// Posts the next activity; a `202` goes in the ledger. Answers the reply.
+    async fn write(&mut self) -> Reply {
+        self.step += 1;
+        let product = self.products[self.step % self.products.len()].clone();
+        let action = ACTIONS[self.step % ACTIONS.len()];
+        let quantity = (self.step % 3 + 1) as i64;
+        let reply = self
+            .app
+            .post(
+                Service::Users,
+                &format!("/users/{}/activity", self.user),
+                json!({"type": action, "product_id": product, "quantity": quantity}),
+                Some(&self.token),
+            )
+            .await;
+        if reply.status == 202 {
+            self.ledger
+                .entry(product)
+                .or_default()
+                .add(action, quantity);
+            self.acknowledged += 1;
+        }
+        reply
+    }
+
+    /// Once the outbox is empty and both consumers caught up, every product's analytics
+    /// counters and recommendation score equal the ledger, and the user's counters sum to the
+    /// acknowledged writes.
+    async fn assert_exact(&self) {
+        let app = self.app;
+        eventually(Duration::from_secs(60), "the outbox to drain", || async {
+            (app.outbox_rows().await == 0).then_some(())
+        })
+        .await;
+        for (product, want) in &self.ledger {
+            let path = format!("/analytics/products/{product}");
+            eventually(
+                Duration::from_secs(60),
+                "analytics and recommendations to match the acknowledged writes",
+                || async {
+                    let stats = app
+                        .get(Service::Analytics, &path, Some(&app.admin_token))
+                        .await;
+                    let counters = [
+                        "views",
+                        "cart_adds",
+                        "cart_removes",
+                        "purchases",
+                        "units_sold",
+                    ]
+                    .map(|k| stats.body[k].as_i64().unwrap_or(-1));
+                    let ranked = app
+                        .get(Service::Recommendations, "/recommendations?limit=100", None)
+                        .await;
+                    let score = ranked.body.as_array().and_then(|items| {
+                        items
+                            .iter()
+                            .find(|i| i["product_id"] == product.as_str())
+                            .and_then(|i| i["score"].as_f64())
+                    });
+                    let exact = counters == want.counters
+                        && score.is_some_and(|s| {
+                            (s - want.score).abs() < 1e-6 * want.score.abs().max(1.0)
+                        });
+                    exact.then_some(())
+                },
+            )
+            .await;
+        }
+        let user = app
+            .get(
+                Service::Analytics,
+                &format!("/analytics/users/{}", self.user),
+                Some(&app.admin_token),
+            )
+            .await;
+        let counted: i64 = ["views", "cart_adds", "cart_removes", "purchases"]
+            .iter()
+            .map(|k| user.body[k].as_i64().unwrap_or(0))
+            .sum();
+        assert_eq!(counted, self.acknowledged, "{}", user.text);
+    }
+}
+
+/// Sum of `actor_restarts_total` over every actor.
+async fn restarts(app: &TestApp) -> f64 {
+    samples(app, Service::Users)
+        .await
+        .iter()
+        .filter(|s| s.name == "actor_restarts_total")
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Settings every fault test shares: a 10-year half-life, so scores are plain sums.
+fn exact_scores(settings: &mut recsys::config::Settings) {
+    settings.ranking_half_life = "3650d".parse().unwrap();
+}
+
 /// Postgres unreachable for 20 s in the middle of a workload: writes answer 503 with the JSON
 /// error within the request bound (never hang), `/readyz` fails naming postgres, the consumers
 /// hold their positions; after recovery, with no actor restarted, every acknowledged write is
 /// counted exactly once by analytics and in the recommendation scores.
 #[actix_web::test]
 async fn postgres_outage_loses_nothing_and_counts_nothing_twice() {
-    const OUTAGE: Duration = Duration::from_secs(20);
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let proxied_port = proxy.port;
     let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
@@ -119,43 +251,15 @@ async fn postgres_outage_loses_nothing_and_counts_nothing_twice() {
         assert_ne!(direct, proxied);
         settings.postgres.database_url = Some(Secret::new(proxied));
         settings.postgres.db_timeout_ms = 1000;
-        settings.ranking_half_life = "3650d".parse().unwrap();
+        exact_scores(settings);
     })
     .await;
-    let mut products = Vec::new();
-    for i in 0..3 {
-        let product = app
-            .create_product(&format!("Faulty {i}"), json!(i + 1), Some("faults"))
-            .await;
-        products.push(product["id"].as_str().unwrap().to_string());
-    }
-    let (user, token, _) = app.new_user().await;
-    let mut expected: HashMap<String, Expected> = HashMap::new();
-    let mut step = 0usize;
-    let mut next = || {
-        step += 1;
-        (
-            products[step % products.len()].clone(),
-            ACTIONS[step % ACTIONS.len()],
-            (step % 3 + 1) as i64,
-        )
-    };
-    let path = format!("/users/{user}/activity");
-    let activity = |product: &str, action: &str, quantity: i64| {
-        app.post(
-            Service::Users,
-            &path,
-            json!({"type": action, "product_id": product, "quantity": quantity}),
-            Some(&token),
-        )
-    };
+    let mut load = Workload::new(&app).await;
 
     // Before: every write acknowledged.
     for _ in 0..24 {
-        let (product, action, quantity) = next();
-        let reply = activity(&product, action, quantity).await;
+        let reply = load.write().await;
         assert_eq!(reply.status, 202, "{}", reply.text);
-        expected.entry(product).or_default().add(action, quantity);
     }
 
     // During: every write refused quickly with the JSON error; readiness names postgres.
@@ -163,18 +267,15 @@ async fn postgres_outage_loses_nothing_and_counts_nothing_twice() {
     let cut_at = Instant::now();
     let mut refused = 0;
     while cut_at.elapsed() < OUTAGE {
-        let (product, action, quantity) = next();
         let started = Instant::now();
-        let reply = activity(&product, action, quantity).await;
+        let reply = load.write().await;
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "a write took {:?}",
             started.elapsed()
         );
         if reply.status == 202 {
-            // Accepted before the cut reached the pool: it counts.
-            expected.entry(product).or_default().add(action, quantity);
-            continue;
+            continue; // accepted before the cut reached the pool: it is in the ledger
         }
         reply.assert_error(503, "unavailable");
         refused += 1;
@@ -190,102 +291,21 @@ async fn postgres_outage_loses_nothing_and_counts_nothing_twice() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while after < 24 {
         assert!(Instant::now() < deadline, "writes did not recover");
-        let (product, action, quantity) = next();
-        let reply = activity(&product, action, quantity).await;
+        let reply = load.write().await;
         match reply.status.as_u16() {
-            202 => {
-                expected.entry(product).or_default().add(action, quantity);
-                after += 1;
-            }
+            202 => after += 1,
             503 => reply.assert_error(503, "unavailable"),
             other => panic!("{other}: {}", reply.text),
         }
     }
 
-    // Settled, stage by stage (so a failure says which stage stalled): the outbox drained,
-    // both consumers caught up, then every product's counters and score match.
-    eventually(Duration::from_secs(60), "the outbox to drain", || async {
-        (app.outbox_rows().await == 0).then_some(())
-    })
-    .await;
-    eventually(
-        Duration::from_secs(60),
-        "both consumers to catch up",
-        || async {
-            let samples = samples(&app, Service::Analytics).await;
-            let lag = |service: &str| {
-                let lags: Vec<f64> = samples
-                    .iter()
-                    .filter(|s| {
-                        s.name == "kafka_consumer_lag" && s.label("service") == Some(service)
-                    })
-                    .map(|s| s.value)
-                    .collect();
-                (!lags.is_empty()).then(|| lags.iter().sum::<f64>())
-            };
-            (lag("analytics") == Some(0.0) && lag("recommendations") == Some(0.0)).then_some(())
-        },
-    )
-    .await;
-    for (product, want) in &expected {
-        let path = format!("/analytics/products/{product}");
-        eventually(
-            Duration::from_secs(30),
-            "analytics and recommendations to match the acknowledged writes",
-            || async {
-                let stats = app
-                    .get(Service::Analytics, &path, Some(&app.admin_token))
-                    .await;
-                let counters = [
-                    "views",
-                    "cart_adds",
-                    "cart_removes",
-                    "purchases",
-                    "units_sold",
-                ]
-                .map(|k| stats.body[k].as_i64().unwrap_or(-1));
-                let ranked = app
-                    .get(Service::Recommendations, "/recommendations?limit=100", None)
-                    .await;
-                let score = ranked.body.as_array().and_then(|items| {
-                    items
-                        .iter()
-                        .find(|i| i["product_id"] == product.as_str())
-                        .and_then(|i| i["score"].as_f64())
-                });
-                let exact = counters == want.counters
-                    && score
-                        .is_some_and(|s| (s - want.score).abs() < 1e-6 * want.score.abs().max(1.0));
-                if !exact {
-                    eprintln!("{product}: {counters:?} / {score:?}, want {want:?}");
-                }
-                exact.then_some(())
-            },
-        )
-        .await;
-    }
-    let restarts: f64 = samples(&app, Service::Users)
-        .await
-        .iter()
-        .filter(|s| s.name == "actor_restarts_total")
-        .map(|s| s.value)
-        .sum();
-    assert_eq!(restarts, 0.0, "recovery needed no restart");
-    let user_events = app
-        .get(
-            Service::Analytics,
-            &format!("/analytics/users/{user}"),
-            Some(&app.admin_token),
-        )
-        .await;
-    let acknowledged: i64 = expected
-        .values()
-        .map(|e| e.counters[..4].iter().sum::<i64>())
-        .sum();
-    let counted: i64 = ["views", "cart_adds", "cart_removes", "purchases"]
-        .iter()
-        .map(|k| user_events.body[k].as_i64().unwrap_or(0))
-        .sum();
-    assert_eq!(counted, acknowledged, "{}", user_events.text);
-    eprintln!("postgres outage: {acknowledged} acknowledged actions, {refused} refused with 503, all counted once");
+    load.assert_exact().await;
+    assert_eq!(restarts(&app).await, 0.0, "recovery needed no restart");
+    eprintln!(
+        "postgres outage: {} acknowledged actions, {refused} refused with 503, all counted once",
+        load.acknowledged
+    );
 }
+
+/// How long each outage lasts.
+const OUTAGE: Duration = Duration::from_secs(20);
