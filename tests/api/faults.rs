@@ -309,3 +309,47 @@ async fn postgres_outage_loses_nothing_and_counts_nothing_twice() {
 
 /// How long each outage lasts.
 const OUTAGE: Duration = Duration::from_secs(20);
+
+/// Poison records written straight into both topics while the load runs (not JSON, an unknown
+/// type, a schema violation, a JSON array): each consumer group sends every one to the
+/// dead-letter topic and keeps going, and every acknowledged write is counted exactly once.
+#[actix_web::test]
+async fn poison_records_during_the_load_are_dead_lettered_and_the_rest_counts_exactly() {
+    const ROUNDS: usize = 6;
+    let app = spawn_app_configured(&brokers(), test_logger(), exact_scores).await;
+    let mut load = Workload::new(&app).await;
+    let kafka = crate::consumer::producer();
+    let topics = [
+        app.topic(recsys_schema::topics::USER_UPDATES),
+        app.topic(recsys_schema::topics::PRODUCT_UPDATES),
+    ];
+    let poisons = [
+        "not json at all".to_string(),
+        json!({"event_id": uuid::Uuid::new_v4(), "type": "user.teleported", "data": {}})
+            .to_string(),
+        json!({"event_id": uuid::Uuid::new_v4(), "type": "user.activity", "data": {"quantity": 0}})
+            .to_string(),
+        "[1, 2, 3]".to_string(),
+    ];
+    let mut injected = 0;
+    for round in 0..ROUNDS {
+        for _ in 0..6 {
+            let reply = load.write().await;
+            assert_eq!(reply.status, 202, "{}", reply.text);
+        }
+        let topic = &topics[round % topics.len()];
+        let poison = &poisons[round % poisons.len()];
+        crate::consumer::produce(&kafka, topic, &format!("poison-{round}"), poison).await;
+        injected += 1;
+    }
+
+    load.assert_exact().await;
+    let dlq: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
+    // Both groups (recommendations and analytics) dead-letter each poison record.
+    let dead = consume(&brokers(), &dlq, 2 * injected, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 2 * injected, "{dead:#?}");
+    eprintln!(
+        "poison: {} acknowledged actions counted once, {injected} poison records dead-lettered by both groups",
+        load.acknowledged
+    );
+}
