@@ -353,3 +353,69 @@ async fn poison_records_during_the_load_are_dead_lettered_and_the_rest_counts_ex
         load.acknowledged
     );
 }
+
+/// A tansu broker of this test's own on `port`, storing in `dir` (durable across restarts).
+fn durable_broker(port: u16, dir: &std::path::Path) -> tokio::process::Child {
+    let bin = std::env::var("TANSU_BIN").expect("TANSU_BIN points at the tansu binary");
+    let url = format!("tcp://127.0.0.1:{port}");
+    tokio::process::Command::new(bin)
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--cluster-id",
+            "recsys-fault-test",
+            "--listener-url",
+            &url,
+        ])
+        .args([
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tansu starts")
+}
+
+/// The broker killed (SIGKILL) during the load and restarted on its durable store: writes keep
+/// answering 202 while it is down, and once it is back every acknowledged write is counted
+/// exactly once.
+#[actix_web::test]
+async fn a_broker_killed_and_restarted_on_its_store_loses_nothing() {
+    let dir = std::env::temp_dir().join(format!("recsys-broker-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let mut broker = durable_broker(port, &dir);
+    let app = spawn_app_configured(&brokers, test_logger(), exact_scores).await;
+    let mut load = Workload::new(&app).await;
+    for _ in 0..24 {
+        let reply = load.write().await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+
+    broker.start_kill().expect("SIGKILL");
+    broker.wait().await.unwrap();
+    let down_at = Instant::now();
+    let mut down_writes = 0;
+    while down_at.elapsed() < Duration::from_secs(5) {
+        let reply = load.write().await;
+        assert_eq!(reply.status, 202, "writes keep succeeding: {}", reply.text);
+        down_writes += 1;
+    }
+    let _broker = durable_broker(port, &dir);
+    for _ in 0..24 {
+        let reply = load.write().await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+
+    load.assert_exact().await;
+    eprintln!(
+        "killed broker: {} acknowledged actions ({down_writes} while it was down), all counted once",
+        load.acknowledged
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
