@@ -356,28 +356,7 @@ async fn poison_records_during_the_load_are_dead_lettered_and_the_rest_counts_ex
 
 /// A tansu broker of this test's own on `port`, storing in `dir` (durable across restarts).
 fn durable_broker(port: u16, dir: &std::path::Path) -> tokio::process::Child {
-    let bin = std::env::var("TANSU_BIN").expect("TANSU_BIN points at the tansu binary");
-    let url = format!("tcp://127.0.0.1:{port}");
-    tokio::process::Command::new(bin)
-        .current_dir(dir)
-        .args([
-            "broker",
-            "--cluster-id",
-            "recsys-fault-test",
-            "--listener-url",
-            &url,
-        ])
-        .args([
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "sqlite://tansu.db",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tansu starts")
+    start_tansu(port, "sqlite://tansu.db", dir)
 }
 
 /// The broker killed (SIGKILL) during the load and restarted on its durable store: writes keep

@@ -567,3 +567,30 @@ pub fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+/// A tansu broker of a test's own on `port`, with `storage` (`memory://tansu/`, or
+/// `sqlite://tansu.db` relative to `dir`); killed when dropped.
+pub fn start_tansu(port: u16, storage: &str, dir: &std::path::Path) -> tokio::process::Child {
+    let bin = std::env::var("TANSU_BIN").expect("TANSU_BIN points at the tansu binary");
+    let url = format!("tcp://127.0.0.1:{port}");
+    tokio::process::Command::new(bin)
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--cluster-id",
+            "recsys-test",
+            "--listener-url",
+            &url,
+        ])
+        .args([
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            storage,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tansu starts")
+}

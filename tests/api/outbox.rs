@@ -2,7 +2,6 @@
 //! back every event arrives exactly once, in write order per key.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::time::Duration;
 
 use recsys::config::Service;
@@ -13,27 +12,7 @@ use crate::helpers::*;
 
 /// Starts a tansu broker with an in-memory store on `port`; killed when dropped.
 fn start_broker(port: u16) -> tokio::process::Child {
-    let bin = std::env::var("TANSU_BIN").expect("TANSU_BIN points at the tansu binary");
-    let url = format!("tcp://127.0.0.1:{port}");
-    tokio::process::Command::new(bin)
-        .args([
-            "broker",
-            "--cluster-id",
-            "recsys-outbox-test",
-            "--listener-url",
-            &url,
-        ])
-        .args([
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tansu starts")
+    start_tansu(port, "memory://tansu/", &std::env::temp_dir())
 }
 
 /// With no broker listening, writes answer 2xx, `/readyz` says why it is not ready and
