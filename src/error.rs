@@ -4,7 +4,6 @@
 //! failures are logged with their cause chain by the request middleware and answered with an
 //! opaque message.
 
-use actix::MailboxError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -140,14 +139,6 @@ impl ResponseError for ApiError {
     }
 }
 
-/// A message that never got an answer: the actor stopped (and is being restarted) or is
-/// overloaded.
-impl From<MailboxError> for ApiError {
-    fn from(e: MailboxError) -> Self {
-        ApiError::Unavailable(format!("service temporarily unavailable ({e})"))
-    }
-}
-
 /// An actor refused a request's message (overloaded), did not answer in time, or stopped: 503.
 impl From<recsys_actors::observe::Refused> for ApiError {
     fn from(e: recsys_actors::observe::Refused) -> Self {
@@ -198,9 +189,11 @@ mod tests {
     use actix_web::body::MessageBody;
 
     #[test]
-    /// A message lost to a stopping actor (or a full mailbox) is a 503 with the JSON shape.
+    /// A message refused by an overloaded actor, not answered in time, or lost to a stopping
+    /// actor is a 503 with the JSON shape.
     fn lost_messages_are_service_unavailable() {
-        for lost in [MailboxError::Closed, MailboxError::Timeout] {
+        use recsys_actors::observe::Refused;
+        for lost in [Refused::Overloaded, Refused::TimedOut, Refused::Stopped] {
             let error = ApiError::from(lost);
             assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
             let response = error.error_response();

@@ -1,9 +1,10 @@
 //! Supervision: every long-lived actor of a service runs under a supervisor and is observed.
 //!
 //! When a supervised actor stops, its supervisor calls `restarting()` on the same instance and
-//! starts it again; the message being handled is lost and its sender gets a
-//! [`actix::MailboxError`], which the HTTP layer turns into a clean `503`. The supervisor here is
-//! actix's own loop plus one thing: it counts each restart in `actor_restarts_total`.
+//! starts it again; the message being handled is lost and its sender gets
+//! [`crate::observe::Refused::Stopped`], which the HTTP layer turns into a clean `503`. The
+//! supervisor here is actix's own loop plus one thing: it counts each restart in
+//! `actor_restarts_total`.
 
 use std::future::Future;
 use std::pin::Pin;
