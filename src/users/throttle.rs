@@ -132,34 +132,31 @@ impl LoginThrottle {
 
     /// Records how an admitted attempt ended.
     pub fn finish(&mut self, attempt: Attempt, succeeded: bool, now: Instant) {
+        self.settle(attempt, Some(succeeded), now);
+    }
+
+    /// Forgets an admitted attempt that ended undecided (e.g. the database was down).
+    pub fn abandon(&mut self, attempt: Attempt) {
+        self.settle(attempt, None, Instant::now());
+    }
+
+    /// Ends an attempt: no longer in flight; a failure counts against the email and the
+    /// address, a success clears the email's failures, an undecided attempt records nothing.
+    fn settle(&mut self, attempt: Attempt, succeeded: Option<bool>, now: Instant) {
         let record = |tally: &mut Tally| {
             tally.in_flight = tally.in_flight.saturating_sub(1);
-            if !succeeded {
+            if succeeded == Some(false) {
                 tally.failures.push_back(now);
             }
         };
         if let Some(tally) = self.emails.get_mut(&attempt.email) {
             record(tally);
-            if succeeded {
+            if succeeded == Some(true) {
                 tally.failures.clear();
             }
         }
         if let Some(tally) = attempt.ip.and_then(|ip| self.ips.get_mut(&ip)) {
             record(tally);
-        }
-        remove_if_idle(&mut self.emails, &attempt.email);
-        if let Some(ip) = attempt.ip {
-            remove_if_idle(&mut self.ips, &ip);
-        }
-    }
-
-    /// Forgets an admitted attempt that ended undecided (e.g. the database was down).
-    pub fn abandon(&mut self, attempt: Attempt) {
-        if let Some(tally) = self.emails.get_mut(&attempt.email) {
-            tally.in_flight = tally.in_flight.saturating_sub(1);
-        }
-        if let Some(tally) = attempt.ip.and_then(|ip| self.ips.get_mut(&ip)) {
-            tally.in_flight = tally.in_flight.saturating_sub(1);
         }
         remove_if_idle(&mut self.emails, &attempt.email);
         if let Some(ip) = attempt.ip {
