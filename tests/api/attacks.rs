@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::*;
+use crate::users::sign;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -24,17 +25,6 @@ fn tampered(token: &str, change: impl FnOnce(&mut Value)) -> String {
     change(&mut claims);
     let claims = B64.encode(serde_json::to_vec(&claims).unwrap());
     format!("{}.{claims}.{}", parts[0], parts[2])
-}
-
-/// An HS256 token with the recsys claims signed with `secret`.
-fn forged(secret: &str, sub: Uuid, role: &str) -> String {
-    let now = chrono::Utc::now().timestamp();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": sub, "role": role, "iat": now, "exp": now + 3600}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
 }
 
 /// The admin-only routes, as `(service, method, path, body)`.
@@ -123,7 +113,7 @@ async fn user_tampered_and_forged_tokens_get_nothing_from_admin_routes() {
     let promoted = tampered(&token, |claims| claims["role"] = json!("admin"));
     let forged_tokens: Vec<String> = ["dev-secret-change-me", "secret", "changeme", ""]
         .iter()
-        .map(|secret| forged(secret, user, "admin"))
+        .map(|secret| sign(secret, user, "admin", 3600))
         .collect();
     let products_before = app.count("products").await;
 

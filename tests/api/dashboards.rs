@@ -170,11 +170,6 @@ fn promtool_accepts_both_scrape_configs() {
     }
 }
 
-/// A program from `$var`, or by name from `PATH`.
-fn tool(var: &str, name: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| name.to_string())
-}
-
 /// A Prometheus server of this test: its own port, data folder and scrape configuration.
 struct Prometheus {
     url: String,

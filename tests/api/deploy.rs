@@ -12,6 +12,8 @@ use recsys::cli::Cli;
 use recsys::config::Service;
 use serde_yaml::Value;
 
+use crate::helpers::tool;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -26,8 +28,7 @@ fn compose(args: &[&str]) -> std::process::Output {
 }
 
 fn compose_with_secret(args: &[&str], secret: Option<&str>) -> std::process::Output {
-    let program = std::env::var("DOCKER_COMPOSE_BIN").unwrap_or_else(|_| "docker-compose".into());
-    let mut command = Command::new(program);
+    let mut command = Command::new(tool("DOCKER_COMPOSE_BIN", "docker-compose"));
     command
         .current_dir(root())
         .args(["--project-name", "recsys", "-f", "docker-compose.yml"])

@@ -481,6 +481,11 @@ pub async fn consume(
     .unwrap()
 }
 
+/// A program from `$var`, or by name from `PATH`.
+pub fn tool(var: &str, name: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| name.to_string())
+}
+
 /// A free TCP port on loopback (bound then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -17,7 +17,7 @@ const TEST_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 
 /// An HS256 token with the recsys claims, signed with `secret`, expiring `exp_offset` seconds
 /// from now.
-fn sign(secret: &str, sub: Uuid, role: &str, exp_offset: i64) -> String {
+pub fn sign(secret: &str, sub: Uuid, role: &str, exp_offset: i64) -> String {
     sign_with(Algorithm::HS256, secret, sub, role, exp_offset)
 }
 
