@@ -112,6 +112,18 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub kafka_replication_factor: i32,
 
+    /// How long the broker waits without a heartbeat before it gives a consumer's partitions to
+    /// another member (librdkafka `session.timeout.ms`). A broker pause shorter than this costs
+    /// no rebalance; a crashed runtime's partitions wait this long for a successor.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 45_000)]
+    pub kafka_session_timeout_ms: u64,
+
+    /// Static group membership (KIP-345): a stable name for this runtime in its consumer groups
+    /// (e.g. the container name). A runtime restarted under the same name takes its partitions
+    /// back at once instead of waiting for a rebalance. Unset: dynamic membership.
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    pub kafka_group_instance_id: Option<String>,
+
     #[command(flatten)]
     pub postgres: PostgresSettings,
 

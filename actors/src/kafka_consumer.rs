@@ -81,6 +81,10 @@ pub struct ConsumerConfig {
     pub max_records: usize,
     /// How long a batch waits for more records after its first.
     pub max_wait: Duration,
+    /// `session.timeout.ms`: silence after which the broker hands the partitions to others.
+    pub session_timeout: Duration,
+    /// `group.instance.id` (static membership), if any.
+    pub instance_id: Option<String>,
 }
 
 /// Seeks newly assigned partitions to the stored positions and counts rebalances.
@@ -407,22 +411,28 @@ async fn run<T: Send + Sync + 'static>(
         service: config.service,
         positions,
     };
-    let consumer: StreamConsumer<GroupContext> =
-        kafka::client_config(&config.brokers, config.service)
-            .set("group.id", &config.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("max.poll.interval.ms", "600000")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            // A broker that answers fetches only at the long-poll deadline (tansu does) would add
-            // that deadline to every record's latency.
-            .set("fetch.wait.max.ms", "50")
-            // Bounds prefetched records (per partition) while a batch is retried.
-            .set("queued.max.messages.kbytes", "4096")
-            .set("topic.metadata.refresh.interval.ms", "10000")
-            .create_with_context(context)?;
+    let mut client = kafka::client_config(&config.brokers, config.service);
+    if let Some(instance) = &config.instance_id {
+        client.set("group.instance.id", instance);
+    }
+    let consumer: StreamConsumer<GroupContext> = client
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("max.poll.interval.ms", "600000")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        )
+        .set("heartbeat.interval.ms", "1000")
+        // A broker that answers fetches only at the long-poll deadline (tansu does) would add
+        // that deadline to every record's latency.
+        .set("fetch.wait.max.ms", "50")
+        // Bounds prefetched records (per partition) while a batch is retried.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        .create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let dlq = kafka::idempotent_producer(
