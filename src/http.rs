@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::db::{self, Pool};
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics;
+use crate::openapi::Api;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -39,11 +40,11 @@ pub struct Readiness {
     pub kafka: FutureProducer<SlogContext>,
 }
 
-/// Registers `/healthz`, `/readyz` and `/metrics`.
-pub fn common_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics_text));
+/// Registers (and documents) `/healthz`, `/readyz` and `/metrics`.
+pub fn common_routes(api: &mut Api) {
+    api.add_plain(__path_healthz, healthz)
+        .add_plain(__path_readyz, readyz)
+        .add_plain(__path_metrics_text, metrics_text);
 }
 
 /// Extractor settings turning every malformed input into a JSON 4xx.
@@ -182,6 +183,12 @@ fn anyhow_chain(e: &actix_web::Error) -> String {
 }
 
 /// `200 {"status":"ok"}` while the process runs.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    responses((status = 200, description = "The process runs", body = Status))
+)]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Status {
         status: "ok",
@@ -189,20 +196,31 @@ async fn healthz() -> HttpResponse {
     })
 }
 
-#[derive(Serialize)]
+/// `{"status":"ok"}`, with the dependency checks on `/readyz`.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Status {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     checks: Option<Checks>,
 }
 
-#[derive(Serialize)]
+/// Each dependency: `ok` or why not.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Checks {
     postgres: String,
     kafka: String,
 }
 
 /// `200` when Postgres and the broker answer, `503` with the reason otherwise.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Postgres and the broker answer", body = Status),
+        (status = 503, description = "A dependency does not answer", body = ErrorBody),
+    )
+)]
 async fn readyz(readiness: web::Data<Readiness>, info: web::Data<ServiceInfo>) -> HttpResponse {
     let timeout = Duration::from_secs(2);
     let (pg, broker) = futures_util::join!(
@@ -231,6 +249,13 @@ async fn readyz(readiness: web::Data<Readiness>, info: web::Data<ServiceInfo>) -
 }
 
 /// The Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
+        content_type = "text/plain"))
+)]
 async fn metrics_text() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -11,6 +11,7 @@
 //! - [`users`], [`products`], [`recommendations`], [`analytics`]: one folder per service: `http.rs` (routes), `actor.rs` (the actor
 //!   that owns the work and its messages), `store.rs` (the SQL).
 //! - [`http`]: health, readiness, metrics and JSON errors shared by every port.
+//! - [`openapi`]: registers each route and documents it in the service's `/openapi.json`.
 //! - [`auth`]: JWTs, password hashing, the [`auth::Caller`] extractor.
 //! - [`db`], [`outbox`]: the Postgres pool and migrations; the transactional outbox.
 //! - [`consumption`]: consumer positions and applied event ids in Postgres; record decoding.
@@ -30,6 +31,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod outbox;
 pub mod products;
 pub mod recommendations;

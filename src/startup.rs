@@ -24,6 +24,7 @@ use crate::auth::{self, JwtKeys};
 use crate::config::{Service, Settings};
 use crate::db::{self, Pool};
 use crate::http::{self, Readiness, ServiceInfo};
+use crate::openapi::Api;
 use crate::outbox::PgOutbox;
 use crate::products::actor::ProductsActor;
 use crate::recommendations::query::{self, RecommendationsActor};
@@ -341,48 +342,46 @@ impl Application {
                 analytics.clone(),
             );
             let server = HttpServer::new(move || {
+                let mut api = Api::new(service.name());
+                http::common_routes(&mut api);
                 let mut app = App::new()
                     .app_data(web::Data::new(info.clone()))
                     .app_data(web::Data::new(readiness.clone()))
                     .app_data(web::Data::new(keys.clone()))
                     .configure(http::extractor_config)
-                    .configure(http::common_routes)
                     .wrap(http::json_error_bodies())
                     .wrap(from_fn(http::observe))
                     .default_service(web::to(http::not_found));
                 match service {
                     Service::Users => {
                         if let Some(users) = &users {
-                            app = app
-                                .app_data(web::Data::new(users.with_timeout(timeout)))
-                                .configure(crate::users::http::routes);
+                            app = app.app_data(web::Data::new(users.with_timeout(timeout)));
+                            crate::users::http::routes(&mut api);
                         }
                     }
                     Service::Products => {
                         if let Some(products) = &products {
-                            app = app
-                                .app_data(web::Data::new(products.with_timeout(timeout)))
-                                .configure(crate::products::http::routes);
+                            app = app.app_data(web::Data::new(products.with_timeout(timeout)));
+                            crate::products::http::routes(&mut api);
                         }
                     }
                     Service::Recommendations => {
                         if let Some(recommendations) = &recommendations {
-                            app = app
-                                .app_data(web::Data::new(
-                                    recommendations.query.with_timeout(timeout),
-                                ))
-                                .configure(crate::recommendations::http::routes);
+                            app = app.app_data(web::Data::new(
+                                recommendations.query.with_timeout(timeout),
+                            ));
+                            crate::recommendations::http::routes(&mut api);
                         }
                     }
                     Service::Analytics => {
                         if let Some(analytics) = &analytics {
                             app = app
-                                .app_data(web::Data::new(analytics.queries.with_timeout(timeout)))
-                                .configure(crate::analytics::http::routes);
+                                .app_data(web::Data::new(analytics.queries.with_timeout(timeout)));
+                            crate::analytics::http::routes(&mut api);
                         }
                     }
                 }
-                app
+                app.configure(|cfg| api.register(cfg))
             })
             .workers(settings.http_workers.max(1))
             .disable_signals()

@@ -1,27 +1,48 @@
 //! Routes of the analytics service; every route needs an admin token. Handlers validate and
-//! send one [`Stats`] query to [`AnalyticsQueries`].
+//! send one [`Stats`] query to [`AnalyticsQueries`], whose JSON answer is a serialized
+//! [`store`](super::store) type ([`Summary`], [`ProductStats`], [`UserStats`], [`Bucket`]s);
+//! [`routes`] registers and documents them through [`Api`].
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use recsys_actors::observe::ObservedAddr;
 use recsys_schema::events::Event;
 use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::query::{AnalyticsQueries, Stats, StatsQuery};
-use super::store::TOP_BY;
+use super::store::{Bucket, ProductStats, Summary, UserStats, TOP_BY};
 use crate::auth::Admin;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi::{string_enum_schema, Api};
 use crate::validate;
 
-/// Registers the analytics routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/analytics/summary").route(web::get().to(summary)))
-        .service(web::resource("/analytics/products/top").route(web::get().to(top)))
-        .service(web::resource("/analytics/products/{id}").route(web::get().to(product)))
-        .service(web::resource("/analytics/users/{id}").route(web::get().to(user)))
-        .service(web::resource("/analytics/timeseries").route(web::get().to(timeseries)));
+/// Registers (and documents) the analytics routes.
+pub fn routes(api: &mut Api) {
+    api.add(__path_summary, summary)
+        .add(__path_top, top)
+        .add(__path_product, product)
+        .add(__path_user, user)
+        .add(__path_timeseries, timeseries);
 }
+
+/// The counter `top` orders by without `by`.
+const DEFAULT_BY: &str = "views";
+
+string_enum_schema!(
+    /// The `by` values: [`TOP_BY`], default [`DEFAULT_BY`].
+    TopBy,
+    TOP_BY,
+    Some(DEFAULT_BY)
+);
+
+string_enum_schema!(
+    /// The `type` values: [`Event::TYPES`].
+    EventType,
+    Event::TYPES,
+    None
+);
 
 async fn ask(
     queries: &ObservedAddr<AnalyticsQueries>,
@@ -31,6 +52,16 @@ async fn ask(
     Ok(HttpResponse::Ok().json(value))
 }
 
+/// Totals: users, live products, events by type, and activity in the last hour.
+#[utoipa::path(
+    get,
+    path = "/analytics/summary",
+    tag = "analytics",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The summary figures", body = Summary),
+    )
+)]
 async fn summary(
     queries: web::Data<ObservedAddr<AnalyticsQueries>>,
     _admin: Admin,
@@ -39,12 +70,29 @@ async fn summary(
 }
 
 /// `?by=&limit=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TopParams {
+    /// The counter to order by, descending (ties by product id); default `views`.
+    #[param(value_type = Option<TopBy>, inline)]
     by: Option<String>,
+    /// How many products at most, 1 to 100.
+    #[param(minimum = 1, maximum = 100, default = 10)]
     limit: Option<i64>,
 }
 
+/// The products with the highest value of one counter.
+#[utoipa::path(
+    get,
+    path = "/analytics/products/top",
+    tag = "analytics",
+    params(TopParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "At most `limit` products, by `by` descending, ties by \
+            `product_id`", body = Vec<ProductStats>),
+    )
+)]
 async fn top(
     queries: web::Data<ObservedAddr<AnalyticsQueries>>,
     _admin: Admin,
@@ -52,7 +100,7 @@ async fn top(
 ) -> Result<HttpResponse, ApiError> {
     let by =
         match params.by.as_deref() {
-            None => "views",
+            None => DEFAULT_BY,
             Some(by) => TOP_BY.iter().copied().find(|b| *b == by).ok_or_else(|| {
                 ApiError::invalid(format!("by must be one of {}", TOP_BY.join(", ")))
             })?,
@@ -61,6 +109,18 @@ async fn top(
     ask(&queries, StatsQuery::Top { by, limit }).await
 }
 
+/// The statistics of one product.
+#[utoipa::path(
+    get,
+    path = "/analytics/products/{id}",
+    tag = "analytics",
+    params(("id" = Uuid, Path, description = "The product's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The product's statistics", body = ProductStats),
+        (status = 404, description = "No event about this product was ever seen", body = ErrorBody),
+    )
+)]
 async fn product(
     queries: web::Data<ObservedAddr<AnalyticsQueries>>,
     _admin: Admin,
@@ -69,6 +129,18 @@ async fn product(
     ask(&queries, StatsQuery::Product(id.into_inner())).await
 }
 
+/// The statistics of one user.
+#[utoipa::path(
+    get,
+    path = "/analytics/users/{id}",
+    tag = "analytics",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user's statistics", body = UserStats),
+        (status = 404, description = "No event about this user was ever seen", body = ErrorBody),
+    )
+)]
 async fn user(
     queries: web::Data<ObservedAddr<AnalyticsQueries>>,
     _admin: Admin,
@@ -77,12 +149,22 @@ async fn user(
     ask(&queries, StatsQuery::User(id.into_inner())).await
 }
 
-/// `?type=&from=&to=` (RFC 3339).
-#[derive(Debug, Deserialize)]
+/// `?type=&from=&to=` (RFC 3339). The fields are optional so that a missing one gets a precise
+/// `400`; the document marks them required.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SeriesParams {
+    /// The event type to count.
     #[serde(rename = "type")]
+    #[param(value_type = EventType, inline)]
     event_type: Option<String>,
+    /// The start of the window (RFC 3339, any offset; write `+` as `%2B`); its hour is the
+    /// first bucket.
+    #[param(value_type = DateTime<Utc>)]
     from: Option<String>,
+    /// The end of the window, not before `from` and at most 31 days after it; its hour is the
+    /// last bucket.
+    #[param(value_type = DateTime<Utc>)]
     to: Option<String>,
 }
 
@@ -93,6 +175,21 @@ fn instant(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
         .map_err(|_| ApiError::invalid(format!("{name} is not an RFC 3339 timestamp")))
 }
 
+/// Hourly counts of one event type over a window of at most 31 days.
+#[utoipa::path(
+    get,
+    path = "/analytics/timeseries",
+    tag = "analytics",
+    params(SeriesParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One bucket per hour from the hour of `from` to the hour \
+            of `to`, both included, oldest first; hours without events count 0",
+            body = Vec<Bucket>),
+        (status = 400, description = "`type`, `from` or `to` missing or invalid, `from` after \
+            `to`, or a window longer than 31 days", body = ErrorBody),
+    )
+)]
 async fn timeseries(
     queries: web::Data<ObservedAddr<AnalyticsQueries>>,
     _admin: Admin,

@@ -99,7 +99,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
 }
 
 /// Statistics of one product.
-#[derive(Debug, Clone, QueryableByName, Serialize)]
+#[derive(Debug, Clone, QueryableByName, Serialize, utoipa::ToSchema)]
 pub struct ProductStats {
     #[diesel(sql_type = SqlUuid)]
     pub product_id: Uuid,
@@ -124,7 +124,7 @@ pub struct ProductStats {
 }
 
 /// Statistics of one user.
-#[derive(Debug, Clone, QueryableByName, Serialize)]
+#[derive(Debug, Clone, QueryableByName, Serialize, utoipa::ToSchema)]
 pub struct UserStats {
     #[diesel(sql_type = SqlUuid)]
     pub user_id: Uuid,
@@ -215,7 +215,7 @@ struct Number {
 }
 
 /// The summary figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     /// Users with a `user.registered`.
     pub users: i64,
@@ -275,7 +275,7 @@ pub async fn summary(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Summar
 }
 
 /// One hourly bucket.
-#[derive(Debug, Clone, QueryableByName, Serialize)]
+#[derive(Debug, Clone, QueryableByName, Serialize, utoipa::ToSchema)]
 pub struct Bucket {
     #[diesel(sql_type = Timestamptz)]
     pub hour: DateTime<Utc>,

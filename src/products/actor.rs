@@ -70,17 +70,26 @@ impl Supervised for ProductsActor {
 }
 
 /// A product as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ProductView {
     pub id: Uuid,
     pub name: String,
     /// Decimal string with two places.
     #[serde(serialize_with = "price_string::serialize")]
+    #[schema(value_type = String, pattern = r"^[0-9]{1,10}\.[0-9]{2}$", examples("19.99"))]
     pub price: BigDecimal,
+    /// `null` when the product has none.
+    #[schema(required = true)]
     pub category: Option<String>,
+    /// `null` when the product has none.
+    #[schema(required = true)]
     pub description: Option<String>,
+    /// 1 on creation, +1 on every change.
+    #[schema(minimum = 1)]
     pub version: i32,
+    /// RFC 3339, UTC.
     pub created_at: DateTime<Utc>,
+    /// RFC 3339, UTC.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -110,10 +119,11 @@ fn snapshot(row: &ProductRow) -> ProductSnapshot {
 }
 
 /// One page of the catalog.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page {
     pub items: Vec<ProductView>,
     /// Pass as `after` for the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next: Option<Uuid>,
 }
 

@@ -1,5 +1,7 @@
-//! Routes of the products service. Reads are public; writes need an admin token. Prices arrive
-//! as a JSON string or number and are parsed from their literal text, never through a float.
+//! Routes of the products service, each registered and documented through one [`Api`] so the
+//! served OpenAPI document cannot drift from what the service answers. Reads are public; writes
+//! need an admin token. Prices arrive as a JSON string or number and are parsed from their literal
+//! text, never through a float.
 
 use std::str::FromStr;
 
@@ -8,35 +10,38 @@ use bigdecimal::{BigDecimal, Signed};
 use recsys_actors::observe::ObservedAddr;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::actor::{
-    CreateProduct, DeleteProduct, GetProduct, ListProducts, ProductsActor, UpdateProduct,
+    CreateProduct, DeleteProduct, GetProduct, ListProducts, Page, ProductView, ProductsActor,
+    UpdateProduct,
 };
 use super::store::ProductChanges;
 use crate::auth::Admin;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi::Api;
 use crate::validate;
 
 const MAX_NAME: usize = 200;
 const MAX_CATEGORY: usize = 100;
 const MAX_DESCRIPTION: usize = 5000;
 
-/// Registers the products routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/products")
-            .route(web::get().to(list_products))
-            .route(web::post().to(create_product)),
-    )
-    .service(web::resource("/products/create").route(web::post().to(create_product)))
-    .service(
-        web::resource("/products/{id}")
-            .route(web::get().to(get_product))
-            .route(web::put().to(update_product))
-            .route(web::patch().to(update_product))
-            .route(web::delete().to(delete_product)),
-    );
+/// Registers (and documents) the products routes.
+pub fn routes(api: &mut Api) {
+    api.add(__path_list_products, list_products)
+        .add(__path_create_product, create_product)
+        .alias(
+            "/products/create",
+            "create_product_at_create",
+            __path_create_product,
+            create_product,
+        )
+        .add(__path_get_product, get_product)
+        .add(__path_update_product, update_product)
+        .add(__path_delete_product, delete_product);
 }
 
 /// The largest price NUMERIC(12, 2) holds.
@@ -71,6 +76,43 @@ pub fn parse_price(raw: &RawValue) -> Result<BigDecimal, ApiError> {
     Ok(price.with_scale(2))
 }
 
+/// What [`parse_price`] accepts, for the document: a decimal string or a JSON number.
+fn price_schema() -> RefOr<Schema> {
+    price_one_of(
+        false,
+        "0 to 9999999999.99 with at most 2 decimal places: a decimal string (\"19.99\") or a \
+         JSON number (19.99), read from its literal text, never through a float.",
+    )
+}
+
+/// Like [`price_schema`], also `null` (which leaves the price as it is).
+fn optional_price_schema() -> RefOr<Schema> {
+    price_one_of(
+        true,
+        "0 to 9999999999.99 with at most 2 decimal places: a decimal string (\"19.99\") or a \
+         JSON number (19.99), read from its literal text, never through a float; absent or \
+         null leaves the price as it is.",
+    )
+}
+
+/// `oneOf` a decimal string and a number (and `null` when `nullable`).
+fn price_one_of(nullable: bool, description: &str) -> RefOr<Schema> {
+    let text = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(r"^[0-9]{1,10}(\.[0-9]{1,2})?$"))
+        .examples(["19.99"]);
+    let number = ObjectBuilder::new()
+        .schema_type(Type::Number)
+        .minimum(Some(0))
+        .maximum(Some(9_999_999_999.99))
+        .examples([19.99]);
+    let mut one_of = OneOfBuilder::new().item(text).item(number);
+    if nullable {
+        one_of = one_of.item(ObjectBuilder::new().schema_type(Type::Null));
+    }
+    one_of.description(Some(description)).into()
+}
+
 /// `Some(None)` for an explicit `null`, `Some(Some(v))` for a value; absent fields stay `None`.
 fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
@@ -80,15 +122,33 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// `POST /products`.
-#[derive(Debug, Deserialize)]
+/// `POST /products` and `POST /products/create`.
+#[derive(Debug, Deserialize, ToSchema)]
 struct CreateBody {
+    /// 1 to 200 characters (surrounding whitespace is trimmed), no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    #[schema(schema_with = price_schema)]
     price: Box<RawValue>,
+    /// At most 100 characters; absent, `null` or empty means none.
+    #[schema(max_length = 100)]
     category: Option<String>,
+    /// At most 5000 characters; absent, `null` or empty means none.
+    #[schema(max_length = 5000)]
     description: Option<String>,
 }
 
+/// Adds a product to the catalog (admins only; also served at `POST /products/create`).
+#[utoipa::path(
+    post,
+    path = "/products",
+    tag = "products",
+    request_body = CreateBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = ProductView),
+    )
+)]
 async fn create_product(
     products: web::Data<ObservedAddr<ProductsActor>>,
     _admin: Admin,
@@ -109,6 +169,17 @@ async fn create_product(
     Ok(HttpResponse::Created().json(product))
 }
 
+/// One product of the catalog.
+#[utoipa::path(
+    get,
+    path = "/products/{id}",
+    tag = "products",
+    params(("id" = Uuid, Path, description = "The product's id")),
+    responses(
+        (status = 200, description = "The product", body = ProductView),
+        (status = 404, description = "No such product (or it was deleted)", body = ErrorBody),
+    )
+)]
 async fn get_product(
     products: web::Data<ObservedAddr<ProductsActor>>,
     id: web::Path<Uuid>,
@@ -122,13 +193,29 @@ async fn get_product(
 }
 
 /// `GET /products?category=&limit=&after=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only products of this category (at most 100 characters; empty means all).
+    #[param(max_length = 100)]
     category: Option<String>,
+    /// Page size, 1 to 100; default 20.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
+    /// The `next` of the previous page: only products after this id.
     after: Option<Uuid>,
 }
 
+/// The catalog page by page, in creation order, optionally of one category.
+#[utoipa::path(
+    get,
+    path = "/products",
+    tag = "products",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of products", body = Page),
+    )
+)]
 async fn list_products(
     products: web::Data<ObservedAddr<ProductsActor>>,
     query: web::Query<ListQuery>,
@@ -144,16 +231,37 @@ async fn list_products(
 }
 
 /// `PUT`/`PATCH /products/{id}`: any subset of the fields; `null` clears category/description.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct UpdateBody {
+    /// 1 to 200 characters (surrounding whitespace is trimmed), no control characters; absent
+    /// or `null` leaves the name as it is.
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    #[schema(schema_with = optional_price_schema)]
     price: Option<Box<RawValue>>,
+    /// At most 100 characters; `null` or empty clears it, absent leaves it as it is.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, max_length = 100)]
     category: Option<Option<String>>,
+    /// At most 5000 characters; `null` or empty clears it, absent leaves it as it is.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, max_length = 5000)]
     description: Option<Option<String>>,
 }
 
+/// Changes any of name, price, category and description (at least one; admins only).
+#[utoipa::path(
+    method(put, patch),
+    path = "/products/{id}",
+    tag = "products",
+    params(("id" = Uuid, Path, description = "The product's id")),
+    request_body = UpdateBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated product", body = ProductView),
+        (status = 404, description = "No such product (or it was deleted)", body = ErrorBody),
+    )
+)]
 async fn update_product(
     products: web::Data<ObservedAddr<ProductsActor>>,
     _admin: Admin,
@@ -195,6 +303,19 @@ async fn update_product(
     Ok(HttpResponse::Ok().json(product))
 }
 
+/// Removes a product from the catalog (admins only).
+#[utoipa::path(
+    delete,
+    path = "/products/{id}",
+    tag = "products",
+    params(("id" = Uuid, Path, description = "The product's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such product (or it was already deleted)",
+            body = ErrorBody),
+    )
+)]
 async fn delete_product(
     products: web::Data<ObservedAddr<ProductsActor>>,
     _admin: Admin,

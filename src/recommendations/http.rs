@@ -1,32 +1,55 @@
 //! Routes of the recommendations service. Handlers validate, authorize, send one
-//! [`Recommend`] to the query actor and pass its JSON through with `X-Cache: hit|miss`.
+//! [`Recommend`] to the query actor and pass its JSON (an array of [`Item`]s, best first)
+//! through with `X-Cache: hit|miss`. [`routes`] registers and documents them through [`Api`].
 
 use actix_web::{web, HttpResponse};
 use recsys_actors::observe::ObservedAddr;
 use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::query::{Query, Recommend, RecommendationsActor};
+use super::query::{CacheResult, Item, Query, Recommend, RecommendationsActor};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi::{string_enum_schema, Api};
 use crate::validate;
 
-/// Registers the recommendations routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/recommendations").route(web::get().to(global)))
-        .service(web::resource("/recommendations/users/{user_id}").route(web::get().to(for_user)))
-        .service(
-            web::resource("/recommendations/products/{product_id}/similar")
-                .route(web::get().to(similar)),
-        );
+/// Registers (and documents) the recommendations routes.
+pub fn routes(api: &mut Api) {
+    api.add(__path_global, global)
+        .add(__path_for_user, for_user)
+        .add(__path_similar, similar);
 }
 
-/// `?limit=&category=`.
-#[derive(Debug, Deserialize)]
+/// `?limit=&category=`: every route reads it; only the global ranking uses `category`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Params {
+    /// How many products at most, 1 to 100.
+    #[param(minimum = 1, maximum = 100, default = 10)]
     limit: Option<i64>,
+    /// Only products of exactly this category (at most 100 characters); empty means all.
+    #[param(max_length = 100)]
     category: Option<String>,
 }
+
+/// `?limit=` as the per-user and similar routes document it (they read [`Params`] and ignore
+/// its `category`). Schema only.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct LimitParams {
+    /// How many products at most, 1 to 100.
+    #[param(minimum = 1, maximum = 100, default = 10)]
+    limit: Option<i64>,
+}
+
+string_enum_schema!(
+    /// The `X-Cache` header values, from [`CacheResult::as_str`].
+    XCache,
+    [CacheResult::Hit, CacheResult::Miss].map(CacheResult::as_str),
+    None
+);
 
 async fn answer(
     actor: &ObservedAddr<RecommendationsActor>,
@@ -41,6 +64,19 @@ async fn answer(
         .body(answer.json))
 }
 
+/// The global ranking (optionally of one category), best first.
+#[utoipa::path(
+    get,
+    path = "/recommendations",
+    tag = "recommendations",
+    params(Params),
+    responses(
+        (status = 200, description = "At most `limit` products, best first: by decayed \
+            popularity, then the products without activity (score 0), newest first",
+            body = Vec<Item>,
+            headers(("X-Cache" = inline(XCache), description = "`hit`: answered from the cache; `miss`: computed from Postgres"))),
+    )
+)]
 async fn global(
     actor: web::Data<ObservedAddr<RecommendationsActor>>,
     params: web::Query<Params>,
@@ -50,6 +86,21 @@ async fn global(
     answer(&actor, Query::Global { category }, params.limit).await
 }
 
+/// The ranking personalised for a user: the user themself or an admin.
+#[utoipa::path(
+    get,
+    path = "/recommendations/users/{user_id}",
+    tag = "recommendations",
+    params(("user_id" = Uuid, Path, description = "The user's id (not checked: an unknown \
+        user, like one without activity, gets the global ranking)"), LimitParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "At most `limit` products the user has not purchased, \
+            best first: popularity boosted by the user's share of activity in each category",
+            body = Vec<Item>,
+            headers(("X-Cache" = inline(XCache), description = "`hit`: answered from the cache; `miss`: computed from Postgres"))),
+    )
+)]
 async fn for_user(
     actor: web::Data<ObservedAddr<RecommendationsActor>>,
     caller: Caller,
@@ -61,6 +112,20 @@ async fn for_user(
     answer(&actor, Query::ForUser { user_id }, params.limit).await
 }
 
+/// Products bought or carted together with this one, by the users who bought or carted it.
+#[utoipa::path(
+    get,
+    path = "/recommendations/products/{product_id}/similar",
+    tag = "recommendations",
+    params(("product_id" = Uuid, Path, description = "The product's id"), LimitParams),
+    responses(
+        (status = 200, description = "At most `limit` other products, by co-occurrence weight \
+            (not decayed) descending",
+            body = Vec<Item>,
+            headers(("X-Cache" = inline(XCache), description = "`hit`: answered from the cache; `miss`: computed from Postgres"))),
+        (status = 404, description = "No such product (unknown or deleted)", body = ErrorBody),
+    )
+)]
 async fn similar(
     actor: web::Data<ObservedAddr<RecommendationsActor>>,
     product_id: web::Path<Uuid>,

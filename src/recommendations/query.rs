@@ -32,12 +32,14 @@ pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// One recommended product.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One recommended product. An answer is a JSON array of these, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Item {
     pub product_id: Uuid,
     pub name: String,
+    /// A decimal string with exactly two places, e.g. `"12.30"`.
     #[serde(serialize_with = "price_string::serialize")]
+    #[schema(value_type = String, pattern = "^-?[0-9]+\\.[0-9]{2}$")]
     pub price: BigDecimal,
     pub category: Option<String>,
     /// Decayed popularity (global), boosted popularity (personal) or co-occurrence weight

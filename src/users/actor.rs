@@ -119,7 +119,7 @@ impl Supervised for UsersActor {
 }
 
 /// A user as clients see it: never the password hash.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub id: Uuid,
     pub name: String,
@@ -141,7 +141,7 @@ impl From<UserRow> for UserView {
 }
 
 /// The answer to a registration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Registered {
     pub id: Uuid,
     pub name: String,

@@ -5,38 +5,54 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use recsys_actors::observe::ObservedAddr;
 use recsys_schema::events::Action;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::actor::{GetUser, Login, RecordActivity, RegisterUser, UpdateUser, UsersActor};
+use super::actor::{
+    GetUser, Login, RecordActivity, RegisterUser, Registered, UpdateUser, UserView, UsersActor,
+};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi::Api;
 use crate::validate;
 
 /// Longest accepted name.
 const MAX_NAME: usize = 100;
 
-/// Registers the users routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/users/register").route(web::post().to(register)))
-        .service(web::resource("/users").route(web::post().to(register)))
-        .service(web::resource("/users/login").route(web::post().to(login)))
-        .service(
-            web::resource("/users/{id}")
-                .route(web::get().to(get_user))
-                .route(web::put().to(update_user))
-                .route(web::patch().to(update_user)),
-        )
-        .service(web::resource("/users/{id}/activity").route(web::post().to(record_activity)));
+/// Registers (and documents) the users routes.
+pub fn routes(api: &mut Api) {
+    api.add(__path_register, register)
+        .alias("/users", "register_at_users", __path_register, register)
+        .add(__path_login, login)
+        .add(__path_get_user, get_user)
+        .add(__path_update_user, update_user)
+        .add(__path_record_activity, record_activity);
 }
 
 /// `POST /users/register` and `POST /users`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct RegisterBody {
+    /// 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// 8 to 128 characters; an account without one cannot log in.
+    #[schema(min_length = 8, max_length = 128)]
     password: Option<String>,
 }
 
+/// Creates an account and returns a token for it (also served at `POST /users`).
+#[utoipa::path(
+    post,
+    path = "/users/register",
+    tag = "users",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "Registered", body = Registered),
+        (status = 409, description = "The email is already registered", body = ErrorBody),
+    )
+)]
 async fn register(
     users: web::Data<ObservedAddr<UsersActor>>,
     body: web::Json<RegisterBody>,
@@ -56,17 +72,32 @@ async fn register(
 }
 
 /// `POST /users/login`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct LoginBody {
     email: String,
     password: String,
 }
 
-#[derive(Serialize)]
+/// A bearer token (JWT).
+#[derive(Serialize, ToSchema)]
 struct TokenBody {
     token: String,
 }
 
+/// Exchanges email and password for a token. A wrong password and an unknown email get the same
+/// answer; repeated failures per email and per client address are refused for a while.
+#[utoipa::path(
+    post,
+    path = "/users/login",
+    tag = "users",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "Logged in", body = TokenBody),
+        (status = 401, description = "Wrong email or password", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts; see Retry-After", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn login(
     users: web::Data<ObservedAddr<UsersActor>>,
     request: HttpRequest,
@@ -89,6 +120,18 @@ async fn login(
     Ok(HttpResponse::Ok().json(TokenBody { token }))
 }
 
+/// A user's profile: the user themself or an admin.
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "users",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The profile", body = UserView),
+        (status = 404, description = "No such user", body = ErrorBody),
+    )
+)]
 async fn get_user(
     users: web::Data<ObservedAddr<UsersActor>>,
     caller: Caller,
@@ -104,13 +147,30 @@ async fn get_user(
 }
 
 /// `PUT`/`PATCH /users/{id}`: any subset of the fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct UpdateBody {
+    #[schema(min_length = 1, max_length = 100)]
     name: Option<String>,
+    #[schema(format = Email, max_length = 254)]
     email: Option<String>,
+    #[schema(min_length = 8, max_length = 128)]
     password: Option<String>,
 }
 
+/// Changes any of name, email and password (at least one): the user themself or an admin.
+#[utoipa::path(
+    method(put, patch),
+    path = "/users/{id}",
+    tag = "users",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    request_body = UpdateBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated profile", body = UserView),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "The email is already registered", body = ErrorBody),
+    )
+)]
 async fn update_user(
     users: web::Data<ObservedAddr<UsersActor>>,
     caller: Caller,
@@ -144,19 +204,35 @@ async fn update_user(
 }
 
 /// `POST /users/{id}/activity`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct ActivityBody {
     #[serde(rename = "type")]
     action: Action,
     product_id: Uuid,
+    /// 1 to 1000; default 1.
+    #[schema(minimum = 1, maximum = 1000)]
     quantity: Option<u32>,
 }
 
-#[derive(Serialize)]
+/// The id of the event the action became.
+#[derive(Serialize, ToSchema)]
 struct Accepted {
     event_id: Uuid,
 }
 
+/// Records what the user did with a product (only the user themself); the event is on
+/// `user-updates` once the outbox relays it.
+#[utoipa::path(
+    post,
+    path = "/users/{id}/activity",
+    tag = "users",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    request_body = ActivityBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Recorded", body = Accepted),
+    )
+)]
 async fn record_activity(
     users: web::Data<ObservedAddr<UsersActor>>,
     caller: Caller,

@@ -17,6 +17,7 @@ mod faults;
 mod helpers;
 mod limits;
 mod observability;
+mod openapi;
 mod outbox;
 mod products;
 mod recommendations;
