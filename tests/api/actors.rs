@@ -22,7 +22,7 @@ use crate::helpers::*;
 #[actix_web::test]
 async fn users_actor_answers_typed_messages() {
     let app = spawn_app().await;
-    let users = app.app.users().unwrap();
+    let users = app.runtime().users().unwrap();
     let registered = users
         .send(RegisterUser {
             name: "Actor".into(),
@@ -102,7 +102,7 @@ async fn users_actor_answers_typed_messages() {
 #[actix_web::test]
 async fn products_actor_answers_typed_messages() {
     let app = spawn_app().await;
-    let products = app.app.products().unwrap();
+    let products = app.runtime().products().unwrap();
     let created = products
         .send(CreateProduct {
             name: "Mug".into(),
@@ -154,8 +154,8 @@ async fn a_failed_actor_is_restarted_and_serves_the_next_message() {
     let (logger, logs) = captured_logger();
     let app = spawn_app_with(&brokers(), logger).await;
     let (id, token, _) = app.new_user().await;
-    let users = app.app.users().unwrap();
-    let products = app.app.products().unwrap();
+    let users = app.runtime().users().unwrap();
+    let products = app.runtime().products().unwrap();
 
     users.send(Fail).await.unwrap();
     products.send(Fail).await.unwrap();

@@ -154,7 +154,7 @@ async fn duplicates_and_redeliveries_do_not_change_scores() {
     await_duplicates(&app, "recommendations", 7.0).await;
     assert!(close(score_of(&app, &product).await.unwrap(), expected));
 
-    let consumer = app.app.recommendations().unwrap().consumer;
+    let consumer = app.runtime().recommendations().unwrap().consumer;
     redeliver_from_start(&app, &consumer, "recommendations").await;
     // All 14 records in the topics come again, all already applied.
     await_duplicates(&app, "recommendations", 21.0).await;
@@ -288,7 +288,7 @@ async fn poison_records_go_to_the_dead_letter_topics_and_the_rest_is_applied() {
 #[actix_web::test]
 async fn ranking_query_and_cache_actors_answer_typed_messages() {
     let app = spawn_app().await;
-    let actors = app.app.recommendations().unwrap();
+    let actors = app.runtime().recommendations().unwrap();
     let product = Uuid::new_v4();
     let events = [
         Envelope::new(Event::ProductCreated(ProductSnapshot {
@@ -394,8 +394,8 @@ async fn ranking_query_and_cache_actors_answer_typed_messages() {
     );
 }
 
-/// A Redis server of the test's own on `port`; killed when dropped.
-fn start_redis(port: u16) -> tokio::process::Child {
+/// A Redis server of the test's own on `port` (keeps nothing on disk); killed when dropped.
+pub fn start_redis(port: u16) -> tokio::process::Child {
     tokio::process::Command::new("redis-server")
         .args([
             "--port",
@@ -414,7 +414,7 @@ fn start_redis(port: u16) -> tokio::process::Child {
         .expect("redis-server starts")
 }
 
-async fn x_cache(app: &TestApp) -> String {
+pub async fn x_cache(app: &TestApp) -> String {
     let reply = app
         .get(Service::Recommendations, "/recommendations", None)
         .await;
@@ -573,7 +573,7 @@ async fn lag_grows_while_the_consumer_is_stopped_and_returns_to_zero() {
     })
     .await;
 
-    let consumer = app.app.recommendations().unwrap().consumer;
+    let consumer = app.runtime().recommendations().unwrap().consumer;
     consumer.send(Pause).await.unwrap();
     let (user, token, _) = app.new_user().await;
     for _ in 0..4 {

@@ -120,7 +120,7 @@ async fn counters_equal_distinct_events_despite_duplicates_and_redelivery() {
     republish_everything(&app, total as usize).await;
     await_duplicates(&app, "analytics", total as f64).await;
 
-    let consumer = app.app.analytics().unwrap().consumer;
+    let consumer = app.runtime().analytics().unwrap().consumer;
     redeliver_from_start(&app, &consumer, "analytics").await;
     // Every record in the topics (each event twice) comes again, all already applied.
     await_duplicates(&app, "analytics", 3.0 * total as f64).await;
@@ -175,7 +175,7 @@ async fn aggregation_and_query_actors_answer_typed_messages() {
     use uuid::Uuid;
 
     let app = spawn_app().await;
-    let actors = app.app.analytics().unwrap();
+    let actors = app.runtime().analytics().unwrap();
     let (user, product) = (Uuid::new_v4(), Uuid::new_v4());
     let events: Vec<Envelope> = [
         (Action::Purchase, 4),

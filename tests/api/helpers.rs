@@ -104,7 +104,10 @@ pub fn test_logger() -> Logger {
 
 /// A running test runtime and a client for it.
 pub struct TestApp {
-    pub app: Application,
+    /// The runtime, when it runs in this process (see [`TestApp::runtime`]).
+    pub app: Option<Application>,
+    /// Where each service listens.
+    pub ports: std::collections::BTreeMap<Service, u16>,
     pub settings: Settings,
     pub database_url: String,
     pub prefix: String,
@@ -141,35 +144,63 @@ pub async fn spawn_app_configured(
         .await
         .expect("runtime starts")
         .spawn();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let mut test_app = TestApp {
-        app,
-        settings,
-        database_url,
-        prefix,
-        client,
-        admin_token: String::new(),
-    };
-    let email = test_app.settings.admin_email.clone().unwrap();
-    let response = test_app
-        .post(
-            Service::Users,
-            "/users/login",
-            json!({"email": email, "password": ADMIN_PASSWORD}),
-            None,
-        )
-        .await;
-    assert_eq!(
-        response.status,
-        StatusCode::OK,
-        "admin login: {}",
-        response.body
-    );
-    test_app.admin_token = response.body["token"].as_str().unwrap().to_string();
-    test_app
+    let ports = Service::ALL
+        .iter()
+        .map(|&s| (s, app.port(s).expect("service hosted")))
+        .collect();
+    TestApp::attach(Some(app), ports, settings, database_url, prefix).await
+}
+
+impl TestApp {
+    /// A client for a runtime that is up on `ports` with `settings`; logs the admin in.
+    pub async fn attach(
+        app: Option<Application>,
+        ports: std::collections::BTreeMap<Service, u16>,
+        settings: Settings,
+        database_url: String,
+        prefix: String,
+    ) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut test_app = TestApp {
+            app,
+            ports,
+            settings,
+            database_url,
+            prefix,
+            client,
+            admin_token: String::new(),
+        };
+        test_app.admin_token = test_app.admin_login().await;
+        test_app
+    }
+
+    /// Logs the configured admin in; answers the token.
+    pub async fn admin_login(&self) -> String {
+        let email = self.settings.admin_email.clone().unwrap();
+        let response = self
+            .post(
+                Service::Users,
+                "/users/login",
+                json!({"email": email, "password": ADMIN_PASSWORD}),
+                None,
+            )
+            .await;
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "admin login: {}",
+            response.body
+        );
+        response.body["token"].as_str().unwrap().to_string()
+    }
+
+    /// The in-process runtime (its actors).
+    pub fn runtime(&self) -> &Application {
+        self.app.as_ref().expect("the runtime runs in this process")
+    }
 }
 
 /// A response: status and JSON body (`Value::Null` when the body is empty or not JSON).
@@ -210,7 +241,7 @@ impl TestApp {
     pub fn url(&self, service: Service) -> String {
         format!(
             "http://127.0.0.1:{}",
-            self.app.port(service).expect("service hosted")
+            self.ports.get(&service).expect("service hosted")
         )
     }
 
@@ -223,6 +254,21 @@ impl TestApp {
         body: Option<Value>,
         token: Option<&str>,
     ) -> Reply {
+        self.try_request(method, service, path, body, token)
+            .await
+            .expect("request sent")
+    }
+
+    /// Like [`TestApp::request`], answering the transport error instead of panicking (for a
+    /// runtime a test kills).
+    pub async fn try_request(
+        &self,
+        method: Method,
+        service: Service,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Result<Reply, reqwest::Error> {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.url(service)));
@@ -232,7 +278,7 @@ impl TestApp {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        read_reply(request.send().await.expect("request sent")).await
+        Ok(read_reply(request.send().await?).await)
     }
 
     /// `GET`.
