@@ -14,8 +14,12 @@
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #   4. drop leftover recsys_test_% databases (not those in use right now)
-#   5. cargo nextest run --workspace --no-fail-fast   (if cargo-nextest exists)
-#      else cargo test --workspace --no-fail-fast
+#   5. cargo nextest run --workspace --no-fail-fast, without the fault scenarios
+#      (if cargo-nextest exists; else cargo test --workspace --no-fail-fast, which
+#      runs them too)
+#   6. scripts/faults.sh: the fault scenarios (tests/api/faults.rs), each bounded
+#   7. scripts/fuzz.sh: schemathesis (installed from PyPI if missing) against
+#      every service's /openapi.json, >= 1000 requests each, no 5xx
 #
 # Exported for the tests: KAFKA_ADDRESS (default 127.0.0.1:9092),
 # TEST_DATABASE_URL, REDIS_ADDRESS, TANSU_BIN, RUST_BACKTRACE=1.
@@ -116,9 +120,12 @@ drop_test_databases() {
   info "dropped $n leftover test database(s)"
 }
 
+have_nextest() { cargo nextest --version >/dev/null 2>&1; }
+
 run_tests() {
-  if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast
+  if have_nextest; then
+    # The fault scenarios run in their own step (scripts/faults.sh).
+    cargo nextest run --workspace --no-fail-fast -E 'not (binary(api) & test(/^faults::/))'
   else
     info "cargo-nextest not installed; using cargo test"
     cargo test --workspace --no-fail-fast
@@ -146,6 +153,10 @@ main() {
   step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
   step "drop test databases" drop_test_databases
   step "tests" run_tests
+  if have_nextest; then
+    step "fault scenarios" bash "$RECSYS_ROOT/scripts/faults.sh"
+  fi
+  step "fuzzing (schemathesis)" bash "$RECSYS_ROOT/scripts/fuzz.sh"
   summary
 }
 
