@@ -1,0 +1,549 @@
+//! `recsys-bench`: the benchmarks of issue 7, each figure beside a ceiling measured in the same
+//! run on the same machine (median of several rounds), printed as a table and written as JSON.
+//!
+//! 1. read: `GET /recommendations?limit=10` (warm cache) vs `GET /healthz` of the same process,
+//!    same client (wrk), same connections;
+//! 2. write: `POST /users/{id}/activity` vs single-row inserts by pgbench at the same
+//!    concurrency;
+//! 3. pipeline: a backlog of valid events applied by recommendations + analytics vs bare
+//!    rdkafka consumers (one per group) draining the same backlog;
+//! 4. freshness: at a fixed post rate, `202` to the first recommendation that reflects it;
+//! 5. memory: peak RSS of the runtime during phase 3.
+//!
+//! `scripts/bench.sh` builds everything and runs this; it starts its own broker, database and
+//! runtime processes.
+
+mod freshness;
+mod load;
+mod pipeline;
+mod runtime;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use load::Rate;
+use runtime::{metric_sum, Broker, Config, Database, Paths, Runtime};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks recsys against ceilings measured in the same run")]
+struct Args {
+    /// The `recsys` binary (a release build).
+    #[arg(long)]
+    recsys: PathBuf,
+    /// The tansu binary.
+    #[arg(long, env = "TANSU_BIN")]
+    tansu: PathBuf,
+    /// Postgres server URL, without a database.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    redis: String,
+    /// The bench broker's store.
+    #[arg(long, default_value = "memory://")]
+    broker_storage: String,
+    /// Folder for logs and scripts.
+    #[arg(long)]
+    work: PathBuf,
+    /// Rounds of each throughput measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Events in the pipeline backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Posts per second during the freshness phase.
+    #[arg(long, default_value_t = 1000)]
+    fresh_rate: u32,
+    /// Seconds of the freshness phase.
+    #[arg(long, default_value_t = 20)]
+    fresh_seconds: u64,
+    /// Phases to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "read,write,freshness,pipeline"
+    )]
+    phases: Vec<String>,
+    /// Where the results go.
+    #[arg(long, default_value = "bench/results.json")]
+    output: PathBuf,
+    /// Recorded in the results (e.g. the git commit).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    phase: &'static str,
+    metric: String,
+    ours: f64,
+    ceiling: f64,
+    /// `ours / ceiling` (or, for targets without a ceiling, `ours / target`).
+    ratio: f64,
+    target: String,
+    met: bool,
+    /// Absolute figures beside the ratio.
+    detail: Value,
+}
+
+const PARTITIONS: i32 = 3;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.work)?;
+    let paths = Paths {
+        recsys: args.recsys.clone(),
+        tansu: args.tansu.clone(),
+        postgres: args.postgres.clone(),
+        work: args.work.clone(),
+    };
+    let wants = |p: &str| args.phases.iter().any(|x| x == p);
+    let broker = Broker::start(&paths, &args.broker_storage).await?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let database = Database::create(&args.postgres).await?;
+    let config = Config {
+        database_url: database.url.clone(),
+        brokers: broker.address.clone(),
+        topic_prefix: format!("bench{run_id}."),
+        redis: args.redis.clone(),
+        redis_prefix: format!("bench{run_id}:"),
+        jwt_secret: format!("bench-secret-{run_id}-at-least-32-bytes-long"),
+        admin_email: format!("admin-{run_id}@example.com"),
+        admin_password: "bench-admin-password".into(),
+    };
+    let mut rows = Vec::new();
+    let result = async {
+        if wants("read") || wants("write") || wants("freshness") {
+            let runtime = Runtime::start(
+                &paths,
+                &config,
+                &["users", "products", "recommendations", "analytics"],
+                "runtime.log",
+            )
+            .await?;
+            let seed = seed(&runtime, &config).await?;
+            if wants("read") {
+                rows.push(read_phase(&args, &runtime).await?);
+            }
+            if wants("write") {
+                rows.push(write_phase(&args, &paths, &runtime, &seed, &database).await?);
+            }
+            if wants("freshness") {
+                rows.push(freshness_phase(&args, &runtime, &seed).await?);
+            }
+            runtime.stop().await;
+        }
+        if wants("pipeline") {
+            rows.extend(pipeline_phase(&args, &paths, &config, &broker).await?);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    database.drop_now().await;
+    result?;
+    report(&args, &rows)
+}
+
+/// What the phases need from the seeded catalog.
+struct Seed {
+    users: Vec<freshness::User>,
+    background: Vec<String>,
+    probes: Vec<(String, String)>,
+}
+
+/// 100 products, 40 users with some activity each, and the freshness probes (one product per
+/// category, no activity); waits until the ranking has scores.
+async fn seed(runtime: &Runtime, config: &Config) -> anyhow::Result<Seed> {
+    let client = reqwest::Client::new();
+    let users_url = runtime.url("users");
+    let login: Value = client
+        .post(format!("{users_url}/users/login"))
+        .json(&json!({"email": config.admin_email, "password": config.admin_password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let admin = login["token"].as_str().context("admin token")?.to_string();
+    let products_url = runtime.url("products");
+    let create = |name: String, category: String| {
+        let (client, url, admin) = (client.clone(), products_url.clone(), admin.clone());
+        async move {
+            let product: Value = client
+                .post(format!("{url}/products"))
+                .bearer_auth(&admin)
+                .json(&json!({"name": name, "price": "9.99", "category": category}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(product["id"].as_str().context("product id")?.to_string())
+        }
+    };
+    let mut background = Vec::new();
+    for i in 0..100 {
+        background.push(create(format!("Seed {i}"), format!("seed-{}", i % 10)).await?);
+    }
+    let mut probes = Vec::new();
+    for i in 0..600 {
+        let category = format!("fresh-{i}");
+        probes.push((
+            create(format!("Probe {i}"), category.clone()).await?,
+            category,
+        ));
+    }
+    let mut users = Vec::new();
+    for i in 0..40 {
+        let registered: Value = client
+            .post(format!("{users_url}/users/register"))
+            .json(&json!({"name": format!("Bench {i}"),
+                "email": format!("bench-{i}-{}@example.com", uuid::Uuid::new_v4().simple()),
+                "password": "bench-password"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = registered["id"].as_str().context("user id")?.to_string();
+        let token = registered["token"].as_str().context("token")?.to_string();
+        for k in 0..5 {
+            let product = &background[(i * 5 + k) % background.len()];
+            let status = client
+                .post(format!("{users_url}/users/{id}/activity"))
+                .bearer_auth(&token)
+                .json(&json!({"type": "purchase", "product_id": product}))
+                .send()
+                .await?
+                .status();
+            if status.as_u16() != 202 {
+                bail!("seeding activity: {status}");
+            }
+        }
+        users.push((id, token));
+    }
+    let recommendations = format!(
+        "{}/recommendations?limit=10",
+        runtime.url("recommendations")
+    );
+    runtime::wait_for(Duration::from_secs(60), "the seed to be ranked", || {
+        let (client, url) = (client.clone(), recommendations.clone());
+        async move {
+            let Ok(r) = client.get(url).send().await else {
+                return false;
+            };
+            let items: Value = r.json().await.unwrap_or(Value::Null);
+            items[9]["score"].as_f64().is_some_and(|s| s > 0.0)
+        }
+    })
+    .await?;
+    Ok(Seed {
+        users,
+        background,
+        probes,
+    })
+}
+
+fn ratio_row(
+    phase: &'static str,
+    metric: &str,
+    ours: Rate,
+    ceiling: Rate,
+    target: f64,
+    detail: Value,
+) -> Row {
+    let ratio = ours.per_sec / ceiling.per_sec;
+    Row {
+        phase,
+        metric: metric.into(),
+        ours: ours.per_sec,
+        ceiling: ceiling.per_sec,
+        ratio,
+        target: format!(">= {target}x"),
+        met: ratio >= target,
+        detail,
+    }
+}
+
+async fn read_phase(args: &Args, runtime: &Runtime) -> anyhow::Result<Row> {
+    let base = runtime.url("recommendations");
+    let recommendations = format!("{base}/recommendations?limit=10");
+    let health = format!("{base}/healthz");
+    let warm = reqwest::get(&recommendations).await?;
+    let cache = warm
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let duration = Duration::from_secs(args.seconds);
+    let (mut ours, mut ceiling) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        eprintln!("read round {}/{}", round + 1, args.rounds);
+        ceiling.push(load::wrk(&health, 64, duration, None).await?);
+        ours.push(load::wrk(&recommendations, 64, duration, None).await?);
+    }
+    let after = reqwest::get(&recommendations).await?;
+    let hit = after.headers().get("x-cache").and_then(|v| v.to_str().ok()) == Some("hit");
+    if !hit {
+        bail!("the recommendation cache was not warm (X-Cache: {cache} then not hit)");
+    }
+    let (o, c) = (load::median(&ours), load::median(&ceiling));
+    Ok(ratio_row(
+        "read",
+        "GET /recommendations?limit=10 (warm) vs GET /healthz, req/s, wrk -t1 -c64",
+        o,
+        c,
+        0.8,
+        json!({"recommendations": o, "healthz": c, "rounds": {"recommendations": ours, "healthz": ceiling}}),
+    ))
+}
+
+async fn write_phase(
+    args: &Args,
+    paths: &Paths,
+    runtime: &Runtime,
+    seed: &Seed,
+    database: &Database,
+) -> anyhow::Result<Row> {
+    const CONCURRENCY: u32 = 16;
+    let (user, token) = &seed.users[0];
+    let body = json!({"type": "view", "product_id": seed.background[0]}).to_string();
+    let script = runtime::write_file(&paths.work, "post.lua", &load::post_script(&body, token))?;
+    let url = format!("{}/users/{user}/activity", runtime.url("users"));
+    let insert = runtime::write_file(
+        &paths.work,
+        "insert.sql",
+        "INSERT INTO bench_single_row (payload) VALUES ('x');\n",
+    )?;
+    let create = tokio::process::Command::new("psql")
+        .args([&database.url, "-qX", "-c"])
+        .arg("CREATE TABLE IF NOT EXISTS bench_single_row (id bigserial PRIMARY KEY, payload text NOT NULL, at timestamptz NOT NULL DEFAULT now())")
+        .status()
+        .await?;
+    if !create.success() {
+        bail!("creating bench_single_row");
+    }
+    let duration = Duration::from_secs(args.seconds);
+    let (mut ours, mut ceiling) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        eprintln!("write round {}/{}", round + 1, args.rounds);
+        ceiling.push(load::pgbench(&database.url, CONCURRENCY, duration, &insert).await?);
+        ours.push(load::wrk(&url, CONCURRENCY, duration, Some(&script)).await?);
+        wait_outbox_empty(&database.url).await?;
+    }
+    let (o, c) = (load::median(&ours), load::median(&ceiling));
+    Ok(ratio_row(
+        "write",
+        "POST /users/{id}/activity (row + outbox) vs pgbench single-row INSERT, 16 clients",
+        o,
+        c,
+        0.7,
+        json!({"activity": o, "pgbench": c, "rounds": {"activity": ours, "pgbench": ceiling}}),
+    ))
+}
+
+/// Waits until the relay published everything (so one round's backlog does not load the next).
+async fn wait_outbox_empty(database_url: &str) -> anyhow::Result<()> {
+    runtime::wait_for(Duration::from_secs(300), "the outbox to drain", || async {
+        let out = tokio::process::Command::new("psql")
+            .args([database_url, "-qXAt", "-c", "SELECT count(*) FROM outbox"])
+            .output()
+            .await;
+        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    })
+    .await
+}
+
+async fn freshness_phase(args: &Args, runtime: &Runtime, seed: &Seed) -> anyhow::Result<Row> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()?;
+    let measured = freshness::run(
+        &client,
+        &runtime.url("users"),
+        &runtime.url("recommendations"),
+        &seed.users,
+        &seed.background,
+        &seed.probes,
+        args.fresh_rate,
+        Duration::from_secs(args.fresh_seconds),
+        50,
+    )
+    .await?;
+    let target = 250.0;
+    Ok(Row {
+        phase: "freshness",
+        metric: format!(
+            "202 -> first GET /recommendations showing it, p99 ms, at {} posts/s",
+            args.fresh_rate
+        ),
+        ours: measured.p99_ms,
+        ceiling: f64::NAN,
+        ratio: measured.p99_ms / target,
+        target: format!("p99 <= {target} ms"),
+        met: measured.p99_ms <= target && measured.missed == 0,
+        detail: serde_json::to_value(&measured)?,
+    })
+}
+
+async fn pipeline_phase(
+    args: &Args,
+    paths: &Paths,
+    config: &Config,
+    broker: &Broker,
+) -> anyhow::Result<Vec<Row>> {
+    let database = Database::create(&paths.postgres).await?;
+    let mut config = config.clone();
+    config.database_url = database.url.clone();
+    config.topic_prefix = format!("{}pipe.", config.topic_prefix);
+    let result = async {
+        let produce_secs =
+            pipeline::produce(&broker.address, &config.topic_prefix, PARTITIONS, args.events)
+                .await?;
+        let bare_secs =
+            pipeline::drain_bare(&broker.address, &config.topic_prefix, 2, args.events).await?;
+        let spawned = Instant::now();
+        let runtime = Runtime::start(
+            paths,
+            &config,
+            &["recommendations", "analytics"],
+            "pipeline-runtime.log",
+        )
+        .await?;
+        let base = runtime.url("recommendations");
+        let client = reqwest::Client::new();
+        let bar = pipeline::bar(args.events * 2, "runtime consumers");
+        let mut rss_samples = Vec::new();
+        loop {
+            let consumed = |service: &'static str| {
+                let (client, base) = (client.clone(), base.clone());
+                async move {
+                    let filter = format!("service=\"{service}\"");
+                    metric_sum(
+                        &client,
+                        &base,
+                        "kafka_messages_consumed_total",
+                        &[&filter],
+                    )
+                    .await
+                }
+            };
+            let (r, a) = (consumed("recommendations").await, consumed("analytics").await);
+            let lag = metric_sum(&client, &base, "kafka_consumer_lag", &[]).await;
+            if let Some(rss) = runtime.rss() {
+                rss_samples.push(rss);
+            }
+            bar.set_position((r + a) as u64);
+            if r >= args.events as f64 && a >= args.events as f64 && lag == 0.0 {
+                break;
+            }
+            if spawned.elapsed() > Duration::from_secs(3600) {
+                bail!("the runtime did not apply the backlog within an hour ({r} and {a})");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let apply_secs = spawned.elapsed().as_secs_f64();
+        bar.finish();
+        let peak = runtime.peak_rss().unwrap_or(0);
+        runtime.stop().await;
+        let ours = args.events as f64 / apply_secs;
+        let ceiling = args.events as f64 / bare_secs;
+        let events = args.events;
+        let pipeline_row = Row {
+            phase: "pipeline",
+            metric: format!(
+                "{events} events applied by both groups vs bare rdkafka consumers (one per group), events/s"
+            ),
+            ours,
+            ceiling,
+            ratio: ours / ceiling,
+            target: ">= 0.8x".into(),
+            met: ours / ceiling >= 0.8,
+            detail: json!({
+                "events": events,
+                "produce_seconds": produce_secs,
+                "bare_seconds": bare_secs,
+                "runtime_seconds_from_spawn": apply_secs,
+            }),
+        };
+        let mib = peak as f64 / (1024.0 * 1024.0);
+        let memory_row = Row {
+            phase: "memory",
+            metric: "peak RSS of the runtime during the pipeline phase, MiB".into(),
+            ours: mib,
+            ceiling: f64::NAN,
+            ratio: mib / 150.0,
+            target: "<= 150 MB".into(),
+            met: peak <= 150_000_000,
+            detail: json!({
+                "peak_bytes": peak,
+                "samples": rss_samples.len(),
+                "max_sampled_bytes": rss_samples.iter().max(),
+            }),
+        };
+        anyhow::Ok(vec![pipeline_row, memory_row])
+    }
+    .await;
+    database.drop_now().await;
+    result
+}
+
+/// Prints the table and writes the JSON report.
+fn report(args: &Args, rows: &[Row]) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "{:<10} {:>14} {:>14} {:>8} {:>14} {:>4}  metric",
+        "phase", "ours", "ceiling", "ratio", "target", "met"
+    );
+    for row in rows {
+        println!(
+            "{:<10} {:>14.2} {:>14.2} {:>8.3} {:>14} {:>4}  {}",
+            row.phase,
+            row.ours,
+            row.ceiling,
+            row.ratio,
+            row.target,
+            if row.met { "yes" } else { "NO" },
+            row.metric
+        );
+    }
+    let machine = json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string())
+        }),
+        "memory_kib": std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            m.lines().next()?.split_whitespace().nth(1)?.parse::<u64>().ok()
+        }),
+    });
+    let document = json!({
+        "when": chrono::Utc::now().to_rfc3339(),
+        "label": args.label,
+        "machine": machine,
+        "parameters": {
+            "rounds": args.rounds,
+            "seconds_per_round": args.seconds,
+            "events": args.events,
+            "fresh_rate": args.fresh_rate,
+            "fresh_seconds": args.fresh_seconds,
+            "broker_storage": args.broker_storage,
+        },
+        "rows": rows,
+    });
+    if let Some(dir) = args.output.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &args.output,
+        serde_json::to_string_pretty(&document)? + "\n",
+    )?;
+    println!("\nwritten to {}", args.output.display());
+    Ok(())
+}

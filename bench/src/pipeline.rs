@@ -1,0 +1,195 @@
+//! The event pipeline: a backlog of valid events produced into both topics before any consumer
+//! runs; drained once by bare rdkafka consumers (the ceiling: two groups, as the runtime has),
+//! then applied by the runtime's recommendations and analytics consumers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bigdecimal::BigDecimal;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use recsys_actors::kafka::{self, SlogContext, TopicLayout};
+use recsys_schema::events::{Action, Envelope, Event, ProductSnapshot, UserActivity};
+use recsys_schema::topics;
+use uuid::Uuid;
+
+/// A progress bar for `total` items.
+pub fn bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>24} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .expect("template"),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+/// The physical names of both topics under `prefix`.
+pub fn topic_names(prefix: &str) -> [String; 2] {
+    [
+        topics::prefixed(prefix, topics::USER_UPDATES),
+        topics::prefixed(prefix, topics::PRODUCT_UPDATES),
+    ]
+}
+
+/// Produces `total` valid events: one `product.created` for each of 1 000 products, then user
+/// activity (9 of 10) and product updates (1 of 10) over them. Answers the seconds it took.
+pub async fn produce(
+    brokers: &str,
+    prefix: &str,
+    partitions: i32,
+    total: u64,
+) -> anyhow::Result<f64> {
+    let [user_topic, product_topic] = topic_names(prefix);
+    kafka::ensure_topics(
+        brokers,
+        &[user_topic.clone(), product_topic.clone()],
+        TopicLayout {
+            partitions,
+            replication: 1,
+        },
+        Duration::from_secs(10),
+        &logger(),
+    )
+    .await?;
+    let producer: FutureProducer<SlogContext> = kafka::client_config(brokers, "bench-producer")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "500000")
+        .set("message.timeout.ms", "120000")
+        .create_with_context(SlogContext::new(logger()))?;
+    let products: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
+    let users: Vec<Uuid> = (0..10_000).map(|_| Uuid::new_v4()).collect();
+    let bar = bar(total, "producing");
+    let started = Instant::now();
+    let mut versions = vec![1; products.len()];
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    for i in 0..total {
+        let n = i as usize;
+        let (topic, key, event) = if n < products.len() {
+            let p = products[n];
+            (&product_topic, p, Event::ProductCreated(snapshot(p, n, 1)))
+        } else if n.is_multiple_of(10) {
+            let slot = n % products.len();
+            versions[slot] += 1;
+            let p = products[slot];
+            let event = Event::ProductUpdated(snapshot(p, slot, versions[slot]));
+            (&product_topic, p, event)
+        } else {
+            let user = users[n % users.len()];
+            let event = Event::UserActivity(UserActivity {
+                user_id: user,
+                product_id: products[(n * 7) % products.len()],
+                action: Action::ALL[n % 4],
+                quantity: (n % 3 + 1) as u32,
+            });
+            (&user_topic, user, event)
+        };
+        let payload = Envelope::new(event).to_json();
+        let key = key.to_string();
+        loop {
+            let record = FutureRecord::to(topic).key(&key).payload(&payload);
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((_, _)) => {
+                    // The local queue is full: wait for some deliveries.
+                    use futures_util::StreamExt;
+                    if let Some(done) = pending.next().await {
+                        done.context("delivery canceled")?
+                            .map_err(|(e, _)| e)
+                            .context("delivery failed")?;
+                        bar.inc(1);
+                    }
+                }
+            }
+        }
+        while pending.len() > 200_000 {
+            use futures_util::StreamExt;
+            if let Some(done) = pending.next().await {
+                done.context("delivery canceled")?
+                    .map_err(|(e, _)| e)
+                    .context("delivery failed")?;
+                bar.inc(1);
+            }
+        }
+    }
+    {
+        use futures_util::StreamExt;
+        while let Some(done) = pending.next().await {
+            done.context("delivery canceled")?
+                .map_err(|(e, _)| e)
+                .context("delivery failed")?;
+            bar.inc(1);
+        }
+    }
+    bar.finish();
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn snapshot(product: Uuid, n: usize, version: i32) -> ProductSnapshot {
+    ProductSnapshot {
+        product_id: product,
+        name: format!("Bench product {n}"),
+        price: BigDecimal::from((n % 500) as i64 + 1),
+        category: Some(format!("category-{}", n % 20)),
+        version,
+    }
+}
+
+/// Drains both topics from the beginning with one bare consumer per group (`groups` of them,
+/// concurrently, as the runtime's groups do); answers the seconds until every group read
+/// `total` records.
+pub async fn drain_bare(
+    brokers: &str,
+    prefix: &str,
+    groups: usize,
+    total: u64,
+) -> anyhow::Result<f64> {
+    let topics = topic_names(prefix);
+    let read = Arc::new(AtomicU64::new(0));
+    let bar = bar(total * groups as u64, "bare consumers");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for g in 0..groups {
+        let consumer: StreamConsumer = kafka::client_config(brokers, "bench-bare")
+            .set("group.id", format!("{prefix}bench-bare-{g}"))
+            .set("enable.auto.commit", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .create()?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names)?;
+        let (read, bar) = (read.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = 0u64;
+            while mine < total {
+                let message = consumer.recv().await?;
+                // Touch the payload as a consumer would.
+                std::hint::black_box(message.payload().map(<[u8]>::len));
+                mine += 1;
+                read.fetch_add(1, Ordering::Relaxed);
+                bar.inc(1);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    bar.finish();
+    Ok(started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,279 @@
+//! The system under test, started by the bench itself: a tansu broker of its own, a fresh
+//! database, and `recsys serve` processes (all services, or a subset) on free ports; their RSS
+//! and `/metrics` read while they run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+/// Where the pieces are and how to reach the shared servers.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub recsys: PathBuf,
+    pub tansu: PathBuf,
+    /// Postgres server URL without a database.
+    pub postgres: String,
+    /// Logs, the broker's store, the pgbench script.
+    pub work: PathBuf,
+}
+
+/// A port the OS says is free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` every 50 ms until it is true or `deadline` passed.
+pub async fn wait_for<F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    while !check().await {
+        if Instant::now() > until {
+            bail!("{what} did not happen within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// A tansu broker of the bench's own; killed when dropped.
+pub struct Broker {
+    pub address: String,
+    _child: Child,
+}
+
+impl Broker {
+    /// Starts tansu on a free port with `storage` (`memory://` or `sqlite://...`).
+    pub async fn start(paths: &Paths, storage: &str) -> anyhow::Result<Self> {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(paths.work.join("tansu.log"))?;
+        let child = Command::new(&paths.tansu)
+            .current_dir(&paths.work)
+            .args([
+                "broker",
+                "--cluster-id",
+                "recsys-bench",
+                "--listener-url",
+                &url,
+            ])
+            .args([
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                storage,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", paths.tansu.display()))?;
+        let address = format!("127.0.0.1:{port}");
+        wait_for(Duration::from_secs(30), "the broker to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await?;
+        Ok(Self {
+            address,
+            _child: child,
+        })
+    }
+}
+
+/// A database of its own on the shared Postgres, dropped by [`Database::drop_now`].
+pub struct Database {
+    pub name: String,
+    pub url: String,
+    server: String,
+}
+
+impl Database {
+    pub async fn create(server: &str) -> anyhow::Result<Self> {
+        let name = format!("recsys_bench_{}", uuid::Uuid::new_v4().simple());
+        psql(server, &format!("CREATE DATABASE {name}")).await?;
+        Ok(Self {
+            url: format!("{server}/{name}"),
+            name,
+            server: server.to_string(),
+        })
+    }
+
+    pub async fn drop_now(&self) {
+        let _ = psql(
+            &self.server,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        )
+        .await;
+    }
+}
+
+/// Runs one statement with `psql` on the server's `postgres` database.
+pub async fn psql(server: &str, sql: &str) -> anyhow::Result<()> {
+    let status = Command::new("psql")
+        .args([
+            &format!("{server}/postgres"),
+            "-qX",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .context("running psql")?;
+    if !status.success() {
+        bail!("psql failed: {sql}");
+    }
+    Ok(())
+}
+
+/// What every runtime of one bench run shares.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub redis: String,
+    pub redis_prefix: String,
+    pub jwt_secret: String,
+    pub admin_email: String,
+    pub admin_password: String,
+}
+
+/// A `recsys serve` process; stopped (SIGKILL) when dropped.
+pub struct Runtime {
+    pub ports: BTreeMap<&'static str, u16>,
+    child: Child,
+}
+
+impl Runtime {
+    /// Starts `recsys serve --services <services>` and waits until each service is ready.
+    pub async fn start(
+        paths: &Paths,
+        config: &Config,
+        services: &[&'static str],
+        log_name: &str,
+    ) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(paths.work.join(log_name))?;
+        let mut command = Command::new(&paths.recsys);
+        command
+            .args(["serve", "--services", &services.join(",")])
+            .env_clear()
+            .env("DATABASE_URL", &config.database_url)
+            .env("KAFKA_ADDRESS", &config.brokers)
+            .env("KAFKA_TOPIC_PREFIX", &config.topic_prefix)
+            .env("REDIS_ADDRESS", &config.redis)
+            .env("REDIS_KEY_PREFIX", &config.redis_prefix)
+            .env("JWT_SECRET", &config.jwt_secret)
+            .env("ADMIN_EMAIL", &config.admin_email)
+            .env("ADMIN_PASSWORD", &config.admin_password)
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("LOG_LEVEL", "warn")
+            .env("LOG_FORMAT", "json");
+        let mut ports = BTreeMap::new();
+        for &service in services {
+            let port = free_port();
+            command.env(format!("{}_PORT", service.to_uppercase()), port.to_string());
+            ports.insert(service, port);
+        }
+        let child = command
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", paths.recsys.display()))?;
+        let runtime = Self { ports, child };
+        let client = reqwest::Client::new();
+        for port in runtime.ports.values() {
+            let url = format!("http://127.0.0.1:{port}/readyz");
+            wait_for(Duration::from_secs(60), "the runtime to be ready", || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    client
+                        .get(url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            })
+            .await
+            .with_context(|| format!("see {}", paths.work.join(log_name).display()))?;
+        }
+        Ok(runtime)
+    }
+
+    /// `http://127.0.0.1:<port>` of `service`.
+    pub fn url(&self, service: &str) -> String {
+        format!("http://127.0.0.1:{}", self.ports[service])
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Resident set size now, in bytes.
+    pub fn rss(&self) -> Option<u64> {
+        status_kib(self.pid(), "VmRSS:").map(|k| k * 1024)
+    }
+
+    /// The highest resident set size so far, in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        status_kib(self.pid(), "VmHWM:").map(|k| k * 1024)
+    }
+
+    /// Stops the process with SIGTERM and waits for it.
+    pub async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+    }
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The sum of the samples of `name` on `/metrics` whose label text contains every `filter`.
+pub async fn metric_sum(client: &reqwest::Client, base: &str, name: &str, filters: &[&str]) -> f64 {
+    let Ok(response) = client.get(format!("{base}/metrics")).send().await else {
+        return f64::NAN;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Writes `text` to `name` in the work folder; answers the path.
+pub fn write_file(work: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let path = work.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# scripts/bench.sh — the benchmarks (bench/, the recsys-bench binary): read path,
+# write path, event pipeline, freshness and memory, each against a ceiling
+# measured in the same run on this machine. Not part of scripts/test.sh.
+#
+# Usage:
+#   scripts/bench.sh [RECSYS_BENCH_ARGS...]
+#     e.g. scripts/bench.sh --phases read,write --rounds 5
+#          scripts/bench.sh --events 200000          (a shorter pipeline phase)
+#
+# Steps:
+#   1. scripts/stack.sh up (Postgres, Redis, the tansu binary)
+#   2. install wrk and pgbench (Debian packages) if missing
+#   3. cargo build --release of recsys and recsys-bench
+#   4. recsys-bench: starts its own tansu (memory store), databases and runtime
+#      processes; prints a table; writes bench/results.json
+# Logs of the runtime and broker go to $RECSYS_CACHE/bench/.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+RECSYS_LOG_TAG=bench
+
+main() {
+  cd "$RECSYS_ROOT"
+  section "stack"
+  bash "$RECSYS_ROOT/scripts/stack.sh" up
+  section "tools"
+  have wrk || apt_install wrk
+  have pgbench || apt_install postgresql-client
+  section "build (release)"
+  cargo build --release -p recsys --bin recsys -p recsys-bench --bin recsys-bench
+  section "bench"
+  local label
+  label="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)"
+  "$CARGO_TARGET_DIR/release/recsys-bench" \
+    --recsys "$CARGO_TARGET_DIR/release/recsys" \
+    --tansu "$TANSU_BIN" \
+    --work "$RECSYS_CACHE/bench" \
+    --output "$RECSYS_ROOT/bench/results.json" \
+    --label "$label" \
+    "$@"
+}
+
+main "$@"
