@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use slog::{debug, error, info, warn, Logger};
@@ -238,7 +239,15 @@ impl OutboxRelay {
     }
 }
 
+/// How long enqueueing one record may wait for room in the producer's local queue (full only
+/// when the broker has been away for a while); the rest of the batch then waits in the outbox.
+const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Produces `records` in order and answers the ids the broker acknowledged.
+///
+/// Every record is enqueued first and the acknowledgements are awaited after, so a batch costs
+/// about one broker round trip, not one per record. If a record cannot be enqueued, none after
+/// it is (a later record of the same key must not overtake it); they stay in the outbox.
 async fn publish(
     producer: FutureProducer<SlogContext>,
     prefix: String,
@@ -246,32 +255,54 @@ async fn publish(
     logger: Logger,
 ) -> Vec<i64> {
     let mut deliveries = Vec::with_capacity(records.len());
-    for record in &records {
+    'records: for record in &records {
         let topic = format!("{prefix}{}", record.topic);
-        let kafka_record = FutureRecord::to(&topic)
-            .key(&record.key)
-            .payload(&record.payload)
-            .headers(OwnedHeaders::new());
-        // Enqueueing never blocks for long: the local queue only fills up when the broker has
-        // been away for a long time, and then waiting is right.
-        let delivery = producer.send(kafka_record, Duration::from_secs(1)).await;
+        let deadline = Instant::now() + ENQUEUE_TIMEOUT;
+        let delivery = loop {
+            let kafka_record = FutureRecord::to(&topic)
+                .key(&record.key)
+                .payload(&record.payload)
+                .headers(OwnedHeaders::new());
+            match producer.send_result(kafka_record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < deadline =>
+                {
+                    // Room appears as the broker acknowledges what is queued.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => {
+                    KAFKA_MESSAGES_PRODUCED
+                        .with_label_values(&[&topic, "error"])
+                        .inc();
+                    warn!(logger, "enqueueing failed, the rest of the batch waits"; "topic" => &topic, "outbox_id" => record.id, "error" => %e);
+                    break 'records;
+                }
+            }
+        };
         deliveries.push((record.id, topic, delivery));
     }
     let mut acknowledged = Vec::with_capacity(records.len());
     for (id, topic, delivery) in deliveries {
-        match delivery {
-            Ok(delivery) => {
+        match delivery.await {
+            Ok(Ok(delivery)) => {
                 KAFKA_MESSAGES_PRODUCED
                     .with_label_values(&[&topic, "ok"])
                     .inc();
                 debug!(logger, "published"; "topic" => &topic, "partition" => delivery.partition, "offset" => delivery.offset, "outbox_id" => id);
                 acknowledged.push(id);
             }
-            Err((e, _)) => {
+            Ok(Err((e, _))) => {
                 KAFKA_MESSAGES_PRODUCED
                     .with_label_values(&[&topic, "error"])
                     .inc();
                 warn!(logger, "delivery failed, will retry"; "topic" => &topic, "outbox_id" => id, "error" => %e);
+            }
+            Err(_canceled) => {
+                KAFKA_MESSAGES_PRODUCED
+                    .with_label_values(&[&topic, "error"])
+                    .inc();
+                warn!(logger, "delivery canceled, will retry"; "topic" => &topic, "outbox_id" => id);
             }
         }
     }
