@@ -51,6 +51,17 @@ pub async fn ping(pool: &Pool) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether `e` is a foreign-key violation (the referenced row does not exist).
+pub fn is_foreign_key_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            _
+        )
+    )
+}
+
 /// Whether `e` is a unique-constraint violation.
 pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
     matches!(

@@ -14,8 +14,9 @@ use crate::db::Pool;
 /// Arbitrary constant naming the advisory lock that makes one relay publish at a time.
 const RELAY_LOCK: i64 = 0x7265_6373_7973; // "recsys"
 
-/// Writes `envelope` to the outbox; call inside the transaction that makes the change.
-pub async fn enqueue(conn: &mut AsyncPgConnection, envelope: &Envelope) -> diesel::QueryResult<()> {
+/// Writes `envelope` to the outbox; call inside the transaction that makes the change. Takes
+/// the connection shared, so the insert can be pipelined with the change's own statements.
+pub async fn enqueue(mut conn: &AsyncPgConnection, envelope: &Envelope) -> diesel::QueryResult<()> {
     diesel::insert_into(outbox::table)
         .values((
             outbox::topic.eq(envelope.event.topic()),
@@ -24,7 +25,7 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, envelope: &Envelope) -> diese
             outbox::payload.eq(envelope.to_json()),
             outbox::created_at.eq(envelope.occurred_at),
         ))
-        .execute(conn)
+        .execute(&mut conn)
         .await
         .map(|_| ())
 }

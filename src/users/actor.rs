@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use chrono::{DateTime, SubsecRound, Utc};
-use diesel_async::AsyncConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use recsys_actors::observe::{ObservedAddr, ObservedRecipient};
 use recsys_actors::outbox_relay::Wake;
 use recsys_actors::supervision::Fail;
@@ -399,11 +399,21 @@ impl Handler<RecordActivity> for UsersActor {
                 .get()
                 .await?
                 .transaction(async move |conn| -> Result<_, ApiError> {
-                    if store::find(conn, row.user_id, false).await?.is_none() {
-                        return Err(ApiError::NotFound("user not found".into()));
-                    }
-                    store::insert_activity(conn, &row).await?;
-                    outbox::enqueue(conn, &envelope).await?;
+                    // Both inserts in one round trip (pipelined); the foreign key to `users`
+                    // answers whether the user exists.
+                    let shared: &AsyncPgConnection = conn;
+                    let (activity, queued) = futures_util::join!(
+                        store::insert_activity(shared, &row),
+                        outbox::enqueue(shared, &envelope),
+                    );
+                    activity.map_err(|e| {
+                        if db::is_foreign_key_violation(&e) {
+                            ApiError::NotFound("user not found".into())
+                        } else {
+                            e.into()
+                        }
+                    })?;
+                    queued?;
                     Ok(())
                 })
                 .await?;

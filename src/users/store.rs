@@ -94,10 +94,10 @@ pub async fn update(
 }
 
 /// Inserts one recorded action.
-pub async fn insert_activity(conn: &mut AsyncPgConnection, row: &ActivityRow) -> QueryResult<()> {
+pub async fn insert_activity(mut conn: &AsyncPgConnection, row: &ActivityRow) -> QueryResult<()> {
     diesel::insert_into(user_activity::table)
         .values(row.clone())
-        .execute(conn)
+        .execute(&mut conn)
         .await
         .map(|_| ())
 }
