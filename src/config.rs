@@ -200,6 +200,11 @@ pub struct Settings {
     #[arg(long, env = "RECOMMENDATION_CACHE_TTL_SECS", default_value_t = 60)]
     pub recommendation_cache_ttl_secs: u64,
 
+    /// How long each HTTP worker reuses a recommendation answer without asking the query actor
+    /// or Redis (milliseconds; 0: never). Answers may be this much older than the ranking.
+    #[arg(long, env = "RECOMMENDATION_LOCAL_TTL_MS", default_value_t = 25)]
+    pub recommendation_local_ttl_ms: u64,
+
     /// Largest batch a consumer applies in one transaction.
     #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = 500)]
     pub consumer_max_batch: usize,

@@ -27,6 +27,7 @@ use crate::http::{self, Readiness, ServiceInfo};
 use crate::openapi::Api;
 use crate::outbox::PgOutbox;
 use crate::products::actor::ProductsActor;
+use crate::recommendations::micro::MicroCache;
 use crate::recommendations::query::{self, RecommendationsActor};
 use crate::recommendations::ranking::{self, RankingActor};
 use crate::users::actor::{EnsureAdmin, UsersActor};
@@ -324,6 +325,7 @@ impl Application {
         let mut servers = Vec::new();
         let mut running = Vec::new();
         let timeout = settings.request_timeout();
+        let micro_ttl = Duration::from_millis(settings.recommendation_local_ttl_ms);
         for &service in services {
             let listener =
                 TcpListener::bind((settings.bind_address.as_str(), settings.port(service)))
@@ -367,9 +369,11 @@ impl Application {
                     }
                     Service::Recommendations => {
                         if let Some(recommendations) = &recommendations {
-                            app = app.app_data(web::Data::new(
-                                recommendations.query.with_timeout(timeout),
-                            ));
+                            app = app
+                                .app_data(web::Data::new(
+                                    recommendations.query.with_timeout(timeout),
+                                ))
+                                .app_data(web::Data::new(MicroCache::new(micro_ttl)));
                             crate::recommendations::http::routes(&mut api);
                         }
                     }

@@ -362,8 +362,11 @@ async fn wait_outbox_empty(database_url: &str) -> anyhow::Result<()> {
 }
 
 async fn freshness_phase(args: &Args, runtime: &Runtime, seed: &Seed) -> anyhow::Result<Row> {
+    // Idle connections are dropped before the server's keep-alive (5 s) would close them under
+    // a request.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
+        .pool_idle_timeout(Duration::from_secs(2))
         .build()?;
     let measured = freshness::run(
         &client,

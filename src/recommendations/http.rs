@@ -8,6 +8,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use super::micro::MicroCache;
 use super::query::{CacheResult, Item, Query, Recommend, RecommendationsActor};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
@@ -51,13 +52,23 @@ string_enum_schema!(
     None
 );
 
+/// The worker's micro-cache first, then the query actor (which tries Redis, then Postgres).
 async fn answer(
     actor: &ObservedAddr<RecommendationsActor>,
+    micro: &MicroCache,
     query: Query,
     limit: Option<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = validate::limit(limit, 10, 100)?;
-    let answer = actor.send(Recommend { query, limit }).await??;
+    let key = query.key(limit);
+    let answer = match micro.get(&key) {
+        Some(answer) => answer,
+        None => {
+            let answer = actor.send(Recommend { query, limit }).await??;
+            micro.put(key, &answer);
+            answer
+        }
+    };
     Ok(HttpResponse::Ok()
         .insert_header(("X-Cache", answer.cache.as_str()))
         .content_type("application/json")
@@ -79,11 +90,12 @@ async fn answer(
 )]
 async fn global(
     actor: web::Data<ObservedAddr<RecommendationsActor>>,
+    micro: web::Data<MicroCache>,
     params: web::Query<Params>,
 ) -> Result<HttpResponse, ApiError> {
     let params = params.into_inner();
     let category = validate::optional_text("category", params.category.as_deref(), 100)?;
-    answer(&actor, Query::Global { category }, params.limit).await
+    answer(&actor, &micro, Query::Global { category }, params.limit).await
 }
 
 /// The ranking personalised for a user: the user themself or an admin.
@@ -103,13 +115,14 @@ async fn global(
 )]
 async fn for_user(
     actor: web::Data<ObservedAddr<RecommendationsActor>>,
+    micro: web::Data<MicroCache>,
     caller: Caller,
     user_id: web::Path<Uuid>,
     params: web::Query<Params>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = user_id.into_inner();
     caller.require_self_or_admin(user_id)?;
-    answer(&actor, Query::ForUser { user_id }, params.limit).await
+    answer(&actor, &micro, Query::ForUser { user_id }, params.limit).await
 }
 
 /// Products bought or carted together with this one, by the users who bought or carted it.
@@ -128,9 +141,10 @@ async fn for_user(
 )]
 async fn similar(
     actor: web::Data<ObservedAddr<RecommendationsActor>>,
+    micro: web::Data<MicroCache>,
     product_id: web::Path<Uuid>,
     params: web::Query<Params>,
 ) -> Result<HttpResponse, ApiError> {
     let product_id = product_id.into_inner();
-    answer(&actor, Query::Similar { product_id }, params.limit).await
+    answer(&actor, &micro, Query::Similar { product_id }, params.limit).await
 }

@@ -1,6 +1,7 @@
 //! The recommendations service (:8082): ranks products by what users do.
 //!
 //! - [`http`]: the routes.
+//! - [`micro`]: the per-worker micro-cache of answers in front of the query actor.
 //! - [`query`]: [`query::RecommendationsActor`], answering queries through the cache actor.
 //! - [`ranking`]: [`ranking::RankingActor`], the popularity-ranking actor and consumer sink.
 //! - [`score`]: the ranking formula (weights, forward decay).
@@ -10,6 +11,7 @@
 //! `product-updates` (group `recommendations`); the generic cache actor fronts Redis.
 
 pub mod http;
+pub mod micro;
 pub mod query;
 pub mod ranking;
 pub mod score;

@@ -60,7 +60,7 @@ pub enum Query {
 
 impl Query {
     /// The cache key part naming this query and `limit`.
-    fn key(&self, limit: i64) -> String {
+    pub fn key(&self, limit: i64) -> String {
         match self {
             Query::Global { category } => format!(
                 "global:{limit}:{}",

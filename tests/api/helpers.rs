@@ -64,6 +64,10 @@ pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Setting
         "3",
         "--redis-key-prefix",
         &redis_prefix,
+        // Tests look at each answer's source (X-Cache) and at the ranking right after a
+        // change; the micro-cache has a test of its own.
+        "--recommendation-local-ttl-ms",
+        "0",
         "--jwt-secret",
         "test-secret-that-is-at-least-32-bytes-long",
         "--admin-email",

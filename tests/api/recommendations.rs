@@ -866,3 +866,52 @@ async fn wrong_method_on_a_recommendation_route_is_json_405() {
 
     reply.assert_error(405, "method_not_allowed");
 }
+
+/// The worker's micro-cache reuses an answer for its TTL: after the ranking changed (in
+/// Postgres and with a new Redis generation), the same query still gets the earlier body as a
+/// hit, without reaching the query actor; with the TTL at 0 (the other tests) every read does.
+#[actix_web::test]
+async fn the_micro_cache_reuses_an_answer_for_its_ttl() {
+    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
+        settings.recommendation_local_ttl_ms = 60_000;
+        settings.http_workers = 1;
+    })
+    .await;
+    let product = app.create_product("Micro", json!(1), Some("micro")).await;
+    let path = "/recommendations?category=micro";
+    let first = app.get(Service::Recommendations, path, None).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let again = app.get(Service::Recommendations, path, None).await;
+    assert_eq!(again.text, first.text);
+    assert_eq!(again.headers["x-cache"], "hit");
+
+    let (user, token, _) = app.new_user().await;
+    app.post_activity(user, &token, product["id"].as_str().unwrap(), "purchase", 1)
+        .await;
+    let db = app.db();
+    eventually(
+        Duration::from_secs(30),
+        "the purchase to be scored",
+        || async { (db.count("rec_scores").await == 1).then_some(()) },
+    )
+    .await;
+    let handled = |app: &TestApp| {
+        let url = format!("{}/metrics", app.url(Service::Recommendations));
+        let client = app.client.clone();
+        async move {
+            let text = client.get(url).send().await.unwrap().text().await.unwrap();
+            crate::observability::parse_samples(&text)
+                .iter()
+                .filter(|s| s.name == "actor_messages_total")
+                .filter(|s| s.label("actor") == Some("RecommendationsActor"))
+                .filter(|s| s.label("message") == Some("Recommend"))
+                .map(|s| s.value)
+                .sum::<f64>()
+        }
+    };
+    let before = handled(&app).await;
+    let stale = app.get(Service::Recommendations, path, None).await;
+    assert_eq!(stale.text, first.text, "reused within the TTL");
+    assert_eq!(stale.headers["x-cache"], "hit");
+    assert_eq!(handled(&app).await, before, "the query actor was not asked");
+}
