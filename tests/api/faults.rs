@@ -691,6 +691,18 @@ async fn redis_unreachable_for_20_s_reads_keep_answering_from_postgres() {
         (crate::consumer::x_cache(&app).await == "hit").then_some(())
     })
     .await;
+    // The recommendations service knows the products before Redis goes (else `similar` is a
+    // correct 404).
+    let similar = format!("/recommendations/products/{}/similar", load.products[0]);
+    eventually(
+        Duration::from_secs(30),
+        "the catalog to have the products",
+        || async {
+            let reply = app.get(Service::Recommendations, &similar, None).await;
+            (reply.status == 200).then_some(())
+        },
+    )
+    .await;
 
     redis.kill().await.unwrap();
     let reads = [
