@@ -159,6 +159,14 @@ impl<'a> Workload<'a> {
         self.try_write().await.expect("the runtime answers")
     }
 
+    /// Posts `count` activities, each of which must be acknowledged (`202`).
+    async fn write_acknowledged(&mut self, count: usize) {
+        for _ in 0..count {
+            let reply = self.write().await;
+            assert_eq!(reply.status, 202, "{}", reply.text);
+        }
+    }
+
     /// Like [`Workload::write`]; `None` when no answer came. A request that reached the runtime
     /// and lost its answer is counted as in doubt (a refused connection is not).
     async fn try_write(&mut self) -> Option<Reply> {
@@ -336,10 +344,7 @@ async fn postgres_outage_loses_nothing_and_counts_nothing_twice() {
     let mut load = Workload::new(&app).await;
 
     // Before: every write acknowledged.
-    for _ in 0..24 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(24).await;
 
     // During: every write refused quickly with the JSON error; readiness names postgres.
     proxy.cut();
@@ -412,10 +417,7 @@ async fn poison_records_during_the_load_are_dead_lettered_and_the_rest_counts_ex
     ];
     let mut injected = 0;
     for round in 0..ROUNDS {
-        for _ in 0..6 {
-            let reply = load.write().await;
-            assert_eq!(reply.status, 202, "{}", reply.text);
-        }
+        load.write_acknowledged(6).await;
         let topic = &topics[round % topics.len()];
         let poison = &poisons[round % poisons.len()];
         crate::consumer::produce(&kafka, topic, &format!("poison-{round}"), poison).await;
@@ -450,10 +452,7 @@ async fn a_broker_killed_and_restarted_on_its_store_loses_nothing() {
     let mut broker = durable_broker(port, &dir);
     let app = spawn_app_configured(&brokers, test_logger(), exact_scores).await;
     let mut load = Workload::new(&app).await;
-    for _ in 0..24 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(24).await;
 
     broker.start_kill().expect("SIGKILL");
     broker.wait().await.unwrap();
@@ -465,10 +464,7 @@ async fn a_broker_killed_and_restarted_on_its_store_loses_nothing() {
         down_writes += 1;
     }
     let _broker = durable_broker(port, &dir);
-    for _ in 0..24 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(24).await;
 
     load.assert_exact().await;
     eprintln!(
@@ -558,10 +554,7 @@ async fn a_runtime_killed_mid_load_and_restarted_counts_exactly() {
     let mut child = start_process(&settings, &Service::ALL, &ports, &log).await;
     let app = TestApp::attach(None, ports.clone(), settings.clone(), database_url, prefix).await;
     let mut load = Workload::new(&app).await;
-    for _ in 0..24 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(24).await;
 
     // SIGKILL from another task while this one keeps writing.
     let pid = child.id().expect("running");
@@ -581,10 +574,7 @@ async fn a_runtime_killed_mid_load_and_restarted_counts_exactly() {
     let restarted_at = Instant::now();
     let _child = start_process(&settings, &Service::ALL, &ports, &log).await;
     let restart = restarted_at.elapsed();
-    for _ in 0..24 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(24).await;
     let settle = Instant::now();
     load.assert_exact().await;
     eprintln!(
@@ -619,10 +609,7 @@ async fn a_broker_paused_for_20_s_loses_nothing() {
     let pid = broker.id().expect("running");
     let app = spawn_app_configured(&brokers, test_logger(), exact_scores).await;
     let mut load = Workload::new(&app).await;
-    for _ in 0..24 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(24).await;
     eventually(Duration::from_secs(30), "the outbox to drain", || async {
         (app.outbox_rows().await == 0).then_some(())
     })
@@ -655,10 +642,7 @@ async fn a_broker_paused_for_20_s_loses_nothing() {
     })
     .await;
     let drained = resumed_at.elapsed();
-    for _ in 0..24 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(24).await;
     load.assert_exact().await;
     eprintln!(
         "paused broker: {} acknowledged actions ({paused_writes} during the pause, slowest \
@@ -683,10 +667,7 @@ async fn redis_unreachable_for_20_s_reads_keep_answering_from_postgres() {
     })
     .await;
     let mut load = Workload::new(&app).await;
-    for _ in 0..24 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(24).await;
     eventually(Duration::from_secs(30), "a cache hit", || async {
         (crate::consumer::x_cache(&app).await == "hit").then_some(())
     })
@@ -800,10 +781,7 @@ async fn a_second_runtime_takes_over_from_a_killed_one_as_survivor() {
     let app = TestApp::attach(None, ports, settings.clone(), database_url, prefix).await;
     // Twelve users: their activities land on every partition, so each runtime has some.
     let mut load = Workload::with_users(&app, 12).await;
-    for _ in 0..48 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(48).await;
     // The runtime about to be killed is consuming user activity for both groups right now.
     let a_metrics = format!("http://127.0.0.1:{}/metrics", ports_a[&Recommendations]);
     let applied_by_a = || async {
@@ -826,10 +804,7 @@ async fn a_second_runtime_takes_over_from_a_killed_one_as_survivor() {
         })
     };
     let before = applied_by_a().await;
-    for _ in 0..48 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(48).await;
     eventually(
         Duration::from_secs(30),
         "the runtime to be killed to apply activity in both groups",
@@ -842,10 +817,7 @@ async fn a_second_runtime_takes_over_from_a_killed_one_as_survivor() {
     a.start_kill().expect("SIGKILL");
     a.wait().await.unwrap();
     let killed_at = Instant::now();
-    for _ in 0..48 {
-        let reply = load.write().await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    load.write_acknowledged(48).await;
     load.assert_exact().await;
     eprintln!(
         "survivor: {} acknowledged actions counted once, settled {:?} after the kill",
