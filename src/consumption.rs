@@ -36,7 +36,7 @@ pub async fn load_positions(
     partitions: &[(String, i32)],
 ) -> anyhow::Result<Vec<(String, i32, i64)>> {
     let mut conn = pool.get().await?;
-    let rows: Vec<Position> = diesel::sql_query(
+    let rows: Vec<Position> = crate::db::prepared(
         "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = $1",
     )
     .bind::<Text, _>(group)
@@ -62,7 +62,7 @@ pub async fn claim<T>(
     batch: &Batch<T>,
     event_id: impl Fn(&T) -> Uuid,
 ) -> diesel::QueryResult<Vec<bool>> {
-    let stored: HashMap<(String, i32), i64> = diesel::sql_query(
+    let stored: HashMap<(String, i32), i64> = crate::db::prepared(
         "SELECT topic, partition, next_offset FROM consumer_offsets \
          WHERE consumer_group = $1 FOR UPDATE",
     )
@@ -94,7 +94,7 @@ pub async fn claim<T>(
     let new_ids: HashSet<Uuid> = if candidates.is_empty() {
         HashSet::new()
     } else {
-        diesel::sql_query(
+        crate::db::prepared(
             "INSERT INTO processed_events (consumer_group, event_id) \
              SELECT $1, id FROM unnest($2::uuid[]) AS t(id) \
              ON CONFLICT DO NOTHING RETURNING event_id",
@@ -128,7 +128,7 @@ pub async fn claim<T>(
                 (t, p, o)
             },
         );
-    diesel::sql_query(
+    crate::db::prepared(
         "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) \
          SELECT $1, t, p, o FROM unnest($2::text[], $3::int[], $4::bigint[]) AS x(t, p, o) \
          ON CONFLICT (consumer_group, topic, partition) DO UPDATE \
@@ -147,7 +147,7 @@ pub async fn claim<T>(
 /// Forgets applied event ids older than `days` (the outbox republishes only recent events).
 pub async fn prune(pool: &Pool, group: &str, days: i32) -> anyhow::Result<usize> {
     let mut conn = pool.get().await?;
-    Ok(diesel::sql_query(
+    Ok(crate::db::prepared(
         "DELETE FROM processed_events WHERE consumer_group = $1 \
          AND processed_at < now() - make_interval(days => $2)",
     )

@@ -22,7 +22,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
     if !fold.products.is_empty() {
         let ids: Vec<Uuid> = fold.products.keys().copied().collect();
         let (col, at) = (column(&fold.products), column(&fold.products));
-        diesel::sql_query(
+        crate::db::prepared(
             "INSERT INTO an_products AS p (product_id, views, cart_adds, cart_removes, purchases, \
                units_sold, updates, created_at, deleted_at, last_event_at) \
              SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
@@ -52,7 +52,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
     if !fold.users.is_empty() {
         let ids: Vec<Uuid> = fold.users.keys().copied().collect();
         let (col, at) = (column(&fold.users), column(&fold.users));
-        diesel::sql_query(
+        crate::db::prepared(
             "INSERT INTO an_users AS u (user_id, registered_at, profile_updates, views, cart_adds, \
                cart_removes, purchases, units_bought, activity_count, last_active_at) \
              SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int8[], \
@@ -84,7 +84,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
         let (keys, counts): (Vec<_>, Vec<i64>) = fold.counts.iter().map(|(k, v)| (*k, *v)).unzip();
         let minutes: Vec<DateTime<Utc>> = keys.iter().map(|(m, _)| *m).collect();
         let types: Vec<&str> = keys.iter().map(|(_, t)| *t).collect();
-        diesel::sql_query(
+        crate::db::prepared(
             "INSERT INTO an_event_counts AS c (minute, event_type, count) \
              SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::int8[]) \
              ON CONFLICT (minute, event_type) DO UPDATE SET count = c.count + EXCLUDED.count",
@@ -157,7 +157,7 @@ pub async fn product(
     id: Uuid,
 ) -> diesel::QueryResult<Option<ProductStats>> {
     use diesel::OptionalExtension;
-    diesel::sql_query(format!(
+    crate::db::prepared(format!(
         "SELECT {PRODUCT_COLUMNS} FROM an_products WHERE product_id = $1"
     ))
     .bind::<SqlUuid, _>(id)
@@ -172,7 +172,7 @@ pub async fn user(
     id: Uuid,
 ) -> diesel::QueryResult<Option<UserStats>> {
     use diesel::OptionalExtension;
-    diesel::sql_query(
+    crate::db::prepared(
         "SELECT user_id, registered_at, profile_updates, views, cart_adds, cart_removes, \
          purchases, units_bought, activity_count, last_active_at FROM an_users WHERE user_id = $1",
     )
@@ -192,7 +192,7 @@ pub async fn top(
     limit: i64,
 ) -> diesel::QueryResult<Vec<ProductStats>> {
     debug_assert!(TOP_BY.contains(&by));
-    diesel::sql_query(format!(
+    crate::db::prepared(format!(
         "SELECT {PRODUCT_COLUMNS} FROM an_products ORDER BY {by} DESC, product_id LIMIT $1"
     ))
     .bind::<BigInt, _>(limit)
@@ -238,7 +238,7 @@ async fn number(conn: &mut AsyncPgConnection, sql: &str) -> diesel::QueryResult<
 
 /// Reads the summary.
 pub async fn summary(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Summary> {
-    let by_type: Vec<TypeCount> = diesel::sql_query(
+    let by_type: Vec<TypeCount> = crate::db::prepared(
         "SELECT event_type, SUM(count)::int8 AS count FROM an_event_counts GROUP BY event_type",
     )
     .load(conn)
@@ -290,7 +290,7 @@ pub async fn timeseries(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> diesel::QueryResult<Vec<Bucket>> {
-    diesel::sql_query(
+    crate::db::prepared(
         "SELECT h.hour, COALESCE(SUM(c.count), 0)::int8 AS count \
          FROM generate_series(date_trunc('hour', $2 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', \
                               date_trunc('hour', $3 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', \

@@ -10,6 +10,8 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use recsys_schema::events::ProductSnapshot;
+
 use super::ranking::{CatalogChange, Fold};
 use super::score::Weights;
 
@@ -24,14 +26,14 @@ pub struct State {
 
 /// Reads and locks the ranking state (serializes flushes across processes).
 pub async fn state_for_update(conn: &mut AsyncPgConnection) -> diesel::QueryResult<State> {
-    diesel::sql_query("SELECT t0, generation FROM rec_state WHERE id = 1 FOR UPDATE")
+    crate::db::prepared("SELECT t0, generation FROM rec_state WHERE id = 1 FOR UPDATE")
         .get_result(conn)
         .await
 }
 
 /// Reads the ranking state.
 pub async fn state(conn: &mut AsyncPgConnection) -> diesel::QueryResult<State> {
-    diesel::sql_query("SELECT t0, generation FROM rec_state WHERE id = 1")
+    crate::db::prepared("SELECT t0, generation FROM rec_state WHERE id = 1")
         .get_result(conn)
         .await
 }
@@ -42,11 +44,11 @@ pub async fn rebase(
     factor: f64,
     t0: DateTime<Utc>,
 ) -> diesel::QueryResult<()> {
-    diesel::sql_query("UPDATE rec_scores SET acc = acc * $1")
+    crate::db::prepared("UPDATE rec_scores SET acc = acc * $1")
         .bind::<Double, _>(factor)
         .execute(conn)
         .await?;
-    diesel::sql_query("UPDATE rec_state SET t0 = $1 WHERE id = 1")
+    crate::db::prepared("UPDATE rec_state SET t0 = $1 WHERE id = 1")
         .bind::<Timestamptz, _>(t0)
         .execute(conn)
         .await?;
@@ -55,7 +57,7 @@ pub async fn rebase(
 
 /// Bumps and answers the generation.
 pub async fn bump_generation(conn: &mut AsyncPgConnection) -> diesel::QueryResult<i64> {
-    diesel::sql_query(
+    crate::db::prepared(
         "UPDATE rec_state SET generation = generation + 1 WHERE id = 1 \
          RETURNING t0, generation",
     )
@@ -69,7 +71,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
     if !fold.scores.is_empty() {
         let (ids, deltas): (Vec<Uuid>, Vec<f64>) =
             fold.scores.iter().map(|(k, v)| (*k, *v)).unzip();
-        diesel::sql_query(
+        crate::db::prepared(
             "INSERT INTO rec_scores (product_id, acc) SELECT * FROM unnest($1::uuid[], $2::float8[]) \
              ON CONFLICT (product_id) DO UPDATE SET acc = rec_scores.acc + EXCLUDED.acc",
         )
@@ -84,7 +86,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
             |slot: usize| -> Vec<i64> { fold.user_products.values().map(|c| c[slot]).collect() };
         let (views, cart_adds, cart_removes, purchases) =
             (counter(0), counter(1), counter(2), counter(3));
-        diesel::sql_query(
+        crate::db::prepared(
             "INSERT INTO rec_user_products (user_id, product_id, views, cart_adds, cart_removes, purchases) \
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
              ON CONFLICT (user_id, product_id) DO UPDATE SET \
@@ -102,41 +104,58 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
         .execute(conn)
         .await?;
     }
+    let mut upserts: Vec<(Uuid, &ProductSnapshot, Option<DateTime<Utc>>)> = Vec::new();
+    let (mut deleted, mut deleted_versions): (Vec<Uuid>, Vec<i32>) = (Vec::new(), Vec::new());
     for (product_id, change) in &fold.catalog {
         match change {
             CatalogChange::Upsert {
                 snapshot,
                 created_at,
-            } => {
-                diesel::sql_query(
-                    "INSERT INTO rec_catalog (product_id, name, price, category, version, deleted, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, false, $6) \
-                     ON CONFLICT (product_id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price, \
-                       category = EXCLUDED.category, version = EXCLUDED.version, deleted = false, \
-                       created_at = COALESCE(rec_catalog.created_at, EXCLUDED.created_at) \
-                     WHERE rec_catalog.version < EXCLUDED.version",
-                )
-                .bind::<SqlUuid, _>(product_id)
-                .bind::<Text, _>(&snapshot.name)
-                .bind::<Numeric, _>(&snapshot.price)
-                .bind::<Nullable<Text>, _>(&snapshot.category)
-                .bind::<Integer, _>(snapshot.version)
-                .bind::<Nullable<Timestamptz>, _>(created_at)
-                .execute(conn)
-                .await?;
-            }
+            } => upserts.push((*product_id, snapshot, *created_at)),
             CatalogChange::Deleted { version } => {
-                diesel::sql_query(
-                    "INSERT INTO rec_catalog (product_id, version, deleted) VALUES ($1, $2, true) \
-                     ON CONFLICT (product_id) DO UPDATE SET deleted = true, version = EXCLUDED.version \
-                     WHERE rec_catalog.version < EXCLUDED.version",
-                )
-                .bind::<SqlUuid, _>(product_id)
-                .bind::<Integer, _>(version)
-                .execute(conn)
-                .await?;
+                deleted.push(*product_id);
+                deleted_versions.push(*version);
             }
         }
+    }
+    if !upserts.is_empty() {
+        let ids: Vec<Uuid> = upserts.iter().map(|u| u.0).collect();
+        let names: Vec<&str> = upserts.iter().map(|u| u.1.name.as_str()).collect();
+        let prices: Vec<&BigDecimal> = upserts.iter().map(|u| &u.1.price).collect();
+        let categories: Vec<Option<&str>> =
+            upserts.iter().map(|u| u.1.category.as_deref()).collect();
+        let versions: Vec<i32> = upserts.iter().map(|u| u.1.version).collect();
+        let created: Vec<Option<DateTime<Utc>>> = upserts.iter().map(|u| u.2).collect();
+        crate::db::prepared(
+            "INSERT INTO rec_catalog (product_id, name, price, category, version, deleted, created_at) \
+             SELECT id, name, price, category, version, false, created_at \
+             FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::text[], $5::int4[], $6::timestamptz[]) \
+               AS t(id, name, price, category, version, created_at) \
+             ON CONFLICT (product_id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price, \
+               category = EXCLUDED.category, version = EXCLUDED.version, deleted = false, \
+               created_at = COALESCE(rec_catalog.created_at, EXCLUDED.created_at) \
+             WHERE rec_catalog.version < EXCLUDED.version",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<Text>, _>(&names)
+        .bind::<Array<Numeric>, _>(&prices)
+        .bind::<Array<Nullable<Text>>, _>(&categories)
+        .bind::<Array<Integer>, _>(&versions)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&created)
+        .execute(conn)
+        .await?;
+    }
+    if !deleted.is_empty() {
+        crate::db::prepared(
+            "INSERT INTO rec_catalog (product_id, version, deleted) \
+             SELECT * , true FROM unnest($1::uuid[], $2::int4[]) \
+             ON CONFLICT (product_id) DO UPDATE SET deleted = true, version = EXCLUDED.version \
+             WHERE rec_catalog.version < EXCLUDED.version",
+        )
+        .bind::<Array<SqlUuid>, _>(&deleted)
+        .bind::<Array<Integer>, _>(&deleted_versions)
+        .execute(conn)
+        .await?;
     }
     Ok(())
 }
@@ -165,7 +184,7 @@ pub async fn top(
     category: Option<&str>,
     limit: i64,
 ) -> diesel::QueryResult<Vec<Ranked>> {
-    diesel::sql_query(
+    crate::db::prepared(
         "SELECT c.product_id, c.name, c.price, c.category, s.acc AS weight \
          FROM rec_catalog c LEFT JOIN rec_scores s ON s.product_id = c.product_id \
          WHERE NOT c.deleted AND c.name IS NOT NULL AND ($1::text IS NULL OR c.category = $1) \
@@ -195,7 +214,7 @@ pub async fn for_user(
     weights: &Weights,
     limit: i64,
 ) -> diesel::QueryResult<Option<Vec<Ranked>>> {
-    let known: Flag = diesel::sql_query(
+    let known: Flag = crate::db::prepared(
         "SELECT EXISTS (SELECT 1 FROM rec_user_products WHERE user_id = $1) AS flag",
     )
     .bind::<SqlUuid, _>(user_id)
@@ -204,7 +223,7 @@ pub async fn for_user(
     if !known.flag {
         return Ok(None);
     }
-    diesel::sql_query(
+    crate::db::prepared(
         "WITH mine AS ( \
             SELECT p.product_id, c.category, p.purchases, \
                    GREATEST(p.views * $2 + p.cart_adds * $3 + p.cart_removes * $4 + p.purchases * $5, 0) AS w \
@@ -245,7 +264,7 @@ pub async fn similar(
     weights: &Weights,
     limit: i64,
 ) -> diesel::QueryResult<Option<Vec<Ranked>>> {
-    let live: Flag = diesel::sql_query(
+    let live: Flag = crate::db::prepared(
         "SELECT EXISTS (SELECT 1 FROM rec_catalog WHERE product_id = $1 AND NOT deleted \
          AND name IS NOT NULL) AS flag",
     )
@@ -255,7 +274,7 @@ pub async fn similar(
     if !live.flag {
         return Ok(None);
     }
-    diesel::sql_query(
+    crate::db::prepared(
         "WITH buyers AS (SELECT user_id FROM rec_user_products \
                          WHERE product_id = $1 AND (purchases > 0 OR cart_adds > 0)) \
          SELECT c.product_id, c.name, c.price, c.category, \
