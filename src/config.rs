@@ -205,6 +205,15 @@ pub struct Settings {
     #[arg(long, env = "RECOMMENDATION_LOCAL_TTL_MS", default_value_t = 25)]
     pub recommendation_local_ttl_ms: u64,
 
+    /// Group commits of recorded actions written at once (each on its own pooled connection);
+    /// while all are busy, further actions queue and go out together in the next one.
+    #[arg(long, env = "ACTIVITY_WRITERS", default_value_t = 2)]
+    pub activity_writers: usize,
+
+    /// Most recorded actions one group commit writes.
+    #[arg(long, env = "ACTIVITY_MAX_BATCH", default_value_t = 256)]
+    pub activity_max_batch: usize,
+
     /// Largest batch a consumer applies in one transaction.
     #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = 500)]
     pub consumer_max_batch: usize,

@@ -67,6 +67,26 @@ impl ApiError {
         }
     }
 
+    /// The same answer for another request that failed with this one (one failure shared by a
+    /// batch of writes); an unexpected cause is kept as its message.
+    pub fn replicate(&self) -> Self {
+        match self {
+            ApiError::Validation(m) => ApiError::Validation(m.clone()),
+            ApiError::Unauthorized(m) => ApiError::Unauthorized(m.clone()),
+            ApiError::Forbidden(m) => ApiError::Forbidden(m.clone()),
+            ApiError::NotFound(m) => ApiError::NotFound(m.clone()),
+            ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
+            ApiError::Conflict(m) => ApiError::Conflict(m.clone()),
+            ApiError::PayloadTooLarge(n) => ApiError::PayloadTooLarge(*n),
+            ApiError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m.clone()),
+            ApiError::TooManyRequests { retry_after } => ApiError::TooManyRequests {
+                retry_after: *retry_after,
+            },
+            ApiError::Unavailable(m) => ApiError::Unavailable(m.clone()),
+            ApiError::Unexpected(e) => ApiError::Unexpected(anyhow::anyhow!("{e:#}")),
+        }
+    }
+
     /// A 400 with `message`.
     pub fn invalid(message: impl Into<String>) -> Self {
         ApiError::Validation(message.into())

@@ -273,6 +273,10 @@ impl Application {
                     wake.clone(),
                     crate::users::hasher::start("users", settings.actor_mailbox_limit),
                     settings.login_limits(),
+                    recsys_actors::group_commit::Limits {
+                        max_in_flight: settings.activity_writers,
+                        max_batch: settings.activity_max_batch,
+                    },
                     logger.new(o!("service" => "users")),
                 ),
             )

@@ -12,6 +12,8 @@
 //!   stored with the state by the service's sink (exactly-once effect).
 //! - [`outbox_relay`]: the actor that publishes a transactional outbox to Kafka, in order, and
 //!   forgets a row only once the broker acknowledged it.
+//! - [`group_commit`]: concurrent writes of one kind folded into one statement, batches growing
+//!   only while earlier ones are being written.
 //! - [`cache`]: the Redis cache actor in front of slower queries; a miss and a Redis failure
 //!   look the same to callers.
 //! - [`observe`]: the envelope, addresses and handler macro that count every actor's mailbox
@@ -19,6 +21,7 @@
 //! - [`metrics`]: the metric families this machinery records (Kafka produce, outbox, Redis cache).
 
 pub mod cache;
+pub mod group_commit;
 pub mod kafka;
 pub mod kafka_consumer;
 pub mod metrics;

@@ -4,12 +4,14 @@
 //! Handlers run concurrently (each message returns a future on the actor's arbiter); password
 //! hashing runs on the blocking pool so the arbiter never stalls.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Instant;
 
 use actix::prelude::*;
 use chrono::{DateTime, SubsecRound, Utc};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncConnection;
+use recsys_actors::group_commit::{GroupCommit, Limits};
 use recsys_actors::observe::{ObservedAddr, ObservedRecipient};
 use recsys_actors::outbox_relay::Wake;
 use recsys_actors::supervision::Fail;
@@ -38,18 +40,21 @@ pub struct UsersActor {
     hasher: ObservedAddr<HashWorker>,
     /// Failed logins per email and per client address.
     throttle: LoginThrottle,
+    /// Recorded actions waiting for, or being written in, a group commit.
+    activity: GroupCommit<(ActivityRow, Envelope), Result<Uuid, ApiError>>,
     logger: Logger,
 }
 
 impl UsersActor {
     /// An actor writing through `pool`, issuing tokens with `keys`, locking logins out after
-    /// the failures `limits` allow.
+    /// the failures `limits` allow, writing recorded actions in group commits within `activity`.
     pub fn new(
         pool: Pool,
         keys: JwtKeys,
         relay: Option<ObservedRecipient<Wake>>,
         hasher: ObservedAddr<HashWorker>,
         limits: LoginLimits,
+        activity: Limits,
         logger: Logger,
     ) -> Self {
         Self {
@@ -58,6 +63,7 @@ impl UsersActor {
             relay,
             hasher,
             throttle: LoginThrottle::new(limits),
+            activity: GroupCommit::new(activity),
             logger,
         }
     }
@@ -115,6 +121,9 @@ impl Actor for UsersActor {
 impl Supervised for UsersActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         warn!(self.logger, "users actor restarting");
+        // The batches being written were cancelled with the old context; queued actions are
+        // answered 503 (their senders drop) rather than left waiting.
+        self.activity.reset();
     }
 }
 
@@ -373,53 +382,104 @@ pub struct RecordActivity {
     pub quantity: u32,
 }
 
-/// Inserts the action and `user.activity`; answers the event id. `404` for an unknown user.
+/// Queues the action for the next group commit (see [`UsersActor::write_activity`]); answers
+/// the event id once it is committed. `404` for an unknown user.
 impl Handler<RecordActivity> for UsersActor {
     type Result = ResponseFuture<Result<Uuid, ApiError>>;
 
-    fn handle(&mut self, msg: RecordActivity, _: &mut Self::Context) -> Self::Result {
-        let ctx = self.ctx();
+    fn handle(&mut self, msg: RecordActivity, ctx: &mut Self::Context) -> Self::Result {
+        let envelope = Envelope::new(Event::UserActivity(UserActivity {
+            user_id: msg.user_id,
+            product_id: msg.product_id,
+            action: msg.action,
+            quantity: msg.quantity,
+        }));
+        let row = ActivityRow {
+            id: envelope.event_id,
+            user_id: msg.user_id,
+            product_id: msg.product_id,
+            action: msg.action.as_str().to_string(),
+            quantity: msg.quantity as i32,
+            occurred_at: envelope.occurred_at,
+        };
+        let answer = self.activity.push((row, envelope));
+        self.write_activity(ctx);
         Box::pin(async move {
-            let envelope = Envelope::new(Event::UserActivity(UserActivity {
-                user_id: msg.user_id,
-                product_id: msg.product_id,
-                action: msg.action,
-                quantity: msg.quantity,
-            }));
-            let event_id = envelope.event_id;
-            let row = ActivityRow {
-                id: event_id,
-                user_id: msg.user_id,
-                product_id: msg.product_id,
-                action: msg.action.as_str().to_string(),
-                quantity: msg.quantity as i32,
-                occurred_at: envelope.occurred_at,
-            };
-            ctx.pool
-                .get()
-                .await?
-                .transaction(async move |conn| -> Result<_, ApiError> {
-                    // Both inserts in one round trip (pipelined); the foreign key to `users`
-                    // answers whether the user exists.
-                    let shared: &AsyncPgConnection = conn;
-                    let (activity, queued) = futures_util::join!(
-                        store::insert_activity(shared, &row),
-                        outbox::enqueue(shared, &envelope),
-                    );
-                    activity.map_err(|e| {
-                        if db::is_foreign_key_violation(&e) {
-                            ApiError::NotFound("user not found".into())
-                        } else {
-                            e.into()
-                        }
-                    })?;
-                    queued?;
-                    Ok(())
-                })
-                .await?;
-            ctx.wake_relay();
-            Ok(event_id)
+            answer.await.unwrap_or_else(|_| {
+                Err(ApiError::Unavailable(
+                    "service restarting; retry later".into(),
+                ))
+            })
         })
+    }
+}
+
+impl UsersActor {
+    /// Starts writing queued actions while a writer slot is free: each batch is one statement
+    /// (rows and outbox events together), and when one finishes the next takes everything
+    /// that queued meanwhile.
+    fn write_activity(&mut self, ctx: &mut Context<Self>) {
+        while let Some(batch) = self.activity.next_batch() {
+            let writer = self.ctx();
+            let write = async move {
+                let outcomes = writer.record_activities(batch.items()).await;
+                batch.answer(outcomes);
+                writer.wake_relay();
+            };
+            ctx.spawn(write.into_actor(self).map(|(), actor, ctx| {
+                actor.activity.finished();
+                actor.write_activity(ctx);
+            }));
+        }
+    }
+}
+
+impl Ctx {
+    /// Writes a batch of actions; one outcome per action. If a user disappears mid-statement
+    /// (the whole statement fails), each action is written on its own.
+    async fn record_activities(
+        &self,
+        actions: &[(ActivityRow, Envelope)],
+    ) -> Vec<Result<Uuid, ApiError>> {
+        match self.record_batch(actions).await {
+            Err(ApiError::NotFound(_)) if actions.len() > 1 => {
+                let mut outcomes = Vec::with_capacity(actions.len());
+                for action in actions {
+                    outcomes.extend(
+                        Box::pin(self.record_activities(std::slice::from_ref(action))).await,
+                    );
+                }
+                outcomes
+            }
+            Ok(written) => actions
+                .iter()
+                .map(|(row, _)| {
+                    if written.contains(&row.id) {
+                        Ok(row.id)
+                    } else {
+                        Err(ApiError::NotFound("user not found".into()))
+                    }
+                })
+                .collect(),
+            Err(e) => actions.iter().map(|_| Err(e.replicate())).collect(),
+        }
+    }
+
+    /// One statement for `actions`; a foreign-key violation is `NotFound`.
+    async fn record_batch(
+        &self,
+        actions: &[(ActivityRow, Envelope)],
+    ) -> Result<HashSet<Uuid>, ApiError> {
+        let mut conn = self.pool.get().await?;
+        store::record_activities(&mut conn, actions)
+            .await
+            .map_err(|e| {
+                if db::is_foreign_key_violation(&e) {
+                    ApiError::NotFound("user not found".into())
+                } else {
+                    e.into()
+                }
+            })
     }
 }
 

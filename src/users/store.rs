@@ -1,10 +1,14 @@
 //! SQL of the users service. Functions take a connection so callers compose them in one
 //! transaction with the outbox write.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Integer, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use recsys_schema::tables::{user_activity, users};
+use recsys_schema::events::Envelope;
+use recsys_schema::tables::users;
 use uuid::Uuid;
 
 /// A row of `users`.
@@ -33,8 +37,7 @@ pub struct UserChanges {
 }
 
 /// A row of `user_activity`.
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = user_activity)]
+#[derive(Debug, Clone)]
 pub struct ActivityRow {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -93,11 +96,60 @@ pub async fn update(
         .await
 }
 
-/// Inserts one recorded action.
-pub async fn insert_activity(mut conn: &AsyncPgConnection, row: &ActivityRow) -> QueryResult<()> {
-    diesel::insert_into(user_activity::table)
-        .values(row.clone())
-        .execute(&mut conn)
-        .await
-        .map(|_| ())
+/// Records actions and their `user.activity` events in one statement (so atomically, without
+/// a transaction around it): each `(row, envelope)` becomes a `user_activity` row and an outbox
+/// row (as [`crate::outbox::enqueue`] writes them), in the given order. Actions of users that
+/// do not exist are skipped; answers the ids written. A user removed while the statement runs
+/// fails it with a foreign-key violation.
+pub async fn record_activities(
+    conn: &mut AsyncPgConnection,
+    actions: &[(ActivityRow, Envelope)],
+) -> QueryResult<HashSet<Uuid>> {
+    #[derive(QueryableByName)]
+    struct Written {
+        #[diesel(sql_type = SqlUuid)]
+        event_id: Uuid,
+    }
+    let column = |f: &dyn Fn(&(ActivityRow, Envelope)) -> Uuid| -> Vec<Uuid> {
+        actions.iter().map(f).collect()
+    };
+    let (ids, user_ids, product_ids) = (
+        column(&|(r, _)| r.id),
+        column(&|(r, _)| r.user_id),
+        column(&|(r, _)| r.product_id),
+    );
+    let kinds: Vec<&str> = actions.iter().map(|(r, _)| r.action.as_str()).collect();
+    let quantities: Vec<i32> = actions.iter().map(|(r, _)| r.quantity).collect();
+    let times: Vec<DateTime<Utc>> = actions.iter().map(|(r, _)| r.occurred_at).collect();
+    let topics: Vec<&str> = actions.iter().map(|(_, e)| e.event.topic()).collect();
+    let keys: Vec<&str> = actions.iter().map(|(_, e)| e.key.as_str()).collect();
+    let payloads: Vec<String> = actions.iter().map(|(_, e)| e.to_json()).collect();
+    let rows: Vec<Written> = crate::db::prepared(
+        "WITH input AS ( \
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[], \
+                                 $6::timestamptz[], $7::text[], $8::text[], $9::text[]) \
+              WITH ORDINALITY AS t(id, user_id, product_id, action, quantity, occurred_at, \
+                                   topic, key, payload, ord)), \
+         activity AS ( \
+            INSERT INTO user_activity (id, user_id, product_id, action, quantity, occurred_at) \
+            SELECT id, user_id, product_id, action, quantity, occurred_at FROM input \
+            WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = input.user_id) \
+            RETURNING id) \
+         INSERT INTO outbox (topic, key, event_id, payload, created_at) \
+         SELECT i.topic, i.key, i.id, i.payload, i.occurred_at \
+         FROM input i JOIN activity a ON a.id = i.id ORDER BY i.ord \
+         RETURNING event_id",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<SqlUuid>, _>(&user_ids)
+    .bind::<Array<SqlUuid>, _>(&product_ids)
+    .bind::<Array<Text>, _>(&kinds)
+    .bind::<Array<Integer>, _>(&quantities)
+    .bind::<Array<Timestamptz>, _>(&times)
+    .bind::<Array<Text>, _>(&topics)
+    .bind::<Array<Text>, _>(&keys)
+    .bind::<Array<Text>, _>(&payloads)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.event_id).collect())
 }

@@ -886,6 +886,79 @@ async fn each_activity_type_is_recorded() {
     assert_eq!(app.count("user_activity").await, 4);
 }
 
+/// Many concurrent actions (written together in group commits): each `202` names a row of its
+/// own user, product and quantity and an outbox event; the actions of a deleted account, mixed
+/// into the same batches, are `401` and write nothing, and do not fail their neighbours.
+#[actix_web::test]
+async fn concurrent_actions_are_each_recorded_once() {
+    const USERS: usize = 6;
+    const EACH: usize = 30;
+    let app = spawn_app().await;
+    let mut users = Vec::new();
+    for _ in 0..USERS {
+        let (id, token, _) = app.new_user().await;
+        users.push((id, token));
+    }
+    let (ghost, ghost_token, _) = app.new_user().await;
+    TestDb::execute(
+        &app.db(),
+        &format!("DELETE FROM users WHERE id = '{ghost}'"),
+    )
+    .await;
+    let outbox_before = outbox_high_water(&app).await;
+
+    let mut posts = Vec::new();
+    for n in 0..EACH {
+        for (user, token) in users
+            .iter()
+            .chain(std::iter::once(&(ghost, ghost_token.clone())))
+        {
+            let product = Uuid::new_v4();
+            let quantity = (n % 7 + 1) as i32;
+            let (app, user, token) = (&app, *user, token.clone());
+            posts.push(async move {
+                let reply = record(
+                    app,
+                    user,
+                    json!({"type": "cart_add", "product_id": product, "quantity": quantity}),
+                    Some(&token),
+                )
+                .await;
+                (user, product, quantity, reply)
+            });
+        }
+    }
+    let replies = futures_util::future::join_all(posts).await;
+
+    let mut accepted = 0;
+    for (user, product, quantity, reply) in replies {
+        if user == ghost {
+            reply.assert_error(401, "unauthorized");
+            continue;
+        }
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+        let event_id: Uuid = reply.body["event_id"].as_str().unwrap().parse().unwrap();
+        let row = activity_row(&app, event_id).await.expect("activity row");
+        assert_eq!(
+            (
+                row.user_id,
+                row.product_id,
+                row.quantity,
+                row.action.as_str()
+            ),
+            (user, product, quantity, "cart_add")
+        );
+        accepted += 1;
+    }
+    assert_eq!(accepted, USERS * EACH);
+    assert_eq!(app.count("user_activity").await, (USERS * EACH) as i64);
+    assert_eq!(
+        outbox_high_water(&app).await - outbox_before,
+        (USERS * EACH) as i64,
+        "one event per recorded action, none for the deleted account"
+    );
+}
+
 /// Without a quantity, an activity is recorded with quantity 1; 1000 is still accepted.
 #[actix_web::test]
 async fn activity_quantity_defaults_to_one() {
