@@ -442,13 +442,23 @@ async fn run<T: Send + Sync + 'static>(
         logger.clone(),
     )?;
 
+    // One batch is applied while the next is read and decoded; batches still apply one at a
+    // time, in order.
+    let mut in_flight: Option<(Arc<Batch<T>>, Instant)> = None;
     loop {
-        let messages = collect(&consumer, &config, &logger).await;
+        let applying = async {
+            if let Some((batch, started)) = in_flight.take() {
+                apply(&consumer, &sink, batch, started, &config, &logger).await?;
+            }
+            anyhow::Ok(())
+        };
+        let (messages, applied) =
+            futures_util::join!(collect(&consumer, &config, &logger), applying);
+        applied?;
         if messages.is_empty() {
             continue;
         }
         let started = Instant::now();
-
         let mut records = Vec::with_capacity(messages.len());
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for message in &messages {
@@ -466,50 +476,87 @@ async fn run<T: Send + Sync + 'static>(
                 Err(reason) => dead_letter(&dlq, message, &reason, &config, &logger).await,
             }
         }
-
         let batch = Arc::new(Batch {
             records,
             positions: next.into_iter().map(|((t, p), o)| (t, p, o)).collect(),
         });
-        let applied = retry(&logger, "applying a batch", || {
-            let sink = sink.clone();
-            let batch = batch.clone();
-            let service = config.service;
-            async move {
-                let result = sink.send(ApplyBatch(batch.clone())).await;
-                let result = result.map_err(anyhow::Error::from).and_then(|r| r);
-                if result.is_err() {
-                    // Counted once per failed attempt; the batch is retried as a whole.
-                    for record in &batch.records {
-                        KAFKA_MESSAGES_CONSUMED
-                            .with_label_values(&[service, &record.topic, record.label, "error"])
-                            .inc();
-                    }
-                }
-                result
-            }
-        })
-        .await;
+        in_flight = Some((batch, started));
+    }
+}
 
-        let elapsed = started.elapsed().as_secs_f64();
-        for (record, applied) in batch.records.iter().zip(applied) {
-            let status = if applied { "ok" } else { "duplicate" };
-            KAFKA_MESSAGES_CONSUMED
-                .with_label_values(&[config.service, &record.topic, record.label, status])
-                .inc();
-            KAFKA_PROCESSING_DURATION
-                .with_label_values(&[config.service, &record.topic])
-                .observe(elapsed);
+/// Hands `batch` to the sink until it is durable, counts its records and tells Kafka the new
+/// positions.
+async fn apply<T: Send + Sync + 'static>(
+    consumer: &StreamConsumer<GroupContext>,
+    sink: &ObservedRecipient<ApplyBatch<T>>,
+    batch: Arc<Batch<T>>,
+    started: Instant,
+    config: &ConsumerConfig,
+    logger: &Logger,
+) -> anyhow::Result<()> {
+    let applied = retry(logger, "applying a batch", || {
+        let sink = sink.clone();
+        let batch = batch.clone();
+        let service = config.service;
+        async move {
+            let result = sink.send(ApplyBatch(batch.clone())).await;
+            let result = result.map_err(anyhow::Error::from).and_then(|r| r);
+            if result.is_err() {
+                // Counted once per failed attempt; the batch is retried as a whole.
+                count_records(service, batch.records.iter().map(|r| (r, "error")));
+            }
+            result
         }
-        // Kafka's own committed offsets only speed up resumption and feed lag metrics; the
-        // sink's positions are the truth.
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, offset) in &batch.positions {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    })
+    .await;
+
+    let elapsed = started.elapsed().as_secs_f64();
+    count_records(
+        config.service,
+        batch
+            .records
+            .iter()
+            .zip(applied)
+            .map(|(record, applied)| (record, if applied { "ok" } else { "duplicate" })),
+    );
+    let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
+    for record in &batch.records {
+        *per_topic.entry(&record.topic).or_default() += 1;
+    }
+    for (topic, n) in per_topic {
+        let histogram = KAFKA_PROCESSING_DURATION.with_label_values(&[config.service, topic]);
+        for _ in 0..n {
+            histogram.observe(elapsed);
         }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            warn!(logger, "offset commit to Kafka failed (positions are safe in the store)"; "error" => %e);
-        }
+    }
+    // Kafka's own committed offsets only speed up resumption and feed lag metrics; the
+    // sink's positions are the truth.
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in &batch.positions {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        warn!(logger, "offset commit to Kafka failed (positions are safe in the store)"; "error" => %e);
+    }
+    Ok(())
+}
+
+/// Adds `(record, status)` pairs to `kafka_messages_consumed_total`, one increment per
+/// label set.
+fn count_records<'a, T: 'a>(
+    service: &str,
+    records: impl Iterator<Item = (&'a Consumed<T>, &'static str)>,
+) {
+    let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for (record, status) in records {
+        *counts
+            .entry((record.topic.as_str(), record.label, status))
+            .or_default() += 1;
+    }
+    for ((topic, label, status), n) in counts {
+        KAFKA_MESSAGES_CONSUMED
+            .with_label_values(&[service, topic, label, status])
+            .inc_by(n);
     }
 }
 
