@@ -18,7 +18,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// One record value on either topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// Unique per event; consumers apply each `event_id` at most once.
+    /// Unique per event; consumers apply each `event_id` at most once. A UUIDv7: time-ordered,
+    /// so the indexes keyed by it (`user_activity`, `outbox`, `processed_events`) grow at
+    /// their right edge instead of splitting pages everywhere.
     pub event_id: Uuid,
     /// The `type` and `data` fields.
     #[serde(flatten)]
@@ -40,7 +42,7 @@ impl Envelope {
     /// Wraps `event` with a fresh id at `occurred_at` (truncated to microseconds, as Postgres keeps it).
     pub fn at(event: Event, occurred_at: DateTime<Utc>) -> Self {
         Self {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::now_v7(),
             key: event.key().to_string(),
             event,
             occurred_at: occurred_at.trunc_subsecs(6),
