@@ -117,16 +117,15 @@ pub fn prepared(sql: impl Into<std::borrow::Cow<'static, str>>) -> Prepared<'sta
 
 impl<'a> Prepared<'a> {
     /// Binds the next placeholder to `value` as SQL type `ST`.
-    pub fn bind<ST, V>(self, value: V) -> Prepared<'a>
+    pub fn bind<ST, V>(mut self, value: V) -> Prepared<'a>
     where
         Pg: HasSqlType<ST>,
         V: ToSql<ST, Pg> + Send + 'a,
         ST: 'static,
     {
-        let Prepared { sql, mut binds } = self;
-        let mut binds: Vec<Box<dyn BindValue + Send + 'a>> = std::mem::take(&mut binds);
-        binds.push(Box::new(Typed::<ST, V>(value, std::marker::PhantomData)));
-        Prepared { sql, binds }
+        self.binds
+            .push(Box::new(Typed::<ST, V>(value, std::marker::PhantomData)));
+        self
     }
 }
 

@@ -8,9 +8,8 @@ use diesel::sql_types::{
 };
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
-
 use recsys_schema::events::ProductSnapshot;
+use uuid::Uuid;
 
 use super::ranking::{CatalogChange, Fold};
 use super::score::Weights;

@@ -444,24 +444,12 @@ impl Ctx {
         match self.record_batch(actions).await {
             Err(ApiError::NotFound(_)) if actions.len() > 1 => {
                 let mut outcomes = Vec::with_capacity(actions.len());
-                for action in actions {
-                    outcomes.extend(
-                        Box::pin(self.record_activities(std::slice::from_ref(action))).await,
-                    );
+                for action in actions.chunks(1) {
+                    outcomes.extend(answers(action, self.record_batch(action).await));
                 }
                 outcomes
             }
-            Ok(written) => actions
-                .iter()
-                .map(|(row, _)| {
-                    if written.contains(&row.id) {
-                        Ok(row.id)
-                    } else {
-                        Err(ApiError::NotFound("user not found".into()))
-                    }
-                })
-                .collect(),
-            Err(e) => actions.iter().map(|_| Err(e.replicate())).collect(),
+            result => answers(actions, result),
         }
     }
 
@@ -481,6 +469,22 @@ impl Ctx {
                 }
             })
     }
+}
+
+/// One outcome per action of a written batch: its event id if the statement wrote it, `404`
+/// if its user does not exist, or the batch's failure.
+fn answers(
+    actions: &[(ActivityRow, Envelope)],
+    written: Result<HashSet<Uuid>, ApiError>,
+) -> Vec<Result<Uuid, ApiError>> {
+    actions
+        .iter()
+        .map(|(row, _)| match &written {
+            Ok(ids) if ids.contains(&row.id) => Ok(row.id),
+            Ok(_) => Err(ApiError::NotFound("user not found".into())),
+            Err(e) => Err(e.replicate()),
+        })
+        .collect()
 }
 
 /// Makes sure an admin account with this email and password exists (startup, `ADMIN_EMAIL`).
