@@ -265,6 +265,7 @@ pid_alive() {
 }
 
 # wait_broker PORT START_MS — poll until the broker answers Kafka ApiVersions.
+# Fails (after showing the end of its log) if the broker exits or stays silent.
 wait_broker() {
   local port=$1 started=$2 pid="" pidf
   pidf=$(pid_file "$port")
@@ -277,11 +278,13 @@ wait_broker() {
     fi
     if [[ -n $pid ]] && ! pid_alive "$pid"; then
       show_log_tail "$port"
-      die "tansu-$port exited during startup (log: $(log_file "$port"))"
+      warn "tansu-$port exited during startup (log: $(log_file "$port"))"
+      return 1
     fi
     if ((SECONDS >= deadline)); then
       show_log_tail "$port"
-      die "tansu-$port did not answer Kafka on $TANSU_HOST:$port within ${TANSU_START_TIMEOUT}s (log: $(log_file "$port"))"
+      warn "tansu-$port did not answer Kafka on $TANSU_HOST:$port within ${TANSU_START_TIMEOUT}s (log: $(log_file "$port"))"
+      return 1
     fi
     sleep 0.1
   done
@@ -296,7 +299,7 @@ ensure_broker() {
     fi
     # Running but not answering (maybe still starting): give it the deadline.
     wait_broker "$port" "$(now_ms)"
-    return 0
+    return
   fi
   if kafka_ping "$TANSU_HOST" "$port"; then
     warn "tansu-$port: $TANSU_HOST:$port already answers Kafka but was not started by stack.sh; using it"
@@ -310,6 +313,27 @@ ensure_broker() {
   started=$(now_ms)
   launch_broker "$port"
   wait_broker "$port" "$started"
+}
+
+# start_brokers — ensure every broker runs, one at a time: the first creates the SQLite
+# schema, the others then open an initialised store. Fails on the first that won't start.
+start_brokers() {
+  local port
+  for port in "${TANSU_PORTS[@]}"; do
+    ensure_broker "$port" || return 1
+  done
+}
+
+# quarantine_store — move the shared store (and its journal files) aside, keeping it for a
+# post-mortem; the next broker start creates a fresh one.
+quarantine_store() {
+  local stamp f
+  stamp=$(date -u +%Y%m%dT%H%M%SZ)
+  for f in "$STACK_DIR"/tansu.db "$STACK_DIR"/tansu.db-wal "$STACK_DIR"/tansu.db-shm "$STACK_DIR"/tansu.db-journal; do
+    [[ -e $f ]] || continue
+    mv -f "$f" "${f/tansu.db/tansu.db.broken-$stamp}"
+  done
+  info "moved the broker store aside to $STACK_DIR/tansu.db.broken-$stamp"
 }
 
 # signal_broker PORT — send SIGTERM to our broker on PORT; print its pid.
@@ -413,21 +437,24 @@ cmd_up() {
   ensure_postgres
   ensure_redis
   ensure_tansu_bin
-  # One at a time: the first broker creates the SQLite schema, the others
-  # then open an initialised store.
-  local port
-  for port in "${TANSU_PORTS[@]}"; do
-    ensure_broker "$port"
-  done
+  if ! start_brokers; then
+    # A store left unusable (a broker killed mid-write, a storage task that panicked) makes
+    # every start fail the same way. The stack's topics are scratch data for runs and tests:
+    # start over on a fresh store, keeping the old one for a look.
+    warn "a broker did not start on the existing store; starting all on a fresh one"
+    stop_brokers
+    quarantine_store
+    start_brokers || die "tansu does not start even on a fresh store (logs: $STACK_DIR/tansu-*.log)"
+  fi
   ensure_prometheus
   info "stack is up (state: $STACK_DIR)"
 }
 
-cmd_down() {
-  take_lock
+# stop_brokers — stop every broker started by `up`: signal all first, then wait, so they
+# shut down in parallel.
+stop_brokers() {
   local port pid
   local -A pids=()
-  # Signal all brokers first, then wait: they shut down in parallel.
   for port in "${TANSU_PORTS[@]}"; do
     pid=$(signal_broker "$port")
     [[ -z $pid ]] || pids[$port]=$pid
@@ -435,6 +462,11 @@ cmd_down() {
   for port in "${!pids[@]}"; do
     reap_broker "$port" "${pids[$port]}"
   done
+}
+
+cmd_down() {
+  take_lock
+  stop_brokers
   stop_prometheus
   info "tansu brokers and prometheus stopped (Postgres and Redis left running)"
 }
