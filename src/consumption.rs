@@ -1,15 +1,16 @@
 //! Consumer bookkeeping in Postgres, shared by the consuming services: stored positions per
-//! group/topic/partition and the set of applied event ids. [`claim`] runs inside the sink's
-//! transaction, so state, positions and applied ids commit together (exactly-once effect).
+//! group/topic/partition and what each group has seen of each publication stream. [`claim`]
+//! runs inside the sink's transaction, so state, positions and the seen sequences commit
+//! together (exactly-once effect).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
-use diesel::sql_types::{Array, BigInt, Integer, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Integer, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use recsys_actors::kafka_consumer::Batch;
+use recsys_actors::sequence::Seen;
 use recsys_schema::events::{Envelope, Event, SCHEMA_VERSION};
-use uuid::Uuid;
 
 use crate::db::Pool;
 
@@ -24,9 +25,15 @@ struct Position {
 }
 
 #[derive(QueryableByName)]
-struct NewId {
-    #[diesel(sql_type = SqlUuid)]
-    event_id: Uuid,
+struct StreamRow {
+    #[diesel(sql_type = Text)]
+    topic: String,
+    #[diesel(sql_type = Integer)]
+    stream: i32,
+    #[diesel(sql_type = BigInt)]
+    last_seq: i64,
+    #[diesel(sql_type = Array<BigInt>)]
+    gaps: Vec<i64>,
 }
 
 /// The stored next offsets of `partitions` for `group` (partitions never consumed are absent).
@@ -53,18 +60,26 @@ pub async fn load_positions(
         .collect())
 }
 
-/// Inside the caller's transaction: decides which records of `batch` to apply (offset not
-/// below the stored position, event id not applied before, first occurrence within the batch),
-/// records their ids and moves the positions. Answers one flag per record.
+/// Inside the caller's transaction: decides which records of `batch` to apply, records what
+/// the group has now seen and moves the positions. Answers one flag per record.
+///
+/// A record is applied when its offset is not below its partition's stored position and its
+/// publication stamp is new to the group ([`Seen::admit`]: above the highest number of its
+/// stream, or one of the missing numbers below it). Redeliveries, copies published again by
+/// the relay and repeats within the batch are skipped.
 pub async fn claim<T>(
     conn: &mut AsyncPgConnection,
     group: &str,
     batch: &Batch<T>,
-    event_id: impl Fn(&T) -> Uuid,
 ) -> diesel::QueryResult<Vec<bool>> {
+    // One batch of a group at a time, across processes too: two runtimes that briefly share
+    // partitions during a rebalance must not both apply a record.
+    crate::db::prepared("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text")
+        .bind::<Text, _>(group)
+        .execute(conn)
+        .await?;
     let stored: HashMap<(String, i32), i64> = crate::db::prepared(
-        "SELECT topic, partition, next_offset FROM consumer_offsets \
-         WHERE consumer_group = $1 FOR UPDATE",
+        "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = $1",
     )
     .bind::<Text, _>(group)
     .load::<Position>(conn)
@@ -72,51 +87,61 @@ pub async fn claim<T>(
     .into_iter()
     .map(|p| ((p.topic, p.partition), p.next_offset))
     .collect();
+    let mut seen: HashMap<(String, i32), Seen> = crate::db::prepared(
+        "SELECT topic, stream, last_seq, gaps FROM consumer_sequences WHERE consumer_group = $1",
+    )
+    .bind::<Text, _>(group)
+    .load::<StreamRow>(conn)
+    .await?
+    .into_iter()
+    .map(|r| ((r.topic, r.stream), Seen::from_stored(r.last_seq, &r.gaps)))
+    .collect();
 
-    let unread: Vec<bool> = batch
-        .records
-        .iter()
-        .map(|r| {
-            r.offset
-                >= stored
-                    .get(&(r.topic.clone(), r.partition))
-                    .copied()
-                    .unwrap_or(0)
-        })
-        .collect();
-    let candidates: Vec<Uuid> = batch
-        .records
-        .iter()
-        .zip(&unread)
-        .filter(|(_, unread)| **unread)
-        .map(|(r, _)| event_id(&r.item))
-        .collect();
-    let new_ids: HashSet<Uuid> = if candidates.is_empty() {
-        HashSet::new()
-    } else {
-        crate::db::prepared(
-            "INSERT INTO processed_events (consumer_group, event_id) \
-             SELECT $1, id FROM unnest($2::uuid[]) AS t(id) \
-             ON CONFLICT DO NOTHING RETURNING event_id",
-        )
-        .bind::<Text, _>(group)
-        .bind::<Array<SqlUuid>, _>(&candidates)
-        .load::<NewId>(conn)
-        .await?
-        .into_iter()
-        .map(|r| r.event_id)
-        .collect()
-    };
-    let mut seen = HashSet::new();
+    let mut touched = BTreeSet::new();
     let applied = batch
         .records
         .iter()
-        .zip(&unread)
-        .map(|(r, unread)| {
-            let id = event_id(&r.item);
-            *unread && new_ids.contains(&id) && seen.insert(id)
+        .map(|r| {
+            let position = stored
+                .get(&(r.topic.clone(), r.partition))
+                .copied()
+                .unwrap_or(0);
+            if r.offset < position {
+                return false;
+            }
+            let key = (r.topic.clone(), r.stream);
+            let new = seen.entry(key.clone()).or_default().admit(r.seq);
+            if new {
+                touched.insert(key);
+            }
+            new
         })
         .collect();
+
+    if !touched.is_empty() {
+        let (mut topics, mut streams, mut lasts, mut gaps) = (vec![], vec![], vec![], vec![]);
+        for key in &touched {
+            let state = &seen[key];
+            topics.push(key.0.as_str());
+            streams.push(key.1);
+            lasts.push(state.last());
+            gaps.push(array_literal(&state.stored_gaps()));
+        }
+        crate::db::prepared(
+            "INSERT INTO consumer_sequences (consumer_group, topic, stream, last_seq, gaps) \
+             SELECT $1, t, s, l, g::int8[] FROM unnest($2::text[], $3::int4[], $4::int8[], $5::text[]) \
+               AS x(t, s, l, g) \
+             ON CONFLICT (consumer_group, topic, stream) DO UPDATE \
+             SET last_seq = EXCLUDED.last_seq, gaps = EXCLUDED.gaps, updated_at = now()",
+        )
+        .bind::<Text, _>(group)
+        .bind::<Array<Text>, _>(&topics)
+        .bind::<Array<Integer>, _>(&streams)
+        .bind::<Array<BigInt>, _>(&lasts)
+        .bind::<Array<Text>, _>(&gaps)
+        .execute(conn)
+        .await?;
+    }
 
     let (topics, partitions, offsets): (Vec<String>, Vec<i32>, Vec<i64>) =
         batch.positions.iter().cloned().fold(
@@ -144,17 +169,11 @@ pub async fn claim<T>(
     Ok(applied)
 }
 
-/// Forgets applied event ids older than `days` (the outbox republishes only recent events).
-pub async fn prune(pool: &Pool, group: &str, days: i32) -> anyhow::Result<usize> {
-    let mut conn = pool.get().await?;
-    Ok(crate::db::prepared(
-        "DELETE FROM processed_events WHERE consumer_group = $1 \
-         AND processed_at < now() - make_interval(days => $2)",
-    )
-    .bind::<Text, _>(group)
-    .bind::<Integer, _>(days)
-    .execute(&mut *conn)
-    .await?)
+/// A Postgres array literal of `values` (`{1,2,3}`), so that rows of different lengths fit in
+/// one `unnest` column.
+fn array_literal(values: &[i64]) -> String {
+    let items: Vec<String> = values.iter().map(i64::to_string).collect();
+    format!("{{{}}}", items.join(","))
 }
 
 /// Decodes a record value into an [`Envelope`] and its type name, or says why it is poison:
@@ -188,6 +207,7 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, &'static str), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     #[test]
     /// Valid envelopes decode; garbage, unknown types and contract violations are poison.

@@ -132,6 +132,33 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// The number of partitions of each of `topics` (in the same order), from the cluster's
+/// metadata. Fails if a topic is unknown or has no partitions.
+///
+/// Blocking inside librdkafka, so it runs on tokio's blocking pool.
+pub async fn partition_counts(
+    producer: FutureProducer<SlogContext>,
+    topics: Vec<String>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
+    tokio::task::spawn_blocking(move || {
+        topics
+            .iter()
+            .map(|topic| {
+                let metadata = producer.client().fetch_metadata(Some(topic), timeout)?;
+                let count = metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map_or(0, |t| t.partitions().len());
+                anyhow::ensure!(count > 0, "topic {topic} has no partitions in the metadata");
+                Ok(i32::try_from(count)?)
+            })
+            .collect()
+    })
+    .await?
+}
+
 /// Asks the cluster for its metadata: `Ok` when a broker answered within `timeout`.
 ///
 /// Blocking inside librdkafka, so it runs on tokio's blocking pool.

@@ -1,11 +1,12 @@
 //! The generic Kafka consumer actor: at-least-once delivery, exactly-once effect.
 //!
 //! It reads records in batches (up to `max_records`, or what arrived within `max_wait` of the
-//! first), decodes them with the service's decoder, sends poison records (undecodable, invalid)
-//! to `<topic>.dlq` with headers saying why and where they came from, and hands the rest to the
+//! first), decodes them with the service's decoder, reads each record's publication stamp
+//! ([`crate::sequence`]), sends poison records (undecodable, invalid, unstamped) to
+//! `<topic>.dlq` with headers saying why and where they came from, and hands the rest to the
 //! service's sink as one [`ApplyBatch`]. The sink commits its state change together with the
-//! batch's positions in one transaction and skips what it already applied, so redeliveries and
-//! duplicates change nothing. Positions live in the sink's store; on partition assignment the
+//! batch's positions and what it has seen of each stream in one transaction and skips what it
+//! already applied, so redeliveries and duplicates change nothing. Positions live in the sink's store; on partition assignment the
 //! consumer starts each partition at its stored position. While the sink fails (its database is down) the same batch is retried
 //! with backoff: no position moves before the state is durable and nothing is skipped.
 
@@ -25,6 +26,7 @@ use crate::metrics::{
     KAFKA_CONSUMER_LAG, KAFKA_MESSAGES_CONSUMED, KAFKA_PROCESSING_DURATION, KAFKA_REBALANCES,
 };
 use crate::observe::ObservedRecipient;
+use crate::sequence;
 
 /// A decoded record and where it was read.
 #[derive(Debug, Clone)]
@@ -33,6 +35,10 @@ pub struct Consumed<T> {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The stream of the record's publication stamp (see [`crate::sequence`]).
+    pub stream: i32,
+    /// The record's sequence number within (topic, stream).
+    pub seq: i64,
     /// The `type` metric label.
     pub label: &'static str,
     pub item: T,
@@ -465,11 +471,16 @@ async fn run<T: Send + Sync + 'static>(
             let key = (message.topic().to_string(), message.partition());
             let entry = next.entry(key).or_insert(0);
             *entry = (*entry).max(message.offset() + 1);
-            match decoder(message.payload().unwrap_or_default()) {
-                Ok((item, label)) => records.push(Consumed {
+            let decoded = decoder(message.payload().unwrap_or_default()).and_then(|decoded| {
+                sequence::read(message.headers()).map(|stamp| (decoded, stamp))
+            });
+            match decoded {
+                Ok(((item, label), (stream, seq))) => records.push(Consumed {
                     topic: message.topic().to_string(),
                     partition: message.partition(),
                     offset: message.offset(),
+                    stream,
+                    seq,
                     label,
                     item,
                 }),

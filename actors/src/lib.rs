@@ -12,6 +12,8 @@
 //!   stored with the state by the service's sink (exactly-once effect).
 //! - [`outbox_relay`]: the actor that publishes a transactional outbox to Kafka, in order, and
 //!   forgets a row only once the broker acknowledged it.
+//! - [`sequence`]: the publication sequences the relay stamps on every record and the per-stream
+//!   state by which a consumer tells a new record from a copy.
 //! - [`group_commit`]: concurrent writes of one kind folded into one statement, batches growing
 //!   only while earlier ones are being written.
 //! - [`cache`]: the Redis cache actor in front of slower queries; a miss and a Redis failure
@@ -27,6 +29,7 @@ pub mod kafka_consumer;
 pub mod metrics;
 pub mod observe;
 pub mod outbox_relay;
+pub mod sequence;
 pub mod supervision;
 
 /// Re-exported for [`observed_handlers!`], which names actix types from the caller's crate.

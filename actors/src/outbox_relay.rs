@@ -4,27 +4,33 @@
 //! this actor publishes pending rows in order through the idempotent producer and deletes a row
 //! only after the broker acknowledged it. With the broker down, writes keep succeeding and rows
 //! accumulate; they go out, in order, once it is back. A crash between publish and delete
-//! publishes the row again (at-least-once; consumers apply each `event_id` once).
+//! publishes the row again (at-least-once).
+//!
+//! Before a row is first sent, the store stamps it with a stream (the partition chosen for its
+//! key) and the next sequence number of that (topic, stream), and commits the stamp; the record
+//! goes to that partition with the stamp in its headers (see [`crate::sequence`]). Every copy
+//! of one row therefore carries the same stamp, which is how consumers apply each event once.
 //!
 //! The storage side is the [`OutboxStore`] trait, so the relay knows no table and no service.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use slog::{debug, error, info, warn, Logger};
 
 use crate::kafka::{self, SlogContext};
 use crate::metrics::{KAFKA_MESSAGES_PRODUCED, OUTBOX_OLDEST_AGE, OUTBOX_PENDING};
+use crate::sequence;
 
-/// One pending outbox row.
+/// One pending outbox row, stamped.
 #[derive(Debug, Clone)]
 pub struct OutboxRecord {
-    /// Position in the outbox; rows are published in ascending id order.
+    /// Position in the outbox; rows are stamped in ascending id order.
     pub id: i64,
     /// Logical topic, without the deployment's topic prefix.
     pub topic: String,
@@ -32,7 +38,14 @@ pub struct OutboxRecord {
     pub key: String,
     /// Record value.
     pub payload: String,
+    /// The partition the record goes to, which also names its sequence stream.
+    pub stream: i32,
+    /// Sequence number within (topic, stream), from 1, dense.
+    pub seq: i64,
 }
+
+/// Partitions of each logical topic (what [`sequence::partition_for`] divides keys among).
+pub type PartitionCounts = Arc<HashMap<String, i32>>;
 
 /// Publishes one batch: gets the records in order and answers the ids the broker acknowledged.
 pub type Publish = Box<dyn FnOnce(Vec<OutboxRecord>) -> BoxFuture<'static, Vec<i64>> + Send>;
@@ -67,11 +80,17 @@ impl Pending {
 /// time, e.g. with a database lock held during [`OutboxStore::relay_batch`]) and remove exactly
 /// the acknowledged ids.
 pub trait OutboxStore: Send + Sync + 'static {
-    /// Reads up to `limit` oldest pending rows, hands them to `publish`, removes the ids it
-    /// returns.
+    /// Reads up to `limit` pending rows (rows stamped earlier first, then the oldest others),
+    /// stamps the unstamped ones and **commits the stamps** before handing the rows to
+    /// `publish`, then removes the ids it returns.
+    ///
+    /// Stamping: a row's stream is [`sequence::partition_for`] its key among `partitions` of
+    /// its topic; its sequence number is the next of that (topic, stream), dense from 1. A
+    /// stamp never changes afterwards.
     fn relay_batch(
         &self,
         limit: i64,
+        partitions: PartitionCounts,
         publish: Publish,
     ) -> BoxFuture<'static, anyhow::Result<BatchOutcome>>;
 
@@ -108,8 +127,8 @@ pub struct OutboxRelay {
     busy: bool,
     /// Somebody asked for a batch while one was in flight.
     again: bool,
-    /// The topics are known to exist.
-    topics_ready: bool,
+    /// Partitions per logical topic, once the topics are known to exist.
+    partitions: Option<PartitionCounts>,
     /// A pending-count query is in flight.
     counting: bool,
 }
@@ -134,7 +153,7 @@ impl OutboxRelay {
             logger,
             busy: false,
             again: false,
-            topics_ready: false,
+            partitions: None,
             counting: false,
         })
     }
@@ -184,43 +203,40 @@ impl OutboxRelay {
         self.busy = true;
         self.again = false;
         let store = self.store.clone();
-        let ensure = (!self.topics_ready).then(|| {
-            let topics: Vec<String> = self
-                .config
-                .topics
-                .iter()
-                .map(|t| format!("{}{t}", self.config.topic_prefix))
-                .collect();
-            (self.config.brokers.clone(), topics, self.config.layout)
-        });
+        let known = self.partitions.clone();
+        let topics = self.topics_setup();
         let limit = self.config.batch_size;
         let publish = self.publisher()();
         let logger = self.logger.clone();
         let work = async move {
-            if let Some((brokers, topics, layout)) = ensure {
+            let partitions = match known {
+                Some(partitions) => partitions,
                 // Publishing to a topic that does not exist yet would park records until they
-                // time out: wait for the topics first.
-                if let Err(e) =
-                    kafka::ensure_topics(&brokers, &topics, layout, Duration::from_secs(5), &logger)
-                        .await
-                {
-                    warn!(logger, "broker not ready, outbox waits"; "error" => %e);
-                    return (
-                        false,
-                        Ok(BatchOutcome::Done {
-                            claimed: 0,
-                            published: 0,
-                        }),
-                    );
-                }
-            }
-            (true, store.relay_batch(limit, publish).await)
+                // time out: wait for the topics (and learn their partitions) first.
+                None => match topics.ensure(&logger).await {
+                    Ok(partitions) => partitions,
+                    Err(e) => {
+                        warn!(logger, "broker not ready, outbox waits"; "error" => format!("{e:#}"));
+                        return (
+                            None,
+                            Ok(BatchOutcome::Done {
+                                claimed: 0,
+                                published: 0,
+                            }),
+                        );
+                    }
+                },
+            };
+            let outcome = store.relay_batch(limit, partitions.clone(), publish).await;
+            (Some(partitions), outcome)
         };
         ctx.spawn(
             work.into_actor(self)
-                .map(|(topics_ready, outcome), act, ctx| {
+                .map(|(partitions, outcome), act, ctx| {
                     act.busy = false;
-                    act.topics_ready |= topics_ready;
+                    if act.partitions.is_none() {
+                        act.partitions = partitions;
+                    }
                     match outcome {
                         Ok(BatchOutcome::Done { claimed, published }) => {
                             if claimed > 0 {
@@ -237,13 +253,49 @@ impl OutboxRelay {
                 }),
         );
     }
+
+    /// What [`TopicSetup::ensure`] needs, detached from the actor.
+    fn topics_setup(&self) -> TopicSetup {
+        TopicSetup {
+            brokers: self.config.brokers.clone(),
+            prefix: self.config.topic_prefix.clone(),
+            topics: self.config.topics.clone(),
+            layout: self.config.layout,
+            producer: self.producer.clone(),
+        }
+    }
+}
+
+/// Creates the relay's topics when missing and reads their partition counts.
+struct TopicSetup {
+    brokers: String,
+    prefix: String,
+    /// Logical names.
+    topics: Vec<String>,
+    layout: kafka::TopicLayout,
+    producer: FutureProducer<SlogContext>,
+}
+
+impl TopicSetup {
+    async fn ensure(self, logger: &Logger) -> anyhow::Result<PartitionCounts> {
+        let physical: Vec<String> = self
+            .topics
+            .iter()
+            .map(|t| format!("{}{t}", self.prefix))
+            .collect();
+        let timeout = Duration::from_secs(5);
+        kafka::ensure_topics(&self.brokers, &physical, self.layout, timeout, logger).await?;
+        let counts = kafka::partition_counts(self.producer, physical, timeout).await?;
+        Ok(Arc::new(self.topics.into_iter().zip(counts).collect()))
+    }
 }
 
 /// How long enqueueing one record may wait for room in the producer's local queue (full only
 /// when the broker has been away for a while); the rest of the batch then waits in the outbox.
 const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Produces `records` in order and answers the ids the broker acknowledged.
+/// Produces `records`, each stream in sequence order, each to its stream's partition with its
+/// stamp in the headers; answers the ids the broker acknowledged.
 ///
 /// Every record is enqueued first and the acknowledgements are awaited after, so a batch costs
 /// about one broker round trip, not one per record. If a record cannot be enqueued, none after
@@ -251,18 +303,22 @@ const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 async fn publish(
     producer: FutureProducer<SlogContext>,
     prefix: String,
-    records: Vec<OutboxRecord>,
+    mut records: Vec<OutboxRecord>,
     logger: Logger,
 ) -> Vec<i64> {
+    // A row stamped in an earlier batch may have a higher id than one stamped later (it
+    // committed late): send each stream in number order, so consumers see no gap.
+    records.sort_by(|a, b| (&a.topic, a.stream, a.seq).cmp(&(&b.topic, b.stream, b.seq)));
     let mut deliveries = Vec::with_capacity(records.len());
     'records: for record in &records {
         let topic = format!("{prefix}{}", record.topic);
         let deadline = Instant::now() + ENQUEUE_TIMEOUT;
         let delivery = loop {
             let kafka_record = FutureRecord::to(&topic)
+                .partition(record.stream)
                 .key(&record.key)
                 .payload(&record.payload)
-                .headers(OwnedHeaders::new());
+                .headers(sequence::headers(record.stream, record.seq));
             match producer.send_result(kafka_record) {
                 Ok(delivery) => break delivery,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
@@ -327,6 +383,7 @@ impl Supervised for OutboxRelay {
         warn!(self.logger, "outbox relay restarting");
         self.busy = false;
         self.counting = false;
+        self.partitions = None;
     }
 }
 
@@ -363,12 +420,19 @@ impl Handler<Drain> for OutboxRelay {
         let make_publish = self.publisher();
         let limit = self.config.batch_size;
         let logger = self.logger.clone();
+        let (known, topics) = (self.partitions.clone(), self.topics_setup());
         Box::pin(async move {
             let until = Instant::now() + msg.deadline;
-            while Instant::now() < until {
-                let outcome =
-                    tokio::time::timeout_at(until.into(), store.relay_batch(limit, make_publish()))
-                        .await;
+            let partitions = match known {
+                Some(partitions) => Some(partitions),
+                None => tokio::time::timeout_at(until.into(), topics.ensure(&logger))
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+            };
+            while let Some(partitions) = partitions.as_ref().filter(|_| Instant::now() < until) {
+                let batch = store.relay_batch(limit, partitions.clone(), make_publish());
+                let outcome = tokio::time::timeout_at(until.into(), batch).await;
                 match outcome {
                     Ok(Ok(BatchOutcome::Done { claimed: 0, .. })) => break,
                     // A batch started before the drain (or by another relay) holds the outbox:

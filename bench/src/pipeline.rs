@@ -2,6 +2,7 @@
 //! runs; drained once by bare rdkafka consumers (the ceiling: two groups, as the runtime has),
 //! then applied by the runtime's recommendations and analytics consumers.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use recsys_actors::kafka::{self, SlogContext, TopicLayout};
+use recsys_actors::sequence;
 use recsys_schema::events::{Action, Envelope, Event, ProductSnapshot, UserActivity};
 use recsys_schema::topics;
 use uuid::Uuid;
@@ -43,7 +45,9 @@ pub fn topic_names(prefix: &str) -> [String; 2] {
 }
 
 /// Produces `total` valid events: one `product.created` for each of 1 000 products, then user
-/// activity (9 of 10) and product updates (1 of 10) over them. Answers the seconds it took.
+/// activity (9 of 10) and product updates (1 of 10) over them. Each record is stamped as the
+/// outbox relay stamps it (partition chosen for its key, the next number of that stream).
+/// Answers the seconds it took.
 pub async fn produce(
     brokers: &str,
     prefix: &str,
@@ -74,6 +78,8 @@ pub async fn produce(
     let bar = bar(total, "producing");
     let started = Instant::now();
     let mut versions = vec![1; products.len()];
+    // (is the product topic, stream) -> last number given out.
+    let mut last_seq: HashMap<(bool, i32), i64> = HashMap::new();
     let mut pending = futures_util::stream::FuturesUnordered::new();
     for i in 0..total {
         let n = i as usize;
@@ -98,8 +104,18 @@ pub async fn produce(
         };
         let payload = Envelope::new(event).to_json();
         let key = key.to_string();
+        let stream = sequence::partition_for(key.as_bytes(), partitions);
+        let seq = last_seq
+            .entry((*topic == product_topic, stream))
+            .and_modify(|s| *s += 1)
+            .or_insert(1);
+        let seq = *seq;
         loop {
-            let record = FutureRecord::to(topic).key(&key).payload(&payload);
+            let record = FutureRecord::to(topic)
+                .partition(stream)
+                .key(&key)
+                .payload(&payload)
+                .headers(sequence::headers(stream, seq));
             match producer.send_result(record) {
                 Ok(delivery) => {
                     pending.push(delivery);

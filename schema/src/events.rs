@@ -18,9 +18,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// One record value on either topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// Unique per event; consumers apply each `event_id` at most once. A UUIDv7: time-ordered,
-    /// so the indexes keyed by it (`user_activity`, `outbox`, `processed_events`) grow at
-    /// their right edge instead of splitting pages everywhere.
+    /// Unique per event (copies of one record share it). A UUIDv7: time-ordered, so the
+    /// indexes keyed by it (`user_activity`, `outbox`) grow at their right edge instead of
+    /// splitting pages everywhere.
     pub event_id: Uuid,
     /// The `type` and `data` fields.
     #[serde(flatten)]

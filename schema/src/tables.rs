@@ -47,9 +47,10 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Transactional outbox: events written with their state change, deleted once published.
+    /// Transactional outbox: events written with their state change, stamped with a publication
+    /// sequence before they are first sent, deleted once the broker acknowledged them.
     outbox (id) {
-        /// Publication order.
+        /// Insertion order; unstamped rows are stamped in this order.
         id -> Int8,
         /// Logical topic name, without `KAFKA_TOPIC_PREFIX`.
         topic -> Text,
@@ -59,6 +60,11 @@ diesel::table! {
         /// The serialized [`crate::events::Envelope`].
         payload -> Text,
         created_at -> Timestamptz,
+        /// Set by the relay before the row is first sent: the partition chosen for `key`, which
+        /// names the row's sequence stream.
+        stream -> Nullable<Int4>,
+        /// Set with `stream`: the row's number within (topic, stream), dense from 1.
+        seq -> Nullable<Int8>,
     }
 }
 

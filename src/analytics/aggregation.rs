@@ -1,6 +1,7 @@
 //! [`AggregationActor`]: the analytics consumer sink. Folds a batch of events into per-product,
 //! per-user and per-minute deltas in memory, then writes them with one upsert per table, in the
-//! same transaction as the consumer positions and applied event ids (exactly-once effect).
+//! same transaction as the consumer positions and the seen publication sequences (exactly-once
+//! effect).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -158,7 +159,7 @@ impl Fold {
 /// The aggregation actor.
 pub struct AggregationActor {
     pool: Pool,
-    /// Consumer group whose positions and applied ids this actor keeps.
+    /// Consumer group whose positions and seen sequences this actor keeps.
     group: String,
     logger: Logger,
 }
@@ -177,19 +178,8 @@ impl AggregationActor {
 impl Actor for AggregationActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
+    fn started(&mut self, _: &mut Self::Context) {
         info!(self.logger, "aggregation actor started");
-        ctx.run_interval(std::time::Duration::from_secs(600), |act, ctx| {
-            let (pool, group, logger) = (act.pool.clone(), act.group.clone(), act.logger.clone());
-            ctx.spawn(
-                async move {
-                    if let Err(e) = consumption::prune(&pool, &group, 7).await {
-                        warn!(logger, "pruning applied event ids failed"; "error" => format!("{e:#}"));
-                    }
-                }
-                .into_actor(act),
-            );
-        });
     }
 }
 
@@ -211,8 +201,7 @@ impl Handler<ApplyBatch<Envelope>> for AggregationActor {
             let mut conn = pool.get().await?;
             let applied = conn
                 .transaction(async move |conn| -> anyhow::Result<Vec<bool>> {
-                    let applied =
-                        consumption::claim(conn, &group, &batch, |e: &Envelope| e.event_id).await?;
+                    let applied = consumption::claim(conn, &group, &batch).await?;
                     let mut fold = Fold::default();
                     for (record, applied) in batch.records.iter().zip(&applied) {
                         if *applied {

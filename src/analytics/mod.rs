@@ -2,7 +2,8 @@
 //!
 //! - [`http`]: the routes (admin token required: statistics about users are private).
 //! - [`aggregation`]: [`aggregation::AggregationActor`], the consumer sink: folds each batch in
-//!   memory and upserts once per batch, with positions and applied ids in the same transaction.
+//!   memory and upserts once per batch, with positions and seen publication sequences in the same
+//!   transaction.
 //! - [`query`]: [`query::AnalyticsQueries`], the read side.
 //! - [`store`]: the SQL.
 //!

@@ -1,6 +1,6 @@
 //! [`RankingActor`]: the popularity-ranking actor. It owns the scores: it is the sink of the
 //! recommendations consumer, folds each batch in memory and writes it — scores, user activity,
-//! catalog changes, applied event ids and consumer positions — in one transaction, then bumps
+//! catalog changes, the seen publication sequences and consumer positions — in one transaction, then bumps
 //! the ranking generation (part of every cache key) and publishes it to the cache.
 
 use std::collections::HashMap;
@@ -144,7 +144,7 @@ impl Fold {
 /// The ranking actor.
 pub struct RankingActor {
     pool: Pool,
-    /// Consumer group whose positions and applied ids this actor keeps.
+    /// Consumer group whose positions and seen sequences this actor keeps.
     group: String,
     weights: Weights,
     half_life: Duration,
@@ -209,18 +209,6 @@ impl Actor for RankingActor {
         ctx.run_interval(Duration::from_secs(2), |act, ctx| {
             act.publish_generation(ctx)
         });
-        ctx.run_interval(Duration::from_secs(600), |act, ctx| {
-            let (pool, group, logger) = (act.pool.clone(), act.group.clone(), act.logger.clone());
-            ctx.spawn(
-                async move {
-                    match consumption::prune(&pool, &group, 7).await {
-                        Ok(n) => debug!(logger, "pruned applied event ids"; "rows" => n),
-                        Err(e) => warn!(logger, "pruning applied event ids failed"; "error" => format!("{e:#}")),
-                    }
-                }
-                .into_actor(act),
-            );
-        });
     }
 }
 
@@ -252,8 +240,7 @@ impl Handler<ApplyBatch<Envelope>> for RankingActor {
             let mut conn = pool.get().await?;
             let (applied, generation) = conn
                 .transaction(async move |conn| -> anyhow::Result<(Vec<bool>, i64)> {
-                    let applied =
-                        consumption::claim(conn, &group, &batch, |e: &Envelope| e.event_id).await?;
+                    let applied = consumption::claim(conn, &group, &batch).await?;
                     let state = store::state_for_update(conn).await?;
                     let now = Utc::now();
                     let mut decay = Decay {

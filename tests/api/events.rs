@@ -1,10 +1,12 @@
 //! The event flow: every change reaches its topic as a schema-valid envelope keyed by its
-//! entity, in per-key order, exactly once, with no email or password in any record.
+//! entity, in per-key order, exactly once, stamped with its publication sequence, with no email
+//! or password in any record.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use recsys::config::Service;
+use recsys_actors::sequence;
 use recsys_schema::topics;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -20,7 +22,8 @@ fn validator(schema: &str) -> jsonschema::Validator {
 }
 
 /// Registration, profile and password changes, activity and the product lifecycle each emit
-/// their event; all are valid, ordered per key, unique, and free of secrets.
+/// their event; all are valid, ordered per key, unique, stamped densely per stream, and free of
+/// secrets.
 #[actix_web::test]
 async fn every_change_reaches_its_topic_in_order_without_secrets() {
     let app = spawn_app().await;
@@ -91,6 +94,7 @@ async fn every_change_reaches_its_topic_in_order_without_secrets() {
     let product_schema = validator(topics::PRODUCT_UPDATES_SCHEMA);
     let mut ids = HashSet::new();
     let mut by_key: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut stamps: HashMap<(String, i32), Vec<i64>> = HashMap::new();
     for record in &records {
         let schema = if record.topic == names[0] {
             &user_schema
@@ -127,6 +131,33 @@ async fn every_change_reaches_its_topic_in_order_without_secrets() {
             .entry(record.key.clone())
             .or_default()
             .push(record.value.clone());
+        let header = |name: &str| -> i64 {
+            let (_, value) = record
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .unwrap_or_else(|| panic!("no {name} header on {}", record.raw));
+            value.parse().unwrap()
+        };
+        assert_eq!(
+            header(sequence::STREAM_HEADER),
+            i64::from(record.partition),
+            "the stream is the partition"
+        );
+        assert_eq!(
+            header(sequence::STREAM_HEADER),
+            i64::from(sequence::partition_for(record.key.as_bytes(), 3)),
+            "the partition is Kafka's murmur2 choice for the key"
+        );
+        stamps
+            .entry((record.topic.clone(), record.partition))
+            .or_default()
+            .push(header(sequence::SEQ_HEADER));
+    }
+    // Each (topic, stream) is numbered 1, 2, 3, ... in offset order.
+    for (stream, numbers) in &stamps {
+        let dense: Vec<i64> = (1..=numbers.len() as i64).collect();
+        assert_eq!(numbers, &dense, "numbers of {stream:?}");
     }
 
     let types = |key: &str| -> Vec<String> {

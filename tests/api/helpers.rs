@@ -412,6 +412,15 @@ impl TestApp {
         TestDb(self.database_url.clone())
     }
 
+    /// Publishes `envelope` the way the services do: an outbox row, which the app's relay
+    /// stamps and sends (within its poll interval).
+    pub async fn publish(&self, envelope: &recsys_schema::events::Envelope) {
+        let conn = AsyncPgConnection::establish(&self.database_url)
+            .await
+            .unwrap();
+        recsys::outbox::enqueue(&conn, envelope).await.unwrap();
+    }
+
     /// The physical name of a logical topic.
     pub fn topic(&self, logical: &str) -> String {
         format!("{}{logical}", self.prefix)
@@ -597,14 +606,19 @@ impl TestDb {
 
     /// Rows in `table`.
     pub async fn count(&self, table: &str) -> i64 {
+        self.number(&format!("SELECT count(*) FROM {table}")).await
+    }
+
+    /// The one value of a query that answers one number (NULL reads as 0).
+    pub async fn number(&self, sql: &str) -> i64 {
         #[derive(QueryableByName)]
-        struct Count {
+        struct Number {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
         let mut conn = AsyncPgConnection::establish(&self.0).await.unwrap();
-        diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
-            .get_result::<Count>(&mut conn)
+        diesel::sql_query(format!("SELECT coalesce(({sql}), 0)::int8 AS n"))
+            .get_result::<Number>(&mut conn)
             .await
             .unwrap()
             .n
