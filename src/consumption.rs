@@ -4,6 +4,7 @@
 //! together (exactly-once effect).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use diesel::sql_types::{Array, BigInt, Integer, Text};
 use diesel::QueryableByName;
@@ -78,23 +79,26 @@ pub async fn claim<T>(
         .bind::<Text, _>(group)
         .execute(conn)
         .await?;
-    let stored: HashMap<(String, i32), i64> = crate::db::prepared(
+    let stored: HashMap<(Arc<str>, i32), i64> = crate::db::prepared(
         "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = $1",
     )
     .bind::<Text, _>(group)
     .load::<Position>(conn)
     .await?
     .into_iter()
-    .map(|p| ((p.topic, p.partition), p.next_offset))
+    .map(|p| ((Arc::from(p.topic), p.partition), p.next_offset))
     .collect();
-    let mut seen: HashMap<(String, i32), Seen> = crate::db::prepared(
+    let mut seen: HashMap<(Arc<str>, i32), Seen> = crate::db::prepared(
         "SELECT topic, stream, last_seq, gaps FROM consumer_sequences WHERE consumer_group = $1",
     )
     .bind::<Text, _>(group)
     .load::<StreamRow>(conn)
     .await?
     .into_iter()
-    .map(|r| ((r.topic, r.stream), Seen::from_stored(r.last_seq, &r.gaps)))
+    .map(|r| {
+        let key = (Arc::from(r.topic), r.stream);
+        (key, Seen::from_stored(r.last_seq, &r.gaps))
+    })
     .collect();
 
     let mut touched = BTreeSet::new();
@@ -122,7 +126,7 @@ pub async fn claim<T>(
         let (mut topics, mut streams, mut lasts, mut gaps) = (vec![], vec![], vec![], vec![]);
         for key in &touched {
             let state = &seen[key];
-            topics.push(key.0.as_str());
+            topics.push(&*key.0);
             streams.push(key.1);
             lasts.push(state.last());
             gaps.push(array_literal(&state.stored_gaps()));
@@ -180,8 +184,7 @@ fn array_literal(values: &[i64]) -> String {
 /// not JSON, not an envelope, an unknown `type`, or a value outside the contract (schema
 /// version, key, quantity, version).
 pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, &'static str), String> {
-    let envelope: Envelope =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a valid envelope: {e}"))?;
+    let envelope = Envelope::from_json(bytes).map_err(|e| format!("not a valid envelope: {e}"))?;
     if envelope.schema_version != SCHEMA_VERSION {
         return Err(format!(
             "unsupported schema_version {}",

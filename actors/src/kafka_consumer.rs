@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::FutureExt as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Header, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use slog::{debug, info, warn, Logger};
@@ -32,7 +33,7 @@ use crate::sequence;
 #[derive(Debug, Clone)]
 pub struct Consumed<T> {
     /// Physical topic name.
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     /// The stream of the record's publication stamp (see [`crate::sequence`]).
@@ -435,8 +436,16 @@ async fn run<T: Send + Sync + 'static>(
         // A broker that answers fetches only at the long-poll deadline (tansu does) would add
         // that deadline to every record's latency.
         .set("fetch.wait.max.ms", "50")
-        // Bounds prefetched records (per partition) while a batch is retried.
+        // Prefetch, sized by the pipeline benchmark (a backlog of 1 000 000 events, two groups in
+        // one process). librdkafka keeps a received batch's (decompressed) buffer until its last
+        // record is consumed, so memory follows how much is fetched ahead: with its defaults
+        // the runtime peaked at 270-280 MiB. At most 4 MiB queued and 1 MiB per fetch (256 KiB
+        // per partition) keep it near 100 MiB. A full queue then must not stall fetching for the
+        // default second (4 MiB a second: 33 000 records/s); 10 ms keeps the queue fed.
         .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.max.bytes", "1048576")
+        .set("max.partition.fetch.bytes", "262144")
+        .set("fetch.queue.backoff.ms", "10")
         .set("topic.metadata.refresh.interval.ms", "10000")
         .create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -451,6 +460,7 @@ async fn run<T: Send + Sync + 'static>(
     // One batch is applied while the next is read and decoded; batches still apply one at a
     // time, in order.
     let mut in_flight: Option<(Arc<Batch<T>>, Instant)> = None;
+    let mut topic_names = TopicNames::default();
     loop {
         let applying = async {
             if let Some((batch, started)) = in_flight.take() {
@@ -458,40 +468,25 @@ async fn run<T: Send + Sync + 'static>(
             }
             anyhow::Ok(())
         };
-        let (messages, applied) =
-            futures_util::join!(collect(&consumer, &config, &logger), applying);
+        let collecting = collect(&consumer, &decoder, &mut topic_names, &config, &logger);
+        let (collected, applied) = futures_util::join!(collecting, applying);
         applied?;
-        if messages.is_empty() {
+        let Some(collected) = collected else {
             continue;
-        }
-        let started = Instant::now();
-        let mut records = Vec::with_capacity(messages.len());
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for message in &messages {
-            let key = (message.topic().to_string(), message.partition());
-            let entry = next.entry(key).or_insert(0);
-            *entry = (*entry).max(message.offset() + 1);
-            let decoded = decoder(message.payload().unwrap_or_default()).and_then(|decoded| {
-                sequence::read(message.headers()).map(|stamp| (decoded, stamp))
-            });
-            match decoded {
-                Ok(((item, label), (stream, seq))) => records.push(Consumed {
-                    topic: message.topic().to_string(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    stream,
-                    seq,
-                    label,
-                    item,
-                }),
-                Err(reason) => dead_letter(&dlq, message, &reason, &config, &logger).await,
-            }
+        };
+        // Poison records reach their dead-letter topic before the batch moves past them.
+        for (message, reason) in &collected.poison {
+            dead_letter(&dlq, message, reason, &config, &logger).await;
         }
         let batch = Arc::new(Batch {
-            records,
-            positions: next.into_iter().map(|((t, p), o)| (t, p, o)).collect(),
+            records: collected.records,
+            positions: collected
+                .next
+                .into_iter()
+                .map(|((t, p), o)| (t.to_string(), p, o))
+                .collect(),
         });
-        in_flight = Some((batch, started));
+        in_flight = Some((batch, collected.started));
     }
 }
 
@@ -561,7 +556,7 @@ fn count_records<'a, T: 'a>(
     let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
     for (record, status) in records {
         *counts
-            .entry((record.topic.as_str(), record.label, status))
+            .entry((&*record.topic, record.label, status))
             .or_default() += 1;
     }
     for ((topic, label, status), n) in counts {
@@ -571,25 +566,88 @@ fn count_records<'a, T: 'a>(
     }
 }
 
+/// One batch as read: decoded records, poison records (kept whole for the dead-letter topic)
+/// and the next offset of every partition read.
+struct Collected<T> {
+    records: Vec<Consumed<T>>,
+    poison: Vec<(OwnedMessage, String)>,
+    next: BTreeMap<(Arc<str>, i32), i64>,
+    /// When the first record arrived.
+    started: Instant,
+}
+
+/// One shared name per topic, so that records do not each carry a copy.
+#[derive(Default)]
+struct TopicNames(Vec<Arc<str>>);
+
+impl TopicNames {
+    fn get(&mut self, topic: &str) -> Arc<str> {
+        if let Some(name) = self.0.iter().find(|n| ***n == *topic) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(topic);
+        self.0.push(name.clone());
+        name
+    }
+}
+
 /// Waits for one record, then takes what arrives within `max_wait`, up to `max_records`.
-async fn collect(
+/// Each record is decoded as it is read and librdkafka's copy released at once; only poison
+/// records are copied (for the dead-letter topic). `None` when the wait ended in an error.
+async fn collect<T>(
     consumer: &StreamConsumer<GroupContext>,
+    decoder: &Decoder<T>,
+    topics: &mut TopicNames,
     config: &ConsumerConfig,
     logger: &Logger,
-) -> Vec<OwnedMessage> {
-    let mut messages = Vec::new();
-    match consumer.recv().await {
-        Ok(m) => messages.push(m.detach()),
+) -> Option<Collected<T>> {
+    let first = match consumer.recv().await {
+        Ok(m) => m,
         Err(e) => {
             warn!(logger, "consume error"; "error" => %e);
             tokio::time::sleep(Duration::from_millis(200)).await;
-            return messages;
+            return None;
         }
-    }
+    };
+    let mut collected = Collected {
+        records: Vec::new(),
+        poison: Vec::new(),
+        next: BTreeMap::new(),
+        started: Instant::now(),
+    };
+    let mut take = |message: BorrowedMessage<'_>| {
+        let topic = topics.get(message.topic());
+        let next = collected
+            .next
+            .entry((topic.clone(), message.partition()))
+            .or_insert(0);
+        *next = (*next).max(message.offset() + 1);
+        let decoded = decoder(message.payload().unwrap_or_default())
+            .and_then(|decoded| sequence::read(message.headers()).map(|stamp| (decoded, stamp)));
+        match decoded {
+            Ok(((item, label), (stream, seq))) => collected.records.push(Consumed {
+                topic,
+                partition: message.partition(),
+                offset: message.offset(),
+                stream,
+                seq,
+                label,
+                item,
+            }),
+            Err(reason) => collected.poison.push((message.detach(), reason)),
+        }
+    };
+    take(first);
     let until = tokio::time::Instant::now() + config.max_wait;
-    while messages.len() < config.max_records {
-        match tokio::time::timeout_at(until, consumer.recv()).await {
-            Ok(Ok(m)) => messages.push(m.detach()),
+    for _ in 1..config.max_records {
+        // A record already queued is taken without arming a timer (most of them, in a
+        // backlog).
+        let next = match consumer.recv().now_or_never() {
+            Some(ready) => Ok(ready),
+            None => tokio::time::timeout_at(until, consumer.recv()).await,
+        };
+        match next {
+            Ok(Ok(m)) => take(m),
             Ok(Err(e)) => {
                 warn!(logger, "consume error"; "error" => %e);
                 break;
@@ -597,7 +655,7 @@ async fn collect(
             Err(_) => break,
         }
     }
-    messages
+    Some(collected)
 }
 
 /// Publishes a poison record to `<topic>.dlq` (retrying until the broker acknowledges it).
