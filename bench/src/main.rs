@@ -77,6 +77,18 @@ struct Args {
     /// Recorded in the results (e.g. the git commit).
     #[arg(long, default_value = "")]
     label: String,
+    /// A setting for every runtime the bench starts, `KEY=VALUE` (repeatable), e.g.
+    /// `--runtime-env CONSUMER_MAX_BATCH=2000`. Recorded in the results.
+    #[arg(long, value_parser = key_value)]
+    runtime_env: Vec<(String, String)>,
+}
+
+/// Parses `KEY=VALUE`.
+fn key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text}: expected KEY=VALUE"))?;
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// One line of the report.
@@ -119,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         jwt_secret: format!("bench-secret-{run_id}-at-least-32-bytes-long"),
         admin_email: format!("admin-{run_id}@example.com"),
         admin_password: "bench-admin-password".into(),
+        extra_env: args.runtime_env.clone(),
     };
     let mut rows = Vec::new();
     let result = async {
@@ -412,6 +425,7 @@ async fn pipeline_phase(
                 .await?;
         let bare_secs =
             pipeline::drain_bare(&broker.address, &config.topic_prefix, 2, args.events).await?;
+        let postgres_before = runtime::postgres_cpu_seconds();
         let spawned = Instant::now();
         let runtime = Runtime::start(
             paths,
@@ -422,41 +436,53 @@ async fn pipeline_phase(
         .await?;
         let base = runtime.url("recommendations");
         let client = reqwest::Client::new();
+        let ready_secs = spawned.elapsed().as_secs_f64();
         let bar = pipeline::bar(args.events * 2, "runtime consumers");
         let mut rss_samples = Vec::new();
-        loop {
-            let consumed = |service: &'static str| {
-                let (client, base) = (client.clone(), base.clone());
-                async move {
-                    let filter = format!("service=\"{service}\"");
-                    metric_sum(
-                        &client,
-                        &base,
-                        "kafka_messages_consumed_total",
-                        &[&filter],
-                    )
-                    .await
-                }
+        // (seconds since spawn, records applied by recommendations, by analytics)
+        let mut timeline: Vec<(f64, f64, f64)> = Vec::new();
+        let total = args.events as f64;
+        let applied_secs = loop {
+            let text = runtime::metrics_text(&client, &base).await.unwrap_or_default();
+            let consumed = |service: &str| {
+                let filter = format!("service=\"{service}\"");
+                runtime::sum_of(&text, "kafka_messages_consumed_total", &[&filter])
             };
-            let (r, a) = (consumed("recommendations").await, consumed("analytics").await);
-            let lag = metric_sum(&client, &base, "kafka_consumer_lag", &[]).await;
+            let (r, a) = (consumed("recommendations"), consumed("analytics"));
+            let at = spawned.elapsed().as_secs_f64();
             if let Some(rss) = runtime.rss() {
                 rss_samples.push(rss);
             }
             bar.set_position((r + a) as u64);
-            if r >= args.events as f64 && a >= args.events as f64 && lag == 0.0 {
-                break;
+            if timeline.last().is_none_or(|(_, r0, a0)| *r0 != r || *a0 != a) {
+                timeline.push((at, r, a));
             }
-            if spawned.elapsed() > Duration::from_secs(3600) {
+            // Each record is counted once its batch is committed: both counts at the backlog's
+            // size mean everything is applied.
+            if r >= total && a >= total {
+                break at;
+            }
+            if at > 3600.0 {
                 bail!("the runtime did not apply the backlog within an hour ({r} and {a})");
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        let apply_secs = spawned.elapsed().as_secs_f64();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         bar.finish();
+        let runtime_cpu = runtime.cpu_seconds().unwrap_or(f64::NAN);
+        let postgres_cpu = runtime::postgres_cpu_seconds() - postgres_before;
+        // The consumers' own view agrees: lag 0 (measured every 2 s), not timed.
+        runtime::wait_for(Duration::from_secs(30), "the consumer lag to read 0", || {
+            let (client, base) = (client.clone(), base.clone());
+            async move { metric_sum(&client, &base, "kafka_consumer_lag", &[]).await == 0.0 }
+        })
+        .await?;
+        let first_secs = timeline
+            .iter()
+            .find(|(_, r, a)| r + a > 0.0)
+            .map_or(applied_secs, |(at, _, _)| *at);
         let peak = runtime.peak_rss().unwrap_or(0);
         runtime.stop().await;
-        let ours = args.events as f64 / apply_secs;
+        let ours = args.events as f64 / applied_secs;
         let ceiling = args.events as f64 / bare_secs;
         let events = args.events;
         let pipeline_row = Row {
@@ -473,7 +499,13 @@ async fn pipeline_phase(
                 "events": events,
                 "produce_seconds": produce_secs,
                 "bare_seconds": bare_secs,
-                "runtime_seconds_from_spawn": apply_secs,
+                "runtime_seconds_from_spawn": applied_secs,
+                "ready_seconds_from_spawn": ready_secs,
+                "first_applied_seconds_from_spawn": first_secs,
+                "apply_seconds_from_first_applied": applied_secs - first_secs,
+                "runtime_cpu_seconds": runtime_cpu,
+                "postgres_cpu_seconds": postgres_cpu,
+                "timeline": timeline,
             }),
         };
         let mib = peak as f64 / (1024.0 * 1024.0);
@@ -537,6 +569,7 @@ fn report(args: &Args, rows: &[Row]) -> anyhow::Result<()> {
             "fresh_rate": args.fresh_rate,
             "fresh_seconds": args.fresh_seconds,
             "broker_storage": args.broker_storage,
+            "runtime_env": args.runtime_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "rows": rows,
     });

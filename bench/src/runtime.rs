@@ -151,6 +151,8 @@ pub struct Config {
     pub jwt_secret: String,
     pub admin_email: String,
     pub admin_password: String,
+    /// More settings for every runtime (`--runtime-env KEY=VALUE`), e.g. to compare a setting.
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// A `recsys serve` process; stopped (SIGKILL) when dropped.
@@ -189,6 +191,7 @@ impl Runtime {
             command.env(format!("{}_PORT", service.to_uppercase()), port.to_string());
             ports.insert(service, port);
         }
+        command.envs(config.extra_env.iter().map(|(k, v)| (k, v)));
         let child = command
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -234,6 +237,11 @@ impl Runtime {
         status_kib(self.pid(), "VmHWM:").map(|k| k * 1024)
     }
 
+    /// CPU time the process has used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.pid())
+    }
+
     /// Stops the process with SIGTERM and waits for it.
     pub async fn stop(mut self) {
         let _ = Command::new("kill")
@@ -242,6 +250,38 @@ impl Runtime {
             .await;
         let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
     }
+}
+
+/// User + system CPU time of process `pid`, in seconds (`/proc/PID/stat`).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks_per_second())
+}
+
+/// `sysconf(_SC_CLK_TCK)`: 100 on Linux for every architecture this runs on.
+fn clock_ticks_per_second() -> f64 {
+    100.0
+}
+
+/// CPU seconds used so far by the processes named `postgres` now alive (the server and its
+/// backends). Sampled before and after a phase, the difference is what the phase cost Postgres,
+/// as long as the backends doing the work are still alive at the second sample.
+pub fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(cpu_seconds)
+        .sum()
 }
 
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
@@ -257,10 +297,20 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 
 /// The sum of the samples of `name` on `/metrics` whose label text contains every `filter`.
 pub async fn metric_sum(client: &reqwest::Client, base: &str, name: &str, filters: &[&str]) -> f64 {
-    let Ok(response) = client.get(format!("{base}/metrics")).send().await else {
-        return f64::NAN;
-    };
-    let text = response.text().await.unwrap_or_default();
+    match metrics_text(client, base).await {
+        Some(text) => sum_of(&text, name, filters),
+        None => f64::NAN,
+    }
+}
+
+/// The runtime's `/metrics` page, if it answered.
+pub async fn metrics_text(client: &reqwest::Client, base: &str) -> Option<String> {
+    let response = client.get(format!("{base}/metrics")).send().await.ok()?;
+    response.text().await.ok()
+}
+
+/// Sum of the samples of `name` in a `/metrics` page whose labels contain every `filter`.
+pub fn sum_of(text: &str, name: &str, filters: &[&str]) -> f64 {
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)
