@@ -1,8 +1,12 @@
 //! The transactional outbox on Postgres: [`enqueue`] writes an event in the caller's
-//! transaction; [`PgOutbox`] is the store the generic relay actor publishes from, and stamps
-//! each row with its publication sequence (`outbox_sequences`) before the row is first sent.
+//! transaction; [`PgOutbox`] is the store the generic relay actor publishes from. Before a row
+//! is first sent it gets its publication stamp: the next number of its (topic, stream) from
+//! `outbox_sequences`, recorded per batch and stream in `outbox_stamps` until the row is
+//! acknowledged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -43,17 +47,69 @@ pub async fn enqueue(mut conn: &AsyncPgConnection, envelope: &Envelope) -> diese
 #[derive(Clone)]
 pub struct PgOutbox {
     pool: Pool,
+    /// Where the next read starts: the highest id read so far (see [`ReadCursor`]).
+    cursor: Arc<Mutex<ReadCursor>>,
 }
+
+/// Reading the outbox from the highest id already read skips the index entries of the rows
+/// deleted since the last vacuum (at thousands of writes a second, tens of thousands of them,
+/// which every read from the start walks through). A row whose transaction commits after the
+/// relay has read past its id is found by a read from the start, done at least every
+/// [`FULL_READ_EVERY`].
+#[derive(Debug)]
+struct ReadCursor {
+    after: i64,
+    last_full_read: Instant,
+}
+
+/// How long a row that committed late (behind the cursor) may wait for its relay.
+const FULL_READ_EVERY: Duration = Duration::from_millis(500);
 
 impl PgOutbox {
     /// The outbox behind `pool`.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            cursor: Arc::new(Mutex::new(ReadCursor {
+                after: 0,
+                last_full_read: Instant::now(),
+            })),
+        }
+    }
+
+    /// Where this read starts: from the cursor, or from the start when a full read is due.
+    fn read_from(&self) -> i64 {
+        let mut cursor = self.cursor.lock().expect("cursor lock");
+        if cursor.last_full_read.elapsed() >= FULL_READ_EVERY {
+            cursor.last_full_read = Instant::now();
+            return 0;
+        }
+        cursor.after
+    }
+
+    /// Moves the cursor past `id`.
+    fn read_up_to(&self, id: i64) {
+        let mut cursor = self.cursor.lock().expect("cursor lock");
+        cursor.after = cursor.after.max(id);
     }
 }
 
-/// An outbox row as the relay reads it: id, topic, key, payload, stream, seq.
-type Row = (i64, String, String, String, Option<i32>, Option<i64>);
+/// An outbox row as the relay reads it: id, topic, key, payload.
+type Row = (i64, String, String, String);
+
+/// One row of `outbox_stamps`: outbox row `outbox_ids[i]` carries number `first_seq + i` of
+/// its topic's `stream`.
+#[derive(QueryableByName)]
+struct Stamps {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Integer)]
+    stream: i32,
+    #[diesel(sql_type = BigInt)]
+    first_seq: i64,
+    #[diesel(sql_type = Array<BigInt>)]
+    outbox_ids: Vec<i64>,
+}
 
 #[derive(QueryableByName)]
 struct LastSeq {
@@ -65,101 +121,122 @@ struct LastSeq {
     last_seq: i64,
 }
 
-/// Stamps the unstamped `rows` (in their order: ascending id) and commits the stamps on a
+/// Stamps the `fresh` rows (in their order: ascending id) and commits the stamps on a
 /// connection of its own, before anything is sent: a record that reached the broker always has
-/// its stamp stored, so a later copy of it carries the same one. Answers every row stamped.
+/// its stamp stored, so a later copy of it carries the same one. One `outbox_stamps` row per
+/// (topic, stream) holds the numbers of the whole batch; the outbox rows are not rewritten.
+/// Answers the stamped records and the ids of the new `outbox_stamps` rows.
 async fn stamp(
     pool: &Pool,
-    rows: Vec<Row>,
+    fresh: Vec<Row>,
     partitions: &PartitionCounts,
-) -> anyhow::Result<Vec<OutboxRecord>> {
-    let mut records = Vec::with_capacity(rows.len());
-    // (topic, stream) -> how many new numbers it needs.
-    let mut wanted: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let mut fresh = Vec::new();
-    for (id, topic, key, payload, stream, seq) in rows {
-        let (stream, seq) = match (stream, seq) {
-            (Some(stream), Some(seq)) => (stream, seq),
-            _ => {
-                let count = *partitions
-                    .get(&topic)
-                    .with_context(|| format!("no partition count for topic {topic}"))?;
-                let stream = sequence::partition_for(key.as_bytes(), count);
-                *wanted.entry((topic.clone(), stream)).or_default() += 1;
-                fresh.push(records.len());
-                (stream, 0)
-            }
-        };
+) -> anyhow::Result<(Vec<OutboxRecord>, Vec<i64>)> {
+    // (topic, stream) -> the outbox ids getting its next numbers, in order.
+    let mut streams: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
+    let mut records = Vec::with_capacity(fresh.len());
+    for (id, topic, key, payload) in fresh {
+        let count = *partitions
+            .get(&topic)
+            .with_context(|| format!("no partition count for topic {topic}"))?;
+        let stream = sequence::partition_for(key.as_bytes(), count);
+        streams.entry((topic.clone(), stream)).or_default().push(id);
         records.push(OutboxRecord {
             id,
             topic,
             key,
             payload,
             stream,
-            seq,
+            seq: 0,
         });
     }
-    if fresh.is_empty() {
-        return Ok(records);
+    if records.is_empty() {
+        return Ok((records, Vec::new()));
     }
+    let (topics, stream_ids, counts): (Vec<&str>, Vec<i32>, Vec<i64>) = streams
+        .iter()
+        .map(|((topic, stream), ids)| (topic.as_str(), *stream, ids.len() as i64))
+        .collect();
     let mut conn = pool.get().await?;
-    conn.transaction(async |conn| -> anyhow::Result<()> {
-        let (topics, streams, counts): (Vec<&str>, Vec<i32>, Vec<i64>) = wanted
-            .iter()
-            .map(|((topic, stream), n)| (topic.as_str(), *stream, *n))
-            .collect();
-        let lasts: Vec<LastSeq> = crate::db::prepared(
-            "INSERT INTO outbox_sequences AS s (topic, stream, last_seq) \
-             SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[]) \
-             ON CONFLICT (topic, stream) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq \
-             RETURNING topic, stream, last_seq",
-        )
-        .bind::<Array<Text>, _>(&topics)
-        .bind::<Array<Integer>, _>(&streams)
-        .bind::<Array<BigInt>, _>(&counts)
-        .load(conn)
+    let (lasts, stamp_ids) = conn
+        .transaction(async |conn| -> anyhow::Result<(Vec<LastSeq>, Vec<i64>)> {
+            let lasts: Vec<LastSeq> = crate::db::prepared(
+                "INSERT INTO outbox_sequences AS s (topic, stream, last_seq) \
+                 SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[]) \
+                 ON CONFLICT (topic, stream) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq \
+                 RETURNING topic, stream, last_seq",
+            )
+            .bind::<Array<Text>, _>(&topics)
+            .bind::<Array<Integer>, _>(&stream_ids)
+            .bind::<Array<BigInt>, _>(&counts)
+            .load(conn)
+            .await?;
+            let firsts: Vec<i64> = streams
+                .iter()
+                .map(|((topic, stream), ids)| {
+                    lasts
+                        .iter()
+                        .find(|l| l.topic == *topic && l.stream == *stream)
+                        .map(|l| l.last_seq - ids.len() as i64 + 1)
+                        .context("a stream got no numbers")
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let ids: Vec<String> = streams.values().map(|ids| array_literal(ids)).collect();
+            let stamp_ids: Vec<StampId> = crate::db::prepared(
+                "INSERT INTO outbox_stamps (topic, stream, first_seq, outbox_ids) \
+                 SELECT t, s, f, i::int8[] FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[]) \
+                   AS x(t, s, f, i) \
+                 RETURNING id",
+            )
+            .bind::<Array<Text>, _>(&topics)
+            .bind::<Array<Integer>, _>(&stream_ids)
+            .bind::<Array<BigInt>, _>(&firsts)
+            .bind::<Array<Text>, _>(&ids)
+            .load(conn)
+            .await?;
+            Ok((lasts, stamp_ids.into_iter().map(|s| s.id).collect()))
+        })
         .await?;
-        // The first new number of each stream.
-        let mut next: HashMap<(String, i32), i64> = lasts
-            .into_iter()
-            .map(|l| {
-                let n = wanted[&(l.topic.clone(), l.stream)];
-                ((l.topic, l.stream), l.last_seq - n + 1)
-            })
-            .collect();
-        let (mut ids, mut streams, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
-        for &i in &fresh {
-            let record = &mut records[i];
-            let slot = next
-                .get_mut(&(record.topic.clone(), record.stream))
-                .context("a stream got no numbers")?;
-            record.seq = *slot;
-            *slot += 1;
-            ids.push(record.id);
-            streams.push(record.stream);
-            seqs.push(record.seq);
-        }
-        let stamped = crate::db::prepared(
-            "UPDATE outbox AS o SET stream = v.stream, seq = v.seq \
-             FROM unnest($1::int8[], $2::int4[], $3::int8[]) AS v(id, stream, seq) \
-             WHERE o.id = v.id AND o.seq IS NULL",
-        )
-        .bind::<Array<BigInt>, _>(&ids)
-        .bind::<Array<Integer>, _>(&streams)
-        .bind::<Array<BigInt>, _>(&seqs)
+    // Numbers in id order within each stream.
+    let mut next: HashMap<(String, i32), i64> = lasts
+        .into_iter()
+        .map(|l| {
+            let n = streams[&(l.topic.clone(), l.stream)].len() as i64;
+            ((l.topic, l.stream), l.last_seq - n + 1)
+        })
+        .collect();
+    for record in &mut records {
+        let slot = next
+            .get_mut(&(record.topic.clone(), record.stream))
+            .context("a stream got no numbers")?;
+        record.seq = *slot;
+        *slot += 1;
+    }
+    Ok((records, stamp_ids))
+}
+
+#[derive(QueryableByName)]
+struct StampId {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// A Postgres array literal of `values` (`{1,2,3}`), so that rows of different lengths fit in
+/// one `unnest` column.
+pub(crate) fn array_literal(values: &[i64]) -> String {
+    let items: Vec<String> = values.iter().map(i64::to_string).collect();
+    format!("{{{}}}", items.join(","))
+}
+
+/// Removes the `outbox_stamps` rows `ids`.
+async fn forget_stamps(conn: &mut AsyncPgConnection, ids: Vec<i64>) -> diesel::QueryResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    crate::db::prepared("DELETE FROM outbox_stamps WHERE id = ANY($1)")
+        .bind::<Array<BigInt>, _>(ids)
         .execute(conn)
-        .await?;
-        // Only the relay holding the lock stamps, so this holds; if it did not, a number would
-        // be given out without a row to carry it, and consumers would wait for it forever.
-        anyhow::ensure!(
-            stamped == ids.len(),
-            "stamped {stamped} of {} rows",
-            ids.len()
-        );
-        Ok(())
-    })
-    .await?;
-    Ok(records)
+        .await
+        .map(|_| ())
 }
 
 diesel::define_sql_function! {
@@ -174,8 +251,9 @@ impl OutboxStore for PgOutbox {
         partitions: PartitionCounts,
         publish: Publish,
     ) -> BoxFuture<'static, anyhow::Result<BatchOutcome>> {
-        let pool = self.pool.clone();
+        let this = self.clone();
         Box::pin(async move {
+            let pool = this.pool.clone();
             let mut conn = pool.get_owned().await?;
             let outcome: anyhow::Result<BatchOutcome> = conn
                 .transaction(async move |conn| -> anyhow::Result<BatchOutcome> {
@@ -185,46 +263,102 @@ impl OutboxStore for PgOutbox {
                     if !locked {
                         return Ok(BatchOutcome::Busy);
                     }
-                    let columns = (
-                        outbox::id,
-                        outbox::topic,
-                        outbox::key,
-                        outbox::payload,
-                        outbox::stream,
-                        outbox::seq,
-                    );
-                    // Rows sent before but not acknowledged keep their stamp and go first.
-                    let mut rows: Vec<Row> = outbox::table
-                        .select(columns)
-                        .filter(outbox::seq.is_not_null())
-                        .order(outbox::id.asc())
-                        .limit(limit)
-                        .load(conn)
-                        .await?;
-                    let room = limit - rows.len() as i64;
+                    let columns = (outbox::id, outbox::topic, outbox::key, outbox::payload);
+                    // Rows stamped before but not acknowledged keep their stamp and go first.
+                    // Normally there are none: a batch whose rows were all acknowledged removes
+                    // its stamps with them.
+                    let stamps: Vec<Stamps> = crate::db::prepared(
+                        "SELECT id, stream, first_seq, outbox_ids FROM outbox_stamps",
+                    )
+                    .load(conn)
+                    .await?;
+                    let stamped: HashMap<i64, (i32, i64)> = stamps
+                        .iter()
+                        .flat_map(|s| {
+                            s.outbox_ids
+                                .iter()
+                                .enumerate()
+                                .map(|(i, id)| (*id, (s.stream, s.first_seq + i as i64)))
+                        })
+                        .collect();
+                    let stamped_ids: Vec<i64> = stamped.keys().copied().collect();
+                    let mut records: Vec<OutboxRecord> = Vec::new();
+                    if !stamped_ids.is_empty() {
+                        // All of them, whatever the limit: a stamp row may only go once none of
+                        // its rows is left, so every one left must be known.
+                        let rows: Vec<Row> = outbox::table
+                            .select(columns)
+                            .filter(outbox::id.eq_any(&stamped_ids))
+                            .order(outbox::id.asc())
+                            .load(conn)
+                            .await?;
+                        records.extend(rows.into_iter().map(|(id, topic, key, payload)| {
+                            let (stream, seq) = stamped[&id];
+                            OutboxRecord {
+                                id,
+                                topic,
+                                key,
+                                payload,
+                                stream,
+                                seq,
+                            }
+                        }));
+                    }
+                    let room = limit - records.len() as i64;
+                    let mut new_stamps = Vec::new();
                     if room > 0 {
-                        rows.extend(
-                            outbox::table
+                        let mut from = this.read_from();
+                        let fresh: Vec<Row> = loop {
+                            let rows: Vec<Row> = outbox::table
                                 .select(columns)
-                                .filter(outbox::seq.is_null())
+                                .filter(outbox::id.gt(from))
+                                .filter(diesel::dsl::not(outbox::id.eq_any(&stamped_ids)))
                                 .order(outbox::id.asc())
                                 .limit(room)
-                                .load::<Row>(conn)
-                                .await?,
-                        );
+                                .load(conn)
+                                .await?;
+                            // Nothing past the cursor: look from the start (a late row, or
+                            // none at all; either way the read is cheap now).
+                            if rows.is_empty() && from > 0 {
+                                from = 0;
+                                continue;
+                            }
+                            break rows;
+                        };
+                        if let Some(last) = fresh.last() {
+                            this.read_up_to(last.0);
+                        }
+                        let (stamped, ids) = stamp(&pool, fresh, &partitions).await?;
+                        records.extend(stamped);
+                        new_stamps = ids;
                     }
-                    let claimed = rows.len();
+                    let claimed = records.len();
                     if claimed == 0 {
+                        // Stamps whose rows are all gone (acknowledged by an earlier relay that
+                        // stopped before removing them) go too.
+                        forget_stamps(conn, stamps.iter().map(|s| s.id).collect()).await?;
                         return Ok(BatchOutcome::Done {
                             claimed: 0,
                             published: 0,
                         });
                     }
-                    let records = stamp(&pool, rows, &partitions).await?;
+                    let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
                     let acknowledged = publish(records).await;
                     diesel::delete(outbox::table.filter(outbox::id.eq_any(&acknowledged)))
                         .execute(conn)
                         .await?;
+                    // A stamp row goes once none of its rows is left: every row still in the
+                    // outbox was read above, so what was read and not acknowledged is left.
+                    let acked: HashSet<i64> = acknowledged.iter().copied().collect();
+                    let left: HashSet<i64> =
+                        ids.into_iter().filter(|id| !acked.contains(id)).collect();
+                    let done = stamps
+                        .iter()
+                        .filter(|s| !s.outbox_ids.iter().any(|id| left.contains(id)))
+                        .map(|s| s.id)
+                        .chain(new_stamps.iter().copied().filter(|_| left.is_empty()))
+                        .collect();
+                    forget_stamps(conn, done).await?;
                     Ok(BatchOutcome::Done {
                         claimed,
                         published: acknowledged.len(),

@@ -6,6 +6,5 @@ CREATE TABLE processed_events (
 );
 CREATE INDEX processed_events_age_idx ON processed_events (processed_at);
 DROP TABLE consumer_sequences;
+DROP TABLE outbox_stamps;
 DROP TABLE outbox_sequences;
-DROP INDEX outbox_stamped_idx;
-ALTER TABLE outbox DROP COLUMN seq, DROP COLUMN stream;

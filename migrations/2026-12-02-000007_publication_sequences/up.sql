@@ -3,9 +3,6 @@
 -- chose for the key) and the next number of that (topic, stream), and commits the stamp; every
 -- copy of the record carries the same stamp. Consumers keep per stream the highest number
 -- applied and the missing numbers below it: a few integers per stream, not a row per event.
-ALTER TABLE outbox ADD COLUMN stream INTEGER, ADD COLUMN seq BIGINT;
--- Stamped rows (sent, not yet acknowledged) are read first; they are few.
-CREATE INDEX outbox_stamped_idx ON outbox (id) WHERE seq IS NOT NULL;
 
 -- The last number given out per (logical topic, stream); numbers are dense from 1.
 CREATE TABLE outbox_sequences (
@@ -13,6 +10,17 @@ CREATE TABLE outbox_sequences (
     stream   INTEGER NOT NULL,
     last_seq BIGINT NOT NULL,
     PRIMARY KEY (topic, stream)
+);
+
+-- The stamps of outbox rows not yet acknowledged, one row per relay batch and stream: outbox
+-- row outbox_ids[i] (1-based) carries number first_seq + i - 1. Written before the rows are
+-- sent; deleted once none of its rows is left. Normally empty between batches.
+CREATE TABLE outbox_stamps (
+    id         BIGSERIAL PRIMARY KEY,
+    topic      TEXT NOT NULL,
+    stream     INTEGER NOT NULL,
+    first_seq  BIGINT NOT NULL,
+    outbox_ids BIGINT[] NOT NULL
 );
 
 -- What each consumer group has seen of each (physical topic, stream). Committed in the same

@@ -47,10 +47,10 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Transactional outbox: events written with their state change, stamped with a publication
-    /// sequence before they are first sent, deleted once the broker acknowledged them.
+    /// Transactional outbox: events written with their state change, deleted once the broker
+    /// acknowledged them. Their publication stamps are in `outbox_stamps` meanwhile.
     outbox (id) {
-        /// Insertion order; unstamped rows are stamped in this order.
+        /// Insertion order; rows are stamped in this order.
         id -> Int8,
         /// Logical topic name, without `KAFKA_TOPIC_PREFIX`.
         topic -> Text,
@@ -60,11 +60,6 @@ diesel::table! {
         /// The serialized [`crate::events::Envelope`].
         payload -> Text,
         created_at -> Timestamptz,
-        /// Set by the relay before the row is first sent: the partition chosen for `key`, which
-        /// names the row's sequence stream.
-        stream -> Nullable<Int4>,
-        /// Set with `stream`: the row's number within (topic, stream), dense from 1.
-        seq -> Nullable<Int8>,
     }
 }
 

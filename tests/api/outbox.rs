@@ -122,6 +122,14 @@ async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
         .then_some(())
     })
     .await;
+    // The stamps go with their rows; the numbers given out are exactly the records sent.
+    assert_eq!(app.count("outbox_stamps").await, 0);
+    assert_eq!(
+        app.db()
+            .number("SELECT sum(last_seq) FROM outbox_sequences")
+            .await,
+        total as i64
+    );
     let ready = app.get(Service::Users, "/readyz", None).await;
     assert_eq!(ready.status, 200, "{}", ready.text);
 }
