@@ -263,6 +263,14 @@ impl OutboxStore for PgOutbox {
                     if !locked {
                         return Ok(BatchOutcome::Busy);
                     }
+                    // This transaction only deletes what the broker acknowledged (the stamps
+                    // were committed durably before anything was sent). If Postgres loses it in
+                    // a crash, the rows are published again with the same stamps and consumers
+                    // skip the copies; so its commit need not wait for the WAL flush, which the
+                    // writers' commits are waiting for.
+                    crate::db::prepared("SET LOCAL synchronous_commit = off")
+                        .execute(conn)
+                        .await?;
                     let columns = (outbox::id, outbox::topic, outbox::key, outbox::payload);
                     // Rows stamped before but not acknowledged keep their stamp and go first.
                     // Normally there are none: a batch whose rows were all acknowledged removes
