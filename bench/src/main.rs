@@ -147,13 +147,22 @@ async fn main() -> anyhow::Result<()> {
             if wants("read") {
                 rows.push(read_phase(&args, &runtime).await?);
             }
-            if wants("write") {
-                rows.push(write_phase(&args, &paths, &runtime, &seed, &database).await?);
-            }
             if wants("freshness") {
                 rows.push(freshness_phase(&args, &runtime, &seed).await?);
             }
+            if wants("write") {
+                let all = write_phase(&args, &paths, &runtime, &seed, &database, WRITE_ALL).await?;
+                rows.push(all);
+            }
             runtime.stop().await;
+            if wants("write") {
+                // The users service alone, as each container of the deployment runs it: the
+                // write path and its relay, without the consumers of the other services.
+                let users =
+                    Runtime::start(&paths, &config, &["users"], "users-runtime.log").await?;
+                rows.push(write_phase(&args, &paths, &users, &seed, &database, "write").await?);
+                users.stop().await;
+            }
         }
         if wants("pipeline") {
             rows.extend(pipeline_phase(&args, &paths, &config, &broker).await?);
@@ -163,8 +172,20 @@ async fn main() -> anyhow::Result<()> {
     .await;
     database.drop_now().await;
     result?;
+    let order = [
+        "read",
+        "write",
+        WRITE_ALL,
+        "freshness",
+        "pipeline",
+        "memory",
+    ];
+    rows.sort_by_key(|r| order.iter().position(|p| *p == r.phase));
     report(&args, &rows)
 }
+
+/// The write phase against the runtime hosting all four services.
+const WRITE_ALL: &str = "write (all-in-one)";
 
 /// What the phases need from the seeded catalog.
 struct Seed {
@@ -324,6 +345,7 @@ async fn write_phase(
     runtime: &Runtime,
     seed: &Seed,
     database: &Database,
+    phase: &'static str,
 ) -> anyhow::Result<Row> {
     const CONCURRENCY: u32 = 16;
     let (user, token) = &seed.users[0];
@@ -346,15 +368,20 @@ async fn write_phase(
     let duration = Duration::from_secs(args.seconds);
     let (mut ours, mut ceiling) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
-        eprintln!("write round {}/{}", round + 1, args.rounds);
+        eprintln!("{phase} round {}/{}", round + 1, args.rounds);
         ceiling.push(load::pgbench(&database.url, CONCURRENCY, duration, &insert).await?);
         ours.push(load::wrk(&url, CONCURRENCY, duration, Some(&script)).await?);
         wait_outbox_empty(&database.url).await?;
     }
     let (o, c) = (load::median(&ours), load::median(&ceiling));
+    let hosted = if phase == WRITE_ALL {
+        "all four services in one process"
+    } else {
+        "the users service alone"
+    };
     Ok(ratio_row(
-        "write",
-        "POST /users/{id}/activity (row + outbox) vs pgbench single-row INSERT, 16 clients",
+        phase,
+        &format!("POST /users/{{id}}/activity (row + outbox; {hosted}) vs pgbench single-row INSERT, 16 clients"),
         o,
         c,
         0.7,
