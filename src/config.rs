@@ -118,6 +118,14 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 45_000)]
     pub kafka_session_timeout_ms: u64,
 
+    /// Longest time the broker may hold a consumer's fetch while no record is there (librdkafka
+    /// `fetch.wait.max.ms`). Apache Kafka answers a fetch as soon as records arrive, so there
+    /// this only sets how often an idle consumer asks (500 is Kafka's usual). tansu 0.6 answers
+    /// at the deadline, so every record waits up to this long: 10 ms measured p50 71 ms from
+    /// write to recommendation against 123 ms with 50.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 10)]
+    pub kafka_fetch_wait_ms: u64,
+
     /// Static group membership (KIP-345): a stable name for this runtime in its consumer groups
     /// (e.g. the container name). A runtime restarted under the same name takes its partitions
     /// back at once instead of waiting for a rebalance. Unset: dynamic membership.

@@ -68,6 +68,7 @@ where
         max_records: settings.consumer_max_batch.max(1),
         max_wait: Duration::from_millis(settings.consumer_max_wait_ms),
         session_timeout: Duration::from_millis(settings.kafka_session_timeout_ms),
+        fetch_wait: Duration::from_millis(settings.kafka_fetch_wait_ms),
         instance_id: settings.kafka_group_instance_id.clone(),
     };
     start_supervised(

@@ -90,6 +90,8 @@ pub struct ConsumerConfig {
     pub max_wait: Duration,
     /// `session.timeout.ms`: silence after which the broker hands the partitions to others.
     pub session_timeout: Duration,
+    /// `fetch.wait.max.ms`: how long the broker may hold a fetch while nothing is there.
+    pub fetch_wait: Duration,
     /// `group.instance.id` (static membership), if any.
     pub instance_id: Option<String>,
 }
@@ -433,9 +435,12 @@ async fn run<T: Send + Sync + 'static>(
             config.session_timeout.as_millis().to_string(),
         )
         .set("heartbeat.interval.ms", "1000")
-        // A broker that answers fetches only at the long-poll deadline (tansu does) would add
-        // that deadline to every record's latency.
-        .set("fetch.wait.max.ms", "50")
+        // A broker that answers fetches only at the long-poll deadline (tansu does) adds that
+        // deadline to every record's latency.
+        .set(
+            "fetch.wait.max.ms",
+            config.fetch_wait.as_millis().max(1).to_string(),
+        )
         // Prefetch, sized by the pipeline benchmark (a backlog of 1 000 000 events, two groups in
         // one process). librdkafka keeps a received batch's (decompressed) buffer until its last
         // record is consumed, so memory follows how much is fetched ahead: with its defaults

@@ -516,6 +516,10 @@ async fn start_process(
             "KAFKA_SESSION_TIMEOUT_MS",
             settings.kafka_session_timeout_ms.to_string(),
         )
+        .env(
+            "KAFKA_FETCH_WAIT_MS",
+            settings.kafka_fetch_wait_ms.to_string(),
+        )
         .env("LOG_FORMAT", "json")
         .stdout(output.try_clone().unwrap())
         .stderr(output)

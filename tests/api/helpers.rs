@@ -88,6 +88,10 @@ pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Setting
         "1",
         "--outbox-poll-ms",
         "100",
+        // The shared broker is tansu on SQLite, where an idle fetch is expensive: ask less
+        // often than the default (see KAFKA_FETCH_WAIT_MS in the README).
+        "--kafka-fetch-wait-ms",
+        "50",
         "--db-pool-size",
         "5",
     ])
