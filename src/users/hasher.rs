@@ -4,16 +4,20 @@
 //! logins spreads that over many threads, and the allocator keeps a freed 19 MiB block per
 //! thread: memory grows with the burst. [`HashWorker`] runs on an actix `SyncArbiter` of one
 //! thread per core, so at most that many hashes run at once, on the same threads every time;
-//! the rest wait in its (bounded, observed) mailbox.
+//! the rest wait in its (bounded, observed) mailbox. Each worker keeps its argon2 memory
+//! ([`HashMemory`]) for its life instead of taking a fresh block per call.
 
 use actix::prelude::*;
 use recsys_actors::observe::{ObservedAddr, Probe};
 
-use crate::auth;
+use crate::auth::HashMemory;
 use crate::config::Secret;
 
 /// Hashes and verifies passwords; runs in a `SyncContext` (one instance per thread).
-pub struct HashWorker;
+#[derive(Default)]
+pub struct HashWorker {
+    memory: HashMemory,
+}
 
 impl Actor for HashWorker {
     type Context = SyncContext<Self>;
@@ -28,7 +32,7 @@ impl Handler<HashPassword> for HashWorker {
     type Result = anyhow::Result<String>;
 
     fn handle(&mut self, msg: HashPassword, _: &mut Self::Context) -> Self::Result {
-        auth::hash_password(&msg.0)
+        self.memory.hash(&msg.0)
     }
 }
 
@@ -45,7 +49,7 @@ impl Handler<VerifyPassword> for HashWorker {
     type Result = bool;
 
     fn handle(&mut self, msg: VerifyPassword, _: &mut Self::Context) -> Self::Result {
-        auth::verify_password(&msg.password, msg.hash.as_deref())
+        self.memory.verify(&msg.password, msg.hash.as_deref())
     }
 }
 
@@ -55,6 +59,6 @@ recsys_actors::observed_handlers!(HashWorker => HashPassword, VerifyPassword);
 /// in flight.
 pub fn start(service: &'static str, limit: usize) -> ObservedAddr<HashWorker> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let addr = SyncArbiter::start(threads, || HashWorker);
+    let addr = SyncArbiter::start(threads, HashWorker::default);
     ObservedAddr::new(addr, Probe::new::<HashWorker>(service, limit))
 }
