@@ -1,17 +1,21 @@
-//! Consumer bookkeeping in Postgres, shared by the consuming services: stored positions per
-//! group/topic/partition and what each group has seen of each publication stream. [`claim`]
-//! runs inside the sink's transaction, so state, positions and the seen sequences commit
-//! together (exactly-once effect).
+//! What the consuming services share: the decoder of record values into [`Fact`]s, and the
+//! consumer bookkeeping in Postgres — stored positions per group/topic/partition and what each
+//! group has seen of each publication stream. [`claim`] runs inside the sink's transaction, so
+//! state, positions and the seen sequences commit together (exactly-once effect).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Integer, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use recsys_actors::kafka_consumer::Batch;
 use recsys_actors::sequence::Seen;
-use recsys_schema::events::{Envelope, Event, SCHEMA_VERSION};
+use recsys_schema::events::{
+    Envelope, Event, ProductDeleted, ProductSnapshot, UserActivity, SCHEMA_VERSION,
+};
+use uuid::Uuid;
 
 use crate::db::Pool;
 
@@ -180,6 +184,95 @@ fn array_literal(values: &[i64]) -> String {
     format!("{{{}}}", items.join(","))
 }
 
+/// What the consuming services use of one event: the envelope (validated whole) without what
+/// none of their folds reads — the event id, the key, the schema version, user names, the
+/// changed fields, and product snapshots where the consumer keeps no catalog. 56 bytes
+/// instead of the envelope's 176 and its strings: consumer batches are held whole while they
+/// are applied, and this keeps two of them per consumer near 6 MB each at 50 000 records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fact {
+    /// The envelope's `occurred_at`.
+    pub occurred_at: DateTime<Utc>,
+    pub what: What,
+}
+
+/// The event of a [`Fact`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum What {
+    UserRegistered { user_id: Uuid },
+    UserUpdated { user_id: Uuid },
+    Activity(UserActivity),
+    ProductCreated(ProductChange),
+    ProductUpdated(ProductChange),
+    ProductDeleted(ProductDeleted),
+}
+
+/// `product.created` or `product.updated`: the product, and its new state when the consumer
+/// keeps it ([`Snapshots::Keep`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductChange {
+    pub product_id: Uuid,
+    pub snapshot: Option<Box<ProductSnapshot>>,
+}
+
+/// Whether a consumer's [`Fact`]s carry product snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snapshots {
+    /// Recommendations: it keeps a catalog projection.
+    Keep,
+    /// Analytics: it only counts product events.
+    Drop,
+}
+
+impl What {
+    /// The envelope's `type`.
+    pub fn type_name(&self) -> &'static str {
+        let index = match self {
+            What::UserRegistered { .. } => 0,
+            What::UserUpdated { .. } => 1,
+            What::Activity(_) => 2,
+            What::ProductCreated(_) => 3,
+            What::ProductUpdated(_) => 4,
+            What::ProductDeleted(_) => 5,
+        };
+        Event::TYPES[index]
+    }
+}
+
+impl Fact {
+    /// The fact of `envelope`, with or without product snapshots.
+    pub fn of(envelope: Envelope, snapshots: Snapshots) -> Self {
+        let change = |p: ProductSnapshot| ProductChange {
+            product_id: p.product_id,
+            snapshot: (snapshots == Snapshots::Keep).then(|| Box::new(p)),
+        };
+        let what = match envelope.event {
+            Event::UserRegistered(e) => What::UserRegistered { user_id: e.user_id },
+            Event::UserUpdated(e) => What::UserUpdated { user_id: e.user_id },
+            Event::UserActivity(a) => What::Activity(a),
+            Event::ProductCreated(p) => What::ProductCreated(change(p)),
+            Event::ProductUpdated(p) => What::ProductUpdated(change(p)),
+            Event::ProductDeleted(d) => What::ProductDeleted(d),
+        };
+        Fact {
+            occurred_at: envelope.occurred_at,
+            what,
+        }
+    }
+}
+
+/// The full fact of `envelope`, snapshots kept.
+impl From<Envelope> for Fact {
+    fn from(envelope: Envelope) -> Self {
+        Fact::of(envelope, Snapshots::Keep)
+    }
+}
+
+/// The consumers' decoder: [`decode_envelope`], then the [`Fact`] of the envelope.
+pub fn decode_fact(bytes: &[u8], snapshots: Snapshots) -> Result<(Fact, &'static str), String> {
+    decode_envelope(bytes).map(|(envelope, label)| (Fact::of(envelope, snapshots), label))
+}
+
 /// Decodes a record value into an [`Envelope`] and its type name, or says why it is poison:
 /// not JSON, not an envelope, an unknown `type`, or a value outside the contract (schema
 /// version, key, quantity, version).
@@ -191,7 +284,8 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, &'static str), String>
             envelope.schema_version
         ));
     }
-    if envelope.key != envelope.event.key().to_string() {
+    let mut key = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    if envelope.key != *envelope.event.key().hyphenated().encode_lower(&mut key) {
         return Err("key does not match the entity id".into());
     }
     match &envelope.event {
@@ -224,6 +318,17 @@ mod tests {
         ));
         let (decoded, label) = decode_envelope(good.to_json().as_bytes()).unwrap();
         assert_eq!((decoded, label), (good.clone(), "user.registered"));
+        let (fact, label) = decode_fact(good.to_json().as_bytes(), Snapshots::Drop).unwrap();
+        let expected = Fact {
+            occurred_at: good.occurred_at,
+            what: What::UserRegistered { user_id: user },
+        };
+        assert_eq!((fact, label), (expected, "user.registered"));
+        assert!(
+            std::mem::size_of::<Fact>() <= 56,
+            "{}",
+            std::mem::size_of::<Fact>()
+        );
         let mut value: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
         let variants = [
             b"not json".to_vec(),

@@ -22,6 +22,7 @@ use crate::analytics::aggregation::{self, AggregationActor};
 use crate::analytics::query::AnalyticsQueries;
 use crate::auth::{self, JwtKeys};
 use crate::config::{Service, Settings};
+use crate::consumption::{self, Fact, Snapshots};
 use crate::db::{self, Pool};
 use crate::http::{self, Readiness, ServiceInfo};
 use crate::openapi::Api;
@@ -31,12 +32,11 @@ use crate::recommendations::micro::MicroCache;
 use crate::recommendations::query::{self, RecommendationsActor};
 use crate::recommendations::ranking::{self, RankingActor};
 use crate::users::actor::{EnsureAdmin, UsersActor};
-use crate::{consumption, metrics, validate};
+use crate::{metrics, validate};
 use recsys_actors::cache::CacheActor;
 use recsys_actors::kafka_consumer::{
     ApplyBatch, ConsumerConfig, KafkaConsumer, LoadPositions, Pause,
 };
-use recsys_schema::events::Envelope;
 
 /// The `service` label of machinery shared by the hosted services (the outbox relay serves
 /// both users and products).
@@ -48,12 +48,13 @@ fn start_consumer<S>(
     settings: &Settings,
     service: &'static str,
     group: String,
+    snapshots: Snapshots,
     sink: ObservedAddr<S>,
     logger: &Logger,
-) -> ObservedAddr<KafkaConsumer<Envelope>>
+) -> ObservedAddr<KafkaConsumer<Fact>>
 where
     S: actix::Actor<Context = actix::Context<S>>
-        + actix::Handler<Observed<ApplyBatch<Envelope>>>
+        + actix::Handler<Observed<ApplyBatch<Fact>>>
         + actix::Handler<Observed<LoadPositions>>,
 {
     let config = ConsumerConfig {
@@ -77,7 +78,7 @@ where
         settings.actor_mailbox_limit,
         KafkaConsumer::new(
             config,
-            Arc::new(consumption::decode_envelope),
+            Arc::new(move |bytes: &[u8]| consumption::decode_fact(bytes, snapshots)),
             sink.recipient(),
             sink.recipient(),
             logger.new(o!("actor" => "consumer")),
@@ -93,7 +94,7 @@ pub struct AnalyticsActors {
     /// Folds batches into the statistics; sink of the consumer.
     pub aggregation: ObservedAddr<AggregationActor>,
     /// Reads both topics (group `<prefix>analytics`).
-    pub consumer: ObservedAddr<KafkaConsumer<Envelope>>,
+    pub consumer: ObservedAddr<KafkaConsumer<Fact>>,
 }
 
 impl AnalyticsActors {
@@ -119,7 +120,14 @@ impl AnalyticsActors {
             settings.actor_mailbox_limit,
             AnalyticsQueries::new(pool.clone()),
         );
-        let consumer = start_consumer(settings, "analytics", group, aggregation.clone(), &logger);
+        let consumer = start_consumer(
+            settings,
+            "analytics",
+            group,
+            Snapshots::Drop,
+            aggregation.clone(),
+            &logger,
+        );
         Self {
             queries,
             aggregation,
@@ -138,7 +146,7 @@ pub struct RecommendationsActors {
     /// Fronts Redis.
     pub cache: ObservedAddr<CacheActor>,
     /// Reads both topics (group `<prefix>recommendations`).
-    pub consumer: ObservedAddr<KafkaConsumer<Envelope>>,
+    pub consumer: ObservedAddr<KafkaConsumer<Fact>>,
 }
 
 impl RecommendationsActors {
@@ -188,7 +196,14 @@ impl RecommendationsActors {
                 logger.new(o!("actor" => "query")),
             ),
         );
-        let consumer = start_consumer(settings, "recommendations", group, ranking.clone(), &logger);
+        let consumer = start_consumer(
+            settings,
+            "recommendations",
+            group,
+            Snapshots::Keep,
+            ranking.clone(),
+            &logger,
+        );
         Ok(Self {
             query,
             ranking,

@@ -13,12 +13,12 @@ use diesel_async::AsyncConnection;
 use prometheus::{register_histogram, Histogram};
 use recsys_actors::kafka_consumer::{ApplyBatch, LoadPositions};
 use recsys_actors::supervision::Fail;
-use recsys_schema::events::{Action, Envelope, Event};
+use recsys_schema::events::Action;
 use slog::{debug, info, warn, Logger};
 use uuid::Uuid;
 
 use super::store;
-use crate::consumption;
+use crate::consumption::{self, Fact, What};
 use crate::db::Pool;
 
 /// `analytics_batch_size`: records per applied batch.
@@ -94,22 +94,24 @@ fn earlier(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>> 
 
 impl Fold {
     /// Folds one event.
-    pub fn add(&mut self, envelope: &Envelope) {
-        let at = envelope.occurred_at;
+    pub fn add(&mut self, fact: &Fact) {
+        let at = fact.occurred_at;
         let minute = at
             .duration_trunc(TimeDelta::minutes(1))
             .expect("a minute always divides a timestamp");
         *self
             .counts
-            .entry((minute, envelope.event.type_name()))
+            .entry((minute, fact.what.type_name()))
             .or_default() += 1;
-        match &envelope.event {
-            Event::UserRegistered(e) => {
-                let user = self.users.entry(e.user_id).or_default();
+        match &fact.what {
+            What::UserRegistered { user_id } => {
+                let user = self.users.entry(*user_id).or_default();
                 user.registered_at = earlier(user.registered_at, at);
             }
-            Event::UserUpdated(e) => self.users.entry(e.user_id).or_default().profile_updates += 1,
-            Event::UserActivity(a) => {
+            What::UserUpdated { user_id } => {
+                self.users.entry(*user_id).or_default().profile_updates += 1
+            }
+            What::Activity(a) => {
                 let quantity = i64::from(a.quantity);
                 let product = self.products.entry(a.product_id).or_default();
                 product.last_event_at = later(product.last_event_at, at);
@@ -137,17 +139,17 @@ impl Fold {
                     }
                 }
             }
-            Event::ProductCreated(p) => {
-                let product = self.products.entry(p.product_id).or_default();
+            What::ProductCreated(change) => {
+                let product = self.products.entry(change.product_id).or_default();
                 product.created_at = earlier(product.created_at, at);
                 product.last_event_at = later(product.last_event_at, at);
             }
-            Event::ProductUpdated(p) => {
-                let product = self.products.entry(p.product_id).or_default();
+            What::ProductUpdated(change) => {
+                let product = self.products.entry(change.product_id).or_default();
                 product.updates += 1;
                 product.last_event_at = later(product.last_event_at, at);
             }
-            Event::ProductDeleted(d) => {
+            What::ProductDeleted(d) => {
                 let product = self.products.entry(d.product_id).or_default();
                 product.deleted_at = later(product.deleted_at, at);
                 product.last_event_at = later(product.last_event_at, at);
@@ -190,10 +192,10 @@ impl Supervised for AggregationActor {
 }
 
 /// Folds and writes one batch in one transaction; answers which records were new.
-impl Handler<ApplyBatch<Envelope>> for AggregationActor {
+impl Handler<ApplyBatch<Fact>> for AggregationActor {
     type Result = ResponseFuture<anyhow::Result<Vec<bool>>>;
 
-    fn handle(&mut self, msg: ApplyBatch<Envelope>, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ApplyBatch<Fact>, _: &mut Self::Context) -> Self::Result {
         let (pool, group, logger) = (self.pool.clone(), self.group.clone(), self.logger.clone());
         Box::pin(async move {
             let started = Instant::now();
@@ -242,9 +244,10 @@ impl Handler<Fail> for AggregationActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consumption::Snapshots;
     use chrono::TimeZone;
     use recsys_schema::events::{
-        ProductDeleted, ProductSnapshot, UserActivity, UserRegistered, UserUpdated,
+        Envelope, Event, ProductDeleted, ProductSnapshot, UserActivity, UserRegistered, UserUpdated,
     };
 
     #[test]
@@ -313,7 +316,7 @@ mod tests {
         ];
         let mut fold = Fold::default();
         for e in &events {
-            fold.add(e);
+            fold.add(&Fact::of(e.clone(), Snapshots::Drop));
         }
         let p = &fold.products[&product];
         assert_eq!(
@@ -359,4 +362,4 @@ mod tests {
     }
 }
 
-recsys_actors::observed_handlers!(AggregationActor => ApplyBatch<Envelope>, LoadPositions, Fail);
+recsys_actors::observed_handlers!(AggregationActor => ApplyBatch<Fact>, LoadPositions, Fail);

@@ -14,14 +14,14 @@ use recsys_actors::cache::{CacheActor, CacheRaise};
 use recsys_actors::kafka_consumer::{ApplyBatch, LoadPositions};
 use recsys_actors::observe::ObservedAddr;
 use recsys_actors::supervision::Fail;
-use recsys_schema::events::{Envelope, Event, ProductSnapshot};
+use recsys_schema::events::ProductSnapshot;
 use slog::{debug, info, warn, Logger};
 use std::sync::LazyLock;
 use uuid::Uuid;
 
 use super::score::{Decay, Weights};
 use super::store;
-use crate::consumption;
+use crate::consumption::{self, Fact, ProductChange, What};
 use crate::db::Pool;
 
 /// `ranking_flush_duration_seconds`: one batch written.
@@ -78,11 +78,11 @@ pub struct Fold {
 
 impl Fold {
     /// Folds one event.
-    pub fn add(&mut self, envelope: &Envelope, decay: &Decay, weights: &Weights) {
-        match &envelope.event {
-            Event::UserActivity(a) => {
+    pub fn add(&mut self, fact: &Fact, decay: &Decay, weights: &Weights) {
+        match &fact.what {
+            What::Activity(a) => {
                 *self.scores.entry(a.product_id).or_default() +=
-                    decay.contribution(weights.of(a.action), a.quantity, envelope.occurred_at);
+                    decay.contribution(weights.of(a.action), a.quantity, fact.occurred_at);
                 let counters = self
                     .user_products
                     .entry((a.user_id, a.product_id))
@@ -93,24 +93,24 @@ impl Fold {
                     .expect("every action is listed");
                 counters[slot] += i64::from(a.quantity);
             }
-            Event::ProductCreated(p) => self.catalog_change(
-                p.product_id,
+            What::ProductCreated(change) => self.catalog_change(
+                change.product_id,
                 CatalogChange::Upsert {
-                    snapshot: p.clone(),
-                    created_at: Some(envelope.occurred_at),
+                    snapshot: snapshot_of(change),
+                    created_at: Some(fact.occurred_at),
                 },
             ),
-            Event::ProductUpdated(p) => self.catalog_change(
-                p.product_id,
+            What::ProductUpdated(change) => self.catalog_change(
+                change.product_id,
                 CatalogChange::Upsert {
-                    snapshot: p.clone(),
+                    snapshot: snapshot_of(change),
                     created_at: None,
                 },
             ),
-            Event::ProductDeleted(d) => {
+            What::ProductDeleted(d) => {
                 self.catalog_change(d.product_id, CatalogChange::Deleted { version: d.version })
             }
-            Event::UserRegistered(_) | Event::UserUpdated(_) => {}
+            What::UserRegistered { .. } | What::UserUpdated { .. } => {}
         }
     }
 
@@ -139,6 +139,16 @@ impl Fold {
             }
         }
     }
+}
+
+/// The new state of a changed product. The recommendations consumer decodes with
+/// [`Snapshots::Keep`](crate::consumption::Snapshots::Keep), so every change carries one.
+fn snapshot_of(change: &ProductChange) -> ProductSnapshot {
+    let snapshot = change
+        .snapshot
+        .as_deref()
+        .expect("the recommendations consumer keeps product snapshots");
+    snapshot.clone()
 }
 
 /// The ranking actor.
@@ -219,10 +229,10 @@ impl Supervised for RankingActor {
 }
 
 /// Applies one batch in one transaction; answers which records were new.
-impl Handler<ApplyBatch<Envelope>> for RankingActor {
+impl Handler<ApplyBatch<Fact>> for RankingActor {
     type Result = ResponseFuture<anyhow::Result<Vec<bool>>>;
 
-    fn handle(&mut self, msg: ApplyBatch<Envelope>, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ApplyBatch<Fact>, _: &mut Self::Context) -> Self::Result {
         let (pool, group, weights, half_life) = (
             self.pool.clone(),
             self.group.clone(),
@@ -304,10 +314,12 @@ mod tests {
     use super::*;
     use crate::recommendations::score::tests::decay;
     use bigdecimal::BigDecimal;
-    use recsys_schema::events::{Action, ProductDeleted, UserActivity, UserRegistered};
+    use recsys_schema::events::{
+        Action, Envelope, Event, ProductDeleted, UserActivity, UserRegistered,
+    };
 
-    fn at(event: Event, hours: i64) -> Envelope {
-        Envelope::at(event, decay().t0 + chrono::Duration::hours(hours))
+    fn at(event: Event, hours: i64) -> Fact {
+        Envelope::at(event, decay().t0 + chrono::Duration::hours(hours)).into()
     }
 
     fn snapshot(id: Uuid, version: i32) -> ProductSnapshot {
@@ -378,4 +390,4 @@ mod tests {
     }
 }
 
-recsys_actors::observed_handlers!(RankingActor => ApplyBatch<Envelope>, LoadPositions, Fail);
+recsys_actors::observed_handlers!(RankingActor => ApplyBatch<Fact>, LoadPositions, Fail);

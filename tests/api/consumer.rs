@@ -11,6 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use recsys::config::Service;
+use recsys::consumption::Fact;
 use recsys::recommendations::query::{Query, Recommend};
 use recsys_actors::cache::{CacheGet, CacheSet};
 use recsys_actors::kafka_consumer::{
@@ -121,7 +122,7 @@ pub async fn await_duplicates(app: &TestApp, service: &str, want: f64) {
 /// resets the stored positions of its group (`<prefix><service>`), resumes it.
 pub async fn redeliver_from_start(
     app: &TestApp,
-    consumer: &ObservedAddr<KafkaConsumer<Envelope>>,
+    consumer: &ObservedAddr<KafkaConsumer<Fact>>,
     service: &str,
 ) {
     consumer.send(Pause).await.unwrap();
@@ -358,7 +359,7 @@ async fn ranking_query_and_cache_actors_answer_typed_messages() {
                     stream: 0,
                     seq: i as i64 + 1,
                     label: e.event.type_name(),
-                    item: e.clone(),
+                    item: Fact::from(e.clone()),
                 })
                 .collect(),
             positions: vec![("direct-topic".into(), 0, first_offset + events.len() as i64)],

@@ -170,6 +170,7 @@ async fn counters_equal_distinct_events_despite_duplicates_and_redelivery() {
 #[actix_web::test]
 async fn aggregation_and_query_actors_answer_typed_messages() {
     use recsys::analytics::query::{Stats, StatsQuery};
+    use recsys::consumption::Fact;
     use recsys_actors::kafka_consumer::{ApplyBatch, Batch, Consumed, LoadPositions};
     use recsys_schema::events::{Action, Envelope, Event, UserActivity};
     use std::sync::Arc;
@@ -205,7 +206,7 @@ async fn aggregation_and_query_actors_answer_typed_messages() {
                     stream: 1,
                     seq: i as i64 + 1,
                     label: e.event.type_name(),
-                    item: e.clone(),
+                    item: Fact::from(e.clone()),
                 })
                 .collect(),
             positions: vec![("direct".into(), 1, first + events.len() as i64)],
@@ -263,6 +264,7 @@ async fn aggregation_and_query_actors_answer_typed_messages() {
 #[actix_web::test]
 async fn a_late_record_fills_its_gap_once() {
     use recsys::analytics::query::{Stats, StatsQuery};
+    use recsys::consumption::Fact;
     use recsys_actors::kafka_consumer::{ApplyBatch, Batch, Consumed};
     use recsys_schema::events::{Action, Envelope, Event, UserActivity};
     use std::sync::Arc;
@@ -301,7 +303,7 @@ async fn a_late_record_fills_its_gap_once() {
                     stream: 2,
                     seq,
                     label: item.event.type_name(),
-                    item,
+                    item: Fact::from(item),
                 }
             })
             .collect();
