@@ -225,11 +225,12 @@ pub struct Settings {
     #[arg(long, env = "ACTIVITY_MAX_BATCH", default_value_t = 256)]
     pub activity_max_batch: usize,
 
-    /// Largest batch a consumer applies in one transaction. Batches are only this large when
-    /// a backlog is waiting (a batch takes what is already there, or what arrives within
-    /// `CONSUMER_MAX_WAIT_MS`); each is folded per product and user before it is written, so
-    /// large ones write far fewer rows per event.
-    #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = 20_000)]
+    /// Largest batch a consumer applies in one transaction. A batch takes what arrives while
+    /// the previous one is being applied (and at least `CONSUMER_MAX_WAIT_MS` after its first
+    /// record), so batches only grow this large when a backlog waits; each is folded per
+    /// product and user before it is written, so large ones write far fewer rows per event.
+    /// Each consumer reserves room for two batches of this many records (112 bytes each).
+    #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = 50_000)]
     pub consumer_max_batch: usize,
 
     /// How long a consumer batch waits for more records after its first (milliseconds).
