@@ -261,6 +261,11 @@ pub struct Settings {
     #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 500)]
     pub outbox_poll_ms: u64,
 
+    /// The relay vacuums the outbox tables after removing this many rows (autovacuum visits a
+    /// table at most once a minute, and every recorded action leaves a dead outbox row).
+    #[arg(long, env = "OUTBOX_VACUUM_ROWS", default_value_t = 10_000)]
+    pub outbox_vacuum_rows: u64,
+
     /// How long a record may wait for an unreachable broker before its delivery is retried
     /// (milliseconds).
     #[arg(long, env = "KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 120_000)]

@@ -264,7 +264,11 @@ impl Application {
             };
             let relay = OutboxRelay::new(
                 config,
-                Arc::new(PgOutbox::new(pool.clone())),
+                Arc::new(PgOutbox::new(
+                    pool.clone(),
+                    settings.outbox_vacuum_rows,
+                    logger.new(o!("actor" => "outbox_relay")),
+                )),
                 logger.new(o!("actor" => "outbox_relay")),
             )?;
             Some(start_supervised(

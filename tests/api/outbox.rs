@@ -133,3 +133,46 @@ async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
     let ready = app.get(Service::Users, "/readyz", None).await;
     assert_eq!(ready.status, 200, "{}", ready.text);
 }
+
+/// The relay vacuums the outbox tables itself each time it has removed `OUTBOX_VACUUM_ROWS`
+/// rows (autovacuum comes at most once a minute): with a threshold of 5, twelve published
+/// events make at least one vacuum of `outbox`, and fewer than 5 dead rows are left (those
+/// removed since the last one).
+#[actix_web::test]
+async fn the_relay_vacuums_the_rows_it_removed() {
+    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
+        settings.outbox_vacuum_rows = 5;
+    })
+    .await;
+    let (id, token) = app
+        .register("Vacuum", "vacuum@example.com", "password-123")
+        .await;
+    for _ in 0..10 {
+        let reply = app
+            .post(
+                Service::Users,
+                &format!("/users/{id}/activity"),
+                json!({"type": "view", "product_id": uuid::Uuid::new_v4()}),
+                Some(&token),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    // The admin's and this user's registrations and ten actions: twelve rows published.
+    // Table statistics reach pg_stat_user_tables up to a second or so after the fact.
+    eventually(
+        Duration::from_secs(30),
+        "the relay to publish and vacuum",
+        || async {
+            let vacuums = app
+                .db()
+                .number(
+                    "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox' \
+                     AND n_dead_tup < 5",
+                )
+                .await;
+            (app.outbox_rows().await == 0 && vacuums >= 1).then_some(())
+        },
+    )
+    .await;
+}
