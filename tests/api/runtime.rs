@@ -130,6 +130,73 @@ async fn migrate_creates_the_schema() {
     }
 }
 
+/// The counter tables every consumer batch rewrites leave room on their pages: after one update
+/// of every row, each new version is on the page of the old one (an in-place, HOT update, which
+/// adds no index entries). On full pages (fillfactor 100) none would be.
+#[actix_web::test]
+async fn counter_rows_are_rewritten_on_their_own_page() {
+    let (database_url, _) = fresh_database().await;
+    let status = tokio::process::Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", &database_url)
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let db = TestDb(database_url);
+    // (table, its key columns, the key of a new row, a counter)
+    let tables = [
+        (
+            "rec_user_products",
+            "user_id, product_id",
+            "gen_random_uuid(), gen_random_uuid()",
+            "views = views + 1",
+        ),
+        (
+            "rec_scores",
+            "product_id, acc",
+            "gen_random_uuid(), 1",
+            "acc = acc + 1",
+        ),
+        (
+            "an_products",
+            "product_id",
+            "gen_random_uuid()",
+            "views = views + 1",
+        ),
+        (
+            "an_users",
+            "user_id",
+            "gen_random_uuid()",
+            "views = views + 1",
+        ),
+    ];
+    for (table, columns, values, counter) in tables {
+        db.execute(&format!(
+            "INSERT INTO {table} ({columns}) SELECT {values} FROM generate_series(1, 2000)"
+        ))
+        .await;
+        let key = columns.split(", ").next().unwrap();
+        db.execute(&format!(
+            "CREATE TABLE pages_of_{table} AS SELECT {key} AS key, (ctid::text::point)[0] AS page \
+             FROM {table}"
+        ))
+        .await;
+        db.execute(&format!("UPDATE {table} SET {counter}")).await;
+        let moved = db
+            .number(&format!(
+                "SELECT count(*) FROM {table} t JOIN pages_of_{table} b ON b.key = t.{key} \
+                 WHERE (t.ctid::text::point)[0] <> b.page"
+            ))
+            .await;
+        assert_eq!(
+            moved, 0,
+            "{table}: {moved} of 2000 updated rows left their page"
+        );
+    }
+}
+
 /// `serve --help` names every environment variable and never prints a secret's value.
 #[actix_web::test]
 async fn help_documents_the_environment_without_secrets() {
