@@ -61,18 +61,19 @@ async fn answer(
 ) -> Result<HttpResponse, ApiError> {
     let limit = validate::limit(limit, 10, 100)?;
     let key = query.key(limit);
-    let answer = match micro.get(&key) {
-        Some(answer) => answer,
+    let (body, cache) = match micro.get(&key) {
+        Some(body) => (body, CacheResult::Hit),
         None => {
             let answer = actor.send(Recommend { query, limit }).await??;
-            micro.put(key, &answer);
-            answer
+            let body = web::Bytes::from(answer.json);
+            micro.put(key, body.clone());
+            (body, answer.cache)
         }
     };
     Ok(HttpResponse::Ok()
-        .insert_header(("X-Cache", answer.cache.as_str()))
+        .insert_header(("X-Cache", cache.as_str()))
         .content_type("application/json")
-        .body(answer.json))
+        .body(body))
 }
 
 /// The global ranking (optionally of one category), best first.

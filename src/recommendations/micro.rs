@@ -9,15 +9,16 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::query::{Answer, CacheResult};
+use actix_web::web::Bytes;
 
 /// Answers one worker keeps at most; when full, it starts over.
 const MAX_ENTRIES: usize = 4096;
 
-/// Recent answers by query key.
+/// Recent answers by query key: when each was kept and its JSON body, shared with the
+/// responses that send it (a hit copies nothing).
 pub struct MicroCache {
     ttl: Duration,
-    entries: RefCell<HashMap<String, (Instant, Answer)>>,
+    entries: RefCell<HashMap<String, (Instant, Bytes)>>,
 }
 
 impl MicroCache {
@@ -29,21 +30,18 @@ impl MicroCache {
         }
     }
 
-    /// The answer to `key` if one younger than the TTL is kept (reported as a cache hit).
-    pub fn get(&self, key: &str) -> Option<Answer> {
+    /// The JSON answer to `key` if one younger than the TTL is kept.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
         if self.ttl.is_zero() {
             return None;
         }
         let entries = self.entries.borrow();
-        let (at, answer) = entries.get(key)?;
-        (at.elapsed() < self.ttl).then(|| Answer {
-            json: answer.json.clone(),
-            cache: CacheResult::Hit,
-        })
+        let (at, body) = entries.get(key)?;
+        (at.elapsed() < self.ttl).then(|| body.clone())
     }
 
-    /// Keeps `answer` for `key`.
-    pub fn put(&self, key: String, answer: &Answer) {
+    /// Keeps the JSON answer `body` for `key`.
+    pub fn put(&self, key: String, body: Bytes) {
         if self.ttl.is_zero() {
             return;
         }
@@ -51,7 +49,7 @@ impl MicroCache {
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(key, (Instant::now(), answer.clone()));
+        entries.insert(key, (Instant::now(), body));
     }
 }
 
@@ -59,25 +57,17 @@ impl MicroCache {
 mod tests {
     use super::*;
 
-    fn answer(json: &str) -> Answer {
-        Answer {
-            json: json.into(),
-            cache: CacheResult::Miss,
-        }
-    }
-
     #[test]
     /// A kept answer comes back as a hit until the TTL passes; a zero TTL keeps nothing.
     fn answers_expire_and_zero_keeps_nothing() {
         let cache = MicroCache::new(Duration::from_millis(30));
-        cache.put("k".into(), &answer("[1]"));
-        let hit = cache.get("k").unwrap();
-        assert_eq!((hit.json.as_str(), hit.cache), ("[1]", CacheResult::Hit));
+        cache.put("k".into(), Bytes::from_static(b"[1]"));
+        assert_eq!(cache.get("k").as_deref(), Some(&b"[1]"[..]));
         assert!(cache.get("other").is_none());
         std::thread::sleep(Duration::from_millis(40));
         assert!(cache.get("k").is_none(), "expired");
         let off = MicroCache::new(Duration::ZERO);
-        off.put("k".into(), &answer("[1]"));
+        off.put("k".into(), Bytes::from_static(b"[1]"));
         assert!(off.get("k").is_none());
     }
 }
