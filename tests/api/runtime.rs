@@ -112,9 +112,8 @@ async fn sigterm_drains_the_outbox_and_exits_zero() {
     assert_eq!(app_db.count("users").await, 1);
 }
 
-/// `recsys migrate` creates every table on an empty database and exits 0.
-#[actix_web::test]
-async fn migrate_creates_the_schema() {
+/// A fresh database that `recsys migrate` (exiting 0) gave the schema.
+async fn migrated_database() -> TestDb {
     let (database_url, _) = fresh_database().await;
     let status = tokio::process::Command::new(BIN)
         .arg("migrate")
@@ -124,7 +123,13 @@ async fn migrate_creates_the_schema() {
         .await
         .unwrap();
     assert!(status.success());
-    let db = TestDb(database_url);
+    TestDb(database_url)
+}
+
+/// `recsys migrate` creates every table on an empty database and exits 0.
+#[actix_web::test]
+async fn migrate_creates_the_schema() {
+    let db = migrated_database().await;
     for table in ["users", "user_activity", "products", "outbox"] {
         assert_eq!(db.count(table).await, 0, "{table} exists and is empty");
     }
@@ -135,16 +140,7 @@ async fn migrate_creates_the_schema() {
 /// adds no index entries). On full pages (fillfactor 100) none would be.
 #[actix_web::test]
 async fn counter_rows_are_rewritten_on_their_own_page() {
-    let (database_url, _) = fresh_database().await;
-    let status = tokio::process::Command::new(BIN)
-        .arg("migrate")
-        .env("DATABASE_URL", &database_url)
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let db = TestDb(database_url);
+    let db = migrated_database().await;
     // (table, its key columns, the key of a new row, a counter)
     let tables = [
         (
