@@ -696,41 +696,35 @@ async fn collect<T>(
     while read < config.max_records {
         // A record already queued is taken without arming a timer (most of them, in a
         // backlog).
-        if let Some(ready) = stream.next().now_or_never() {
-            match ready.expect("a Kafka stream never ends") {
-                Ok(m) => {
-                    take(m);
-                    read += 1;
-                    continue;
-                }
-                Err(e) => {
-                    warn!(logger, "consume error"; "error" => %e);
+        let next = match stream.next().now_or_never() {
+            Some(ready) => ready,
+            None => {
+                if waited.is_terminated() && applied.is_some() {
                     break;
+                }
+                futures_util::select_biased! {
+                    result = applying => {
+                        let failed = result.is_err();
+                        applied = Some(result);
+                        if failed {
+                            break;
+                        }
+                        continue;
+                    }
+                    () = waited => continue,
+                    next = stream.next().fuse() => next,
                 }
             }
-        }
-        if waited.is_terminated() && applied.is_some() {
-            break;
-        }
-        futures_util::select_biased! {
-            result = applying => {
-                let failed = result.is_err();
-                applied = Some(result);
-                if failed {
-                    break;
-                }
+        };
+        match next.expect("a Kafka stream never ends") {
+            Ok(m) => {
+                take(m);
+                read += 1;
             }
-            () = waited => {}
-            next = stream.next().fuse() => match next.expect("a Kafka stream never ends") {
-                Ok(m) => {
-                    take(m);
-                    read += 1;
-                }
-                Err(e) => {
-                    warn!(logger, "consume error"; "error" => %e);
-                    break;
-                }
-            },
+            Err(e) => {
+                warn!(logger, "consume error"; "error" => %e);
+                break;
+            }
         }
     }
     let applied = match applied {
