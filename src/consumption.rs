@@ -184,6 +184,13 @@ fn array_literal(values: &[i64]) -> String {
     format!("{{{}}}", items.join(","))
 }
 
+/// Buckets of the consumers' batch-size histograms (records per applied batch), up to the
+/// largest `CONSUMER_MAX_BATCH` measured (100 000).
+pub const BATCH_SIZE_BUCKETS: [f64; 15] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
+    50000.0, 100000.0,
+];
+
 /// What the consuming services use of one event: the envelope (validated whole) without what
 /// none of their folds reads — the event id, the key, the schema version, user names, the
 /// changed fields, and product snapshots where the consumer keeps no catalog. 56 bytes

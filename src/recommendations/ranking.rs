@@ -39,10 +39,7 @@ pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "ranking_batch_size",
         "Records per ranking batch",
-        vec![
-            1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-            25000.0, 50000.0, 100000.0
-        ]
+        consumption::BATCH_SIZE_BUCKETS.to_vec()
     )
     .expect("metric registers once")
 });
