@@ -262,14 +262,15 @@ impl Application {
                 poll_interval: settings.outbox_poll_interval(),
                 delivery_timeout: Duration::from_millis(settings.kafka_delivery_timeout_ms),
             };
+            let relay_logger = logger.new(o!("actor" => "outbox_relay"));
             let relay = OutboxRelay::new(
                 config,
                 Arc::new(PgOutbox::new(
                     pool.clone(),
                     settings.outbox_vacuum_rows,
-                    logger.new(o!("actor" => "outbox_relay")),
+                    relay_logger.clone(),
                 )),
-                logger.new(o!("actor" => "outbox_relay")),
+                relay_logger,
             )?;
             Some(start_supervised(
                 &Arbiter::new().handle(),
