@@ -21,9 +21,7 @@ pub struct Rate {
 
 /// The round whose throughput is the median of `rounds`.
 pub fn median(rounds: &[Rate]) -> Rate {
-    let mut sorted = rounds.to_vec();
-    sorted.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
-    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+    crate::median_by(rounds, |r| r.per_sec).unwrap_or_default()
 }
 
 /// `wrk -t1 -c<connections> -d<duration> --latency [-s script] url`.

@@ -83,6 +83,13 @@ struct Args {
     runtime_env: Vec<(String, String)>,
 }
 
+/// The item of `items` whose `key` is their median (of an even count, the upper middle one).
+fn median_by<T: Clone>(items: &[T], key: impl Fn(&T) -> f64) -> Option<T> {
+    let mut sorted = items.to_vec();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    sorted.get(sorted.len() / 2).cloned()
+}
+
 /// Parses `KEY=VALUE`.
 fn key_value(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
@@ -458,9 +465,7 @@ async fn freshness_phase(args: &Args, runtime: &Runtime, seed: &Seed) -> anyhow:
             .await?,
         );
     }
-    let mut sorted = rounds.clone();
-    sorted.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
-    let measured = sorted[sorted.len() / 2].clone();
+    let measured = median_by(&rounds, |r| r.p99_ms).context("no freshness round")?;
     let missed: u64 = rounds.iter().map(|r| r.missed).sum();
     let target = 250.0;
     Ok(Row {
@@ -503,9 +508,8 @@ async fn pipeline_phase(
         rounds.push(pipeline_round(args, paths, config, broker, round).await?);
     }
     let median = |value: fn(&PipelineRound) -> f64| {
-        let mut values: Vec<f64> = rounds.iter().map(value).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
+        let values: Vec<f64> = rounds.iter().map(value).collect();
+        median_by(&values, |v| *v).unwrap_or(f64::NAN)
     };
     let ours = median(|r| r.events_per_sec);
     let ceiling = median(|r| r.bare_per_sec);
@@ -563,100 +567,111 @@ async fn pipeline_round(
     let mut config = config.clone();
     config.database_url = database.url.clone();
     config.topic_prefix = format!("{}pipe{round}.", config.topic_prefix);
-    let result =
-        async {
-            let produce_secs = pipeline::produce(
-                &broker.address,
-                &config.topic_prefix,
-                PARTITIONS,
-                args.events,
-            )
-            .await?;
-            let bare_secs =
-                pipeline::drain_bare(&broker.address, &config.topic_prefix, 2, args.events).await?;
-            let postgres_before = runtime::postgres_cpu_seconds();
-            let spawned = Instant::now();
-            let runtime = Runtime::start(
-                paths,
-                &config,
-                &["recommendations", "analytics"],
-                "pipeline-runtime.log",
-            )
-            .await?;
-            let base = runtime.url("recommendations");
-            let client = reqwest::Client::new();
-            let ready_secs = spawned.elapsed().as_secs_f64();
-            let bar = pipeline::bar(args.events * 2, "runtime consumers");
-            let mut rss_samples = 0;
-            // (seconds since spawn, records applied by recommendations, by analytics)
-            let mut timeline: Vec<(f64, f64, f64)> = Vec::new();
-            let total = args.events as f64;
-            let applied_secs = loop {
-                let text = runtime::metrics_text(&client, &base)
-                    .await
-                    .unwrap_or_default();
-                let consumed = |service: &str| {
-                    let filter = format!("service=\"{service}\"");
-                    runtime::sum_of(&text, "kafka_messages_consumed_total", &[&filter])
-                };
-                let (r, a) = (consumed("recommendations"), consumed("analytics"));
-                let at = spawned.elapsed().as_secs_f64();
-                if runtime.rss().is_some() {
-                    rss_samples += 1;
-                }
-                bar.set_position((r + a) as u64);
-                if timeline
-                    .last()
-                    .is_none_or(|(_, r0, a0)| *r0 != r || *a0 != a)
-                {
-                    timeline.push((at, r, a));
-                }
-                // Each record is counted once its batch is committed: both counts at the backlog's
-                // size mean everything is applied.
-                if r >= total && a >= total {
-                    break at;
-                }
-                if at > 3600.0 {
-                    bail!("the runtime did not apply the backlog within an hour ({r} and {a})");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
-            bar.finish();
-            let runtime_cpu = runtime.cpu_seconds().unwrap_or(f64::NAN);
-            let postgres_cpu = runtime::postgres_cpu_seconds() - postgres_before;
-            // The consumers' own view agrees: lag 0 (measured every 2 s), not timed.
-            runtime::wait_for(Duration::from_secs(30), "the consumer lag to read 0", || {
-            let (client, base) = (client.clone(), base.clone());
-            async move { metric_sum(&client, &base, "kafka_consumer_lag", &[]).await == 0.0 }
-        })
-        .await?;
-            let first_secs = timeline
-                .iter()
-                .find(|(_, r, a)| r + a > 0.0)
-                .map_or(applied_secs, |(at, _, _)| *at);
-            let peak = runtime.peak_rss().unwrap_or(0);
-            runtime.stop().await;
-            anyhow::Ok(PipelineRound {
-                events_per_sec: args.events as f64 / applied_secs,
-                bare_per_sec: args.events as f64 / bare_secs,
-                peak_bytes: peak,
-                detail: json!({
-                    "produce_seconds": produce_secs,
-                    "bare_seconds": bare_secs,
-                    "runtime_seconds_from_spawn": applied_secs,
-                    "ready_seconds_from_spawn": ready_secs,
-                    "first_applied_seconds_from_spawn": first_secs,
-                    "apply_seconds_from_first_applied": applied_secs - first_secs,
-                    "runtime_cpu_seconds": runtime_cpu,
-                    "postgres_cpu_seconds": postgres_cpu,
-                    "rss_samples": rss_samples,
-                    "timeline": timeline,
-                }),
-            })
-        }
-        .await;
+    let result = measure_pipeline(args, paths, &config, broker).await;
     database.drop_now().await;
     result
+}
+
+/// One pipeline round on `config`'s database and topics: the backlog produced, drained by the
+/// bare consumers, then applied by the runtime.
+async fn measure_pipeline(
+    args: &Args,
+    paths: &Paths,
+    config: &Config,
+    broker: &Broker,
+) -> anyhow::Result<PipelineRound> {
+    let produce_secs = pipeline::produce(
+        &broker.address,
+        &config.topic_prefix,
+        PARTITIONS,
+        args.events,
+    )
+    .await?;
+    let bare_secs =
+        pipeline::drain_bare(&broker.address, &config.topic_prefix, 2, args.events).await?;
+    let postgres_before = runtime::postgres_cpu_seconds();
+    let spawned = Instant::now();
+    let runtime = Runtime::start(
+        paths,
+        config,
+        &["recommendations", "analytics"],
+        "pipeline-runtime.log",
+    )
+    .await?;
+    let base = runtime.url("recommendations");
+    let client = reqwest::Client::new();
+    let ready_secs = spawned.elapsed().as_secs_f64();
+    let bar = pipeline::bar(args.events * 2, "runtime consumers");
+    let mut rss_samples = 0;
+    // (seconds since spawn, records applied by recommendations, by analytics)
+    let mut timeline: Vec<(f64, f64, f64)> = Vec::new();
+    let total = args.events as f64;
+    let applied_secs = loop {
+        let text = runtime::metrics_text(&client, &base)
+            .await
+            .unwrap_or_default();
+        let consumed = |service: &str| {
+            let filter = format!("service=\"{service}\"");
+            runtime::sum_of(&text, "kafka_messages_consumed_total", &[&filter])
+        };
+        let (r, a) = (consumed("recommendations"), consumed("analytics"));
+        let at = spawned.elapsed().as_secs_f64();
+        if runtime.rss().is_some() {
+            rss_samples += 1;
+        }
+        bar.set_position((r + a) as u64);
+        if timeline
+            .last()
+            .is_none_or(|(_, r0, a0)| *r0 != r || *a0 != a)
+        {
+            timeline.push((at, r, a));
+        }
+        // Each record is counted once its batch is committed: both counts at the backlog's
+        // size mean everything is applied.
+        if r >= total && a >= total {
+            break at;
+        }
+        if at > 3600.0 {
+            bail!("the runtime did not apply the backlog within an hour ({r} and {a})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    bar.finish();
+    let runtime_cpu = runtime.cpu_seconds().unwrap_or(f64::NAN);
+    let postgres_cpu = runtime::postgres_cpu_seconds() - postgres_before;
+    // The consumers' own view agrees: lag 0 (measured every 2 s), not timed.
+    runtime::wait_for(
+        Duration::from_secs(30),
+        "the consumer lag to read 0",
+        || {
+            let (client, base) = (client.clone(), base.clone());
+            async move { metric_sum(&client, &base, "kafka_consumer_lag", &[]).await == 0.0 }
+        },
+    )
+    .await?;
+    let first_secs = timeline
+        .iter()
+        .find(|(_, r, a)| r + a > 0.0)
+        .map_or(applied_secs, |(at, _, _)| *at);
+    let peak = runtime.peak_rss().unwrap_or(0);
+    runtime.stop().await;
+    Ok(PipelineRound {
+        events_per_sec: args.events as f64 / applied_secs,
+        bare_per_sec: args.events as f64 / bare_secs,
+        peak_bytes: peak,
+        detail: json!({
+            "produce_seconds": produce_secs,
+            "bare_seconds": bare_secs,
+            "runtime_seconds_from_spawn": applied_secs,
+            "ready_seconds_from_spawn": ready_secs,
+            "first_applied_seconds_from_spawn": first_secs,
+            "apply_seconds_from_first_applied": applied_secs - first_secs,
+            "runtime_cpu_seconds": runtime_cpu,
+            "postgres_cpu_seconds": postgres_cpu,
+            "rss_samples": rss_samples,
+            "timeline": timeline,
+        }),
+    })
 }
 
 /// Prints the table and writes the JSON report.
