@@ -107,10 +107,16 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6)]
     pub kafka_partitions: i32,
 
-    /// Replicas per partition of a topic created at startup (1 for the local tansu, whose
-    /// brokers share one store; 3 on a three-broker Kafka cluster).
-    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    /// Replicas per partition of a topic created at startup (the local stack and the compose
+    /// file run three brokers; a single-broker cluster needs 1).
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 3)]
     pub kafka_replication_factor: i32,
+
+    /// `min.insync.replicas` of a topic created at startup (at most the replication factor):
+    /// with `acks=all`, a record is acknowledged once this many replicas hold it, so with 3
+    /// replicas and 2 one broker may be down without losing a write or refusing one.
+    #[arg(long, env = "KAFKA_MIN_INSYNC_REPLICAS", default_value_t = 2)]
+    pub kafka_min_insync_replicas: i32,
 
     /// How long the broker waits without a heartbeat before it gives a consumer's partitions to
     /// another member (librdkafka `session.timeout.ms`). A broker pause shorter than this costs
@@ -119,11 +125,9 @@ pub struct Settings {
     pub kafka_session_timeout_ms: u64,
 
     /// Longest time the broker may hold a consumer's fetch while no record is there (librdkafka
-    /// `fetch.wait.max.ms`). Apache Kafka answers a fetch as soon as records arrive, so there
-    /// this only sets how often an idle consumer asks (500 is Kafka's usual). tansu 0.6 answers
-    /// at the deadline, so every record waits up to this long: 10 ms measured p50 71 ms from
-    /// write to recommendation against 123 ms with 50.
-    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 10)]
+    /// `fetch.wait.max.ms`). Kafka answers a fetch as soon as records arrive, so this adds no
+    /// latency; it only sets how often an idle consumer asks.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 500)]
     pub kafka_fetch_wait_ms: u64,
 
     /// Static group membership (KIP-345): a stable name for this runtime in its consumer groups
@@ -299,9 +303,11 @@ impl Settings {
 
     /// How topics are created when missing.
     pub fn topic_layout(&self) -> recsys_actors::kafka::TopicLayout {
+        let replication = self.kafka_replication_factor.max(1);
         recsys_actors::kafka::TopicLayout {
             partitions: self.kafka_partitions,
-            replication: self.kafka_replication_factor.max(1),
+            replication,
+            min_insync_replicas: self.kafka_min_insync_replicas.clamp(1, replication),
         }
     }
 

@@ -90,8 +90,11 @@ pub fn probe_client(brokers: &str, logger: Logger) -> KafkaResult<FutureProducer
 pub struct TopicLayout {
     /// Partitions per topic.
     pub partitions: i32,
-    /// Replicas per partition (1 on a single-store broker such as tansu; 3 on a real cluster).
+    /// Replicas per partition.
     pub replication: i32,
+    /// The topics' `min.insync.replicas`: how many replicas hold a record before an `acks=all`
+    /// producer is told it is written.
+    pub min_insync_replicas: i32,
 }
 
 /// Creates each of `topics` with `layout` unless it already exists.
@@ -104,6 +107,7 @@ pub async fn ensure_topics(
 ) -> KafkaResult<()> {
     let admin: AdminClient<SlogContext> = client_config(brokers, "recsys-admin")
         .create_with_context(SlogContext::new(logger.clone()))?;
+    let min_insync = layout.min_insync_replicas.to_string();
     let new_topics: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
@@ -112,6 +116,7 @@ pub async fn ensure_topics(
                 layout.partitions,
                 TopicReplication::Fixed(layout.replication),
             )
+            .set("min.insync.replicas", &min_insync)
         })
         .collect();
     let options = AdminOptions::new()
@@ -120,7 +125,7 @@ pub async fn ensure_topics(
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(topic) => {
-                info!(logger, "topic created"; "topic" => topic, "partitions" => layout.partitions, "replication" => layout.replication)
+                info!(logger, "topic created"; "topic" => topic, "partitions" => layout.partitions, "replication" => layout.replication, "min_insync_replicas" => layout.min_insync_replicas)
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {

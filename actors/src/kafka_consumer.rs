@@ -27,7 +27,8 @@ use slog::{debug, info, warn, Logger};
 
 use crate::kafka::{self, SlogContext};
 use crate::metrics::{
-    KAFKA_CONSUMER_LAG, KAFKA_MESSAGES_CONSUMED, KAFKA_PROCESSING_DURATION, KAFKA_REBALANCES,
+    KAFKA_ASSIGNED_PARTITIONS, KAFKA_CONSUMER_LAG, KAFKA_MESSAGES_CONSUMED,
+    KAFKA_PROCESSING_DURATION, KAFKA_REBALANCES,
 };
 use crate::observe::ObservedRecipient;
 use crate::sequence;
@@ -108,6 +109,7 @@ struct GroupContext {
     inner: SlogContext,
     logger: Logger,
     service: &'static str,
+    group: String,
     positions: ObservedRecipient<LoadPositions>,
 }
 
@@ -160,12 +162,17 @@ impl ConsumerContext for GroupContext {
     ) {
         use rdkafka::types::RDKafkaRespErr;
         KAFKA_REBALANCES.with_label_values(&[self.service]).inc();
+        let assigned = KAFKA_ASSIGNED_PARTITIONS.with_label_values(&[self.service, &self.group]);
+        // Eager rebalancing (librdkafka's default assignors): an assignment replaces the
+        // previous one whole, and a revocation takes everything.
+        assigned.set(0);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.apply_stored_positions(tpl);
                 info!(self.logger, "partitions assigned"; "count" => tpl.count());
-                if let Err(e) = base_consumer.assign(tpl) {
-                    warn!(self.logger, "assign failed"; "error" => %e);
+                match base_consumer.assign(tpl) {
+                    Ok(()) => assigned.set(tpl.count() as i64),
+                    Err(e) => warn!(self.logger, "assign failed"; "error" => %e),
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -233,11 +240,21 @@ impl<T: Send + Sync + 'static> KafkaConsumer<T> {
         );
         self.running = Some(ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.running = None;
+            act.holds_nothing();
             if let Err(e) = result {
                 warn!(act.logger, "consumer failed; restarting"; "error" => format!("{e:#}"));
                 ctx.stop();
             }
         })));
+    }
+}
+
+impl<T: Send + Sync + 'static> KafkaConsumer<T> {
+    /// Without its client the consumer holds no partition, whatever the last rebalance said.
+    fn holds_nothing(&self) {
+        KAFKA_ASSIGNED_PARTITIONS
+            .with_label_values(&[self.config.service, &self.config.group])
+            .set(0);
     }
 }
 
@@ -352,6 +369,7 @@ impl<T: Send + Sync + 'static> Handler<Pause> for KafkaConsumer<T> {
     fn handle(&mut self, _: Pause, ctx: &mut Self::Context) {
         if let Some(handle) = self.running.take() {
             ctx.cancel_future(handle);
+            self.holds_nothing();
             info!(self.logger, "consumer paused"; "group" => &self.config.group);
         }
     }
@@ -421,6 +439,7 @@ async fn run<T: Send + Sync + 'static>(
         inner: SlogContext::new(logger.clone()),
         logger: logger.clone(),
         service: config.service,
+        group: config.group.clone(),
         positions,
     };
     let mut client = kafka::client_config(&config.brokers, config.service);
@@ -438,8 +457,8 @@ async fn run<T: Send + Sync + 'static>(
             config.session_timeout.as_millis().to_string(),
         )
         .set("heartbeat.interval.ms", "1000")
-        // A broker that answers fetches only at the long-poll deadline (tansu does) adds that
-        // deadline to every record's latency.
+        // The broker answers a fetch as soon as records arrive; the wait only paces an idle
+        // consumer.
         .set(
             "fetch.wait.max.ms",
             config.fetch_wait.as_millis().max(1).to_string(),

@@ -60,6 +60,17 @@ pub static KAFKA_CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// `kafka_consumer_assigned_partitions{service,group}`: partitions the group gave this
+/// consumer at its last rebalance (0 while it holds none).
+pub static KAFKA_ASSIGNED_PARTITIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "kafka_consumer_assigned_partitions",
+        "Partitions assigned to this consumer, by service and group",
+        &["service", "group"]
+    )
+    .expect("metric registers once")
+});
+
 /// `kafka_consumer_rebalances_total{service}`.
 pub static KAFKA_REBALANCES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -87,6 +98,7 @@ pub fn init() {
     LazyLock::force(&KAFKA_MESSAGES_CONSUMED);
     LazyLock::force(&KAFKA_PROCESSING_DURATION);
     LazyLock::force(&KAFKA_REBALANCES);
+    LazyLock::force(&KAFKA_ASSIGNED_PARTITIONS);
     LazyLock::force(&KAFKA_CONSUMER_LAG);
     LazyLock::force(&REDIS_REQUESTS);
     LazyLock::force(&REDIS_REQUEST_DURATION);
