@@ -12,13 +12,17 @@
 # recommendation scores against the committed writes: nothing lost, nothing
 # counted twice. The scenarios print their figures (stderr, shown by nextest
 # with --no-capture):
+#   - survivor: two runtimes share both consumer groups, one is killed with
+#     SIGKILL, the other owns every partition within the session timeout
+#   - rolling restart: three consuming runtimes restarted in turn (SIGTERM)
 #   - runtime killed with SIGKILL mid-load, restarted (static group membership)
-#   - broker paused (SIGSTOP) for 20 s
-#   - broker killed and restarted on its durable store
+#   - the only broker paused (SIGSTOP) for 20 s, longer than the session timeout
+#   - one broker of three killed with SIGKILL, restarted later
 #   - Postgres unreachable for 20 s (a TCP proxy cut by the test)
+#   - Redis unreachable for 20 s (a redis-server of the test's own)
 #   - poison records in both topics during the load
-# Redis unreachable for 20 s is in tests/api/consumer.rs (it needs its own
-# redis-server) and runs with the main suite.
+# The broker scenarios start Kafka nodes of their own (tests/api/kafka.rs); the
+# others share the local cluster.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -26,10 +30,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RECSYS_LOG_TAG=faults
 
 cd "$RECSYS_ROOT"
-export KAFKA_ADDRESS="${KAFKA_ADDRESS:-127.0.0.1:9092}"
+export KAFKA_ADDRESS="${KAFKA_ADDRESS:-$KAFKA_STACK_ADDRESS}"
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}"
 export REDIS_ADDRESS="${REDIS_ADDRESS:-127.0.0.1:6379}"
-export TANSU_BIN
+export KAFKA_LIBS
+export PATH="$RECSYS_CACHE/tools/bin:$PATH"
 filter='binary(api) & test(/^faults::/)'
 if [[ $# -gt 0 ]]; then
   filter+=" & test(/$1/)"

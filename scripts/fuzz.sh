@@ -6,7 +6,7 @@
 #   scripts/fuzz.sh
 #
 # Starts its own runtime (debug build, all four services on free ports, a fresh
-# database recsys_test_fuzz_*, its own topic and Redis key prefixes) against the
+# database recsys_test_<hex>, its own topic and Redis key prefixes) against the
 # local stack (scripts/stack.sh up), logs in as the admin, then runs
 # `st run` once per service, authenticated with the admin token, with these
 # checks: not_a_server_error, status_code_conformance,
@@ -83,8 +83,10 @@ metric_sum() {
 
 start_runtime() {
   local suffix
-  suffix=$(od -An -tx1 -N6 /dev/urandom | tr -d ' \n')
-  database="recsys_test_fuzz_$suffix"
+  # Named like the tests' databases and topics (recsys_test_<hex>, t<hex>.), so that
+  # `scripts/stack.sh topics-clean` deletes the topics once the database is dropped.
+  suffix=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+  database="recsys_test_$suffix"
   "${PSQL[@]}" -c "CREATE DATABASE $database"
   declare -gA PORTS
   local service var
@@ -97,8 +99,8 @@ start_runtime() {
   info "runtime log: $REPORT_DIR/runtime.log"
   (
     export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$database"
-    export KAFKA_ADDRESS="${KAFKA_ADDRESS:-127.0.0.1:9092}"
-    export KAFKA_TOPIC_PREFIX="fuzz$suffix."
+    export KAFKA_ADDRESS="${KAFKA_ADDRESS:-$KAFKA_STACK_ADDRESS}"
+    export KAFKA_TOPIC_PREFIX="t$suffix."
     export REDIS_KEY_PREFIX="fuzz$suffix:"
     export JWT_SECRET="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
     export ADMIN_EMAIL ADMIN_PASSWORD

@@ -8,10 +8,12 @@
 #   RECSYS_ROOT       repository root (parent of scripts/)
 #   RECSYS_CACHE      cache root, outside the repo (default: ~/.cache/recsys)
 #   CARGO_TARGET_DIR  "$RECSYS_CACHE/target" unless already set
-#   STACK_DIR         runtime state of the local stack (tansu db, logs, pids)
-#   TANSU_BIN         absolute path of the tansu broker binary
+#   STACK_DIR         runtime state of the local stack (Kafka data, logs, pids)
+#   KAFKA_LIBS        the Apache Kafka jars (scripts/kafka/pom.xml), fetched by
+#                     `scripts/stack.sh up`; tests start brokers of their own from them
+#   KAFKA_STACK_ADDRESS  bootstrap list of the local three-node cluster
 # and small helpers: info, warn, die, section, have, as_root, now_ms,
-# elapsed_since, tansu_bin, tcp_open, kafka_ping, apt_install.
+# elapsed_since, tcp_open, kafka_ping, apt_install.
 #
 # Sourcing this file does not change shell options of the caller beyond what
 # the caller already set (all scripts use `set -euo pipefail`).
@@ -25,10 +27,9 @@ RECSYS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RECSYS_CACHE="${RECSYS_CACHE:-${HOME:-/root}/.cache/recsys}"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$RECSYS_CACHE/target}"
 STACK_DIR="$RECSYS_CACHE/stack"
-# The cache location the tansu binary is installed into by `cargo install --root`.
-TANSU_ROOT="$RECSYS_CACHE/tansu"
-TANSU_BIN="${TANSU_BIN:-$TANSU_ROOT/bin/tansu}"
-export RECSYS_ROOT RECSYS_CACHE CARGO_TARGET_DIR STACK_DIR TANSU_BIN
+KAFKA_LIBS="${KAFKA_LIBS:-$RECSYS_CACHE/kafka/libs}"
+KAFKA_STACK_ADDRESS="127.0.0.1:9091,127.0.0.1:9092,127.0.0.1:9093"
+export RECSYS_ROOT RECSYS_CACHE CARGO_TARGET_DIR STACK_DIR KAFKA_LIBS KAFKA_STACK_ADDRESS
 
 # ---------------------------------------------------------------- messages ---
 
@@ -71,9 +72,6 @@ elapsed_since() {
   printf '%d.%03ds' $((d / 1000)) $((d % 1000))
 }
 
-# tansu_bin — print the absolute path of the tansu binary (may not exist yet).
-tansu_bin() { echo "$TANSU_BIN"; }
-
 # ---------------------------------------------------------------- network ---
 
 # tcp_open HOST PORT — true if a TCP connection to HOST:PORT succeeds.
@@ -102,6 +100,8 @@ kafka_ping() {
 # apt_install PKG... — install Debian packages (apt-get update once per run).
 APT_UPDATED=""
 apt_install() {
+  local started
+  started=$(now_ms)
   info "installing: $*"
   export DEBIAN_FRONTEND=noninteractive
   if [[ -z $APT_UPDATED ]]; then
@@ -109,4 +109,5 @@ apt_install() {
     APT_UPDATED=1
   fi
   as_root apt-get install -y -q --no-install-recommends "$@" </dev/null 9>&-
+  info "installed $* in $(elapsed_since "$started")"
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/run.sh — run recsys locally: bring the stack up (Postgres, Redis,
-# three tansu brokers), build the release binary and run `recsys serve` in the
-# foreground with development defaults.
+# a three-node Apache Kafka cluster, Prometheus), build the release binary and run
+# `recsys serve` in the foreground with development defaults.
 #
 # Usage:
 #   scripts/run.sh [SERVE_ARGS...]        e.g. scripts/run.sh --services users
@@ -11,7 +11,7 @@
 #   ADMIN_EMAIL=admin@example.com
 #   ADMIN_PASSWORD=admin-password
 # The release binary is built into $CARGO_TARGET_DIR (default
-# ~/.cache/recsys/target). Stop the brokers afterwards with `scripts/stack.sh down`.
+# ~/.cache/recsys/target). Stop the Kafka nodes afterwards with `scripts/stack.sh down`.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh

@@ -1,32 +1,32 @@
 #!/usr/bin/env bash
-# scripts/stack.sh — the local infrastructure recsys needs: Postgres, Redis,
-# a three-broker tansu (Kafka protocol) cluster, and Prometheus scraping the
-# runtime.
+# scripts/stack.sh — the local infrastructure recsys needs: Postgres, Redis, a three-node
+# Apache Kafka cluster (KRaft, from the Maven Central jars) and Prometheus scraping the runtime.
 #
 # Usage:
-#   scripts/stack.sh up      ensure Postgres (127.0.0.1:5432) and Redis
-#                            (127.0.0.1:6379) answer, starting/installing them
-#                            if needed; build tansu if missing; start three
-#                            tansu brokers on 127.0.0.1:9091/9092/9093 sharing
-#                            one SQLite store; wait until each answers Kafka;
-#                            start Prometheus (Debian package, installed if
-#                            missing) on 127.0.0.1:9090 scraping the runtime
-#                            with dashboards/prometheus.local.yml.
-#                            Idempotent.
-#   scripts/stack.sh down    stop the tansu brokers and Prometheus started by
-#                            `up` (Postgres and Redis are left alone).
-#   scripts/stack.sh status  show each component and the service URLs;
-#                            exits non-zero if a component is down.
-#   scripts/stack.sh env     print `export` lines (TANSU_BIN, KAFKA_ADDRESS,
-#                            ...) for `eval "$(scripts/stack.sh env)"`.
+#   scripts/stack.sh up      make sure everything runs, installing what is missing:
+#                            Postgres (127.0.0.1:5432, user postgres, trust on loopback) and
+#                            Redis (127.0.0.1:6379) from Debian's packages; Java 17 and Maven
+#                            if missing; the Kafka jars (scripts/kafka/pom.xml) into the cache;
+#                            three combined broker+controller nodes on 127.0.0.1:9091-9093
+#                            (quorum on 19093-19095), ready when the cluster's metadata lists
+#                            all three; Prometheus on 127.0.0.1:9090 scraping the runtime.
+#                            Idempotent, and quick when everything already runs.
+#   scripts/stack.sh down    stop the Kafka nodes and Prometheus (Postgres and Redis are left
+#                            alone).
+#   scripts/stack.sh status  each component, each Kafka node and the quorum (leader, epoch,
+#                            voters), the service URLs; exits non-zero if a component is down.
+#   scripts/stack.sh env     print `export` lines (KAFKA_ADDRESS, KAFKA_LIBS, ...) for
+#                            `eval "$(scripts/stack.sh env)"`.
+#   scripts/stack.sh topics-clean
+#                            delete the topics of test runs whose database is gone (topics
+#                            named t<32 hex>.*; see scripts/test.sh).
 #
 # Environment:
-#   RECSYS_CACHE           cache root (default ~/.cache/recsys); runtime state
-#                          lives in $RECSYS_CACHE/stack (tansu.db, *.log, *.pid)
-#   TANSU_BIN              tansu binary (default $RECSYS_CACHE/tansu/bin/tansu)
-#   TANSU_START_TIMEOUT    seconds to wait for each broker (default 60)
-#   TANSU_BUILD_TIMEOUT    seconds to wait for a running tansu build (default 3600)
-#   TANSU_RUST_LOG         RUST_LOG for the brokers (default warn)
+#   RECSYS_CACHE           cache root (default ~/.cache/recsys); Kafka's jars in kafka/libs,
+#                          Maven's repository in m2/, node storage, logs and pids in stack/kafka
+#   KAFKA_JVM_OPTS         JVM options of the nodes (default: scripts/kafka/jvm.options)
+#   KAFKA_START_TIMEOUT    seconds to wait for the cluster (default 120)
+#   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL (default 30)
 #   RECSYS_METRICS_TARGET  what Prometheus scrapes (default 127.0.0.1:8080: the
 #                          all-in-one runtime serves one registry on every port)
 #   PROMETHEUS_PORT        Prometheus listen port (default 9090)
@@ -40,15 +40,11 @@ PG_HOST=127.0.0.1
 PG_PORT=5432
 REDIS_HOST=127.0.0.1
 REDIS_PORT=6379
-TANSU_HOST=127.0.0.1
-# Three brokers, one cluster, one shared SQLite store.
-TANSU_PORTS=(9091 9092 9093)
-TANSU_CLUSTER_ID=recsys
-TANSU_VERSION=0.6.0
-TANSU_FEATURES=dynostore,libsql
-TANSU_BUILD_LOG="$RECSYS_CACHE/tansu-build.log"
-TANSU_START_TIMEOUT="${TANSU_START_TIMEOUT:-60}"
-TANSU_BUILD_TIMEOUT="${TANSU_BUILD_TIMEOUT:-3600}"
+KAFKA_HOST=127.0.0.1
+KAFKA_DIR="$STACK_DIR/kafka"
+KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
+KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
+STACK_LOCK_TIMEOUT=900
 SERVICE_TIMEOUT=60
 PROMETHEUS_HOST=127.0.0.1
 PROMETHEUS_PORT="${PROMETHEUS_PORT:-9090}"
@@ -78,7 +74,7 @@ take_lock() {
   exec 9>"$STACK_DIR/.lock"
   if ! flock -n 9; then
     info "another stack.sh is running; waiting for it"
-    flock -w "$TANSU_BUILD_TIMEOUT" 9 || die "timed out waiting for $STACK_DIR/.lock"
+    flock -w "$STACK_LOCK_TIMEOUT" 9 || die "timed out waiting for $STACK_DIR/.lock"
   fi
 }
 
@@ -89,7 +85,7 @@ pg_up() {
 }
 
 # pg_trust_localhost — on a Postgres we installed ourselves, let local TCP
-# clients in without a password (like the CI machine's trust setup).
+# clients in as any user without a password (the tests connect as postgres).
 pg_trust_localhost() {
   local hba
   for hba in /etc/postgresql/*/main/pg_hba.conf; do
@@ -101,22 +97,17 @@ pg_trust_localhost() {
 }
 
 ensure_postgres() {
-  if pg_up && pg_login_ok; then
+  if pg_up && pg_login_ok && pg_settings_ok; then
     info "postgres: up on $PG_HOST:$PG_PORT"
     return 0
   fi
-  local fresh=""
   if ! have pg_ctlcluster || ! have pg_isready || [[ -z $(ls /etc/postgresql 2>/dev/null) ]]; then
     apt_install postgresql postgresql-client
-    fresh=1
   fi
   local version
   # shellcheck disable=SC2012 # version directory names are plain
   version=$(ls /etc/postgresql | sort -V | tail -n1)
   [[ -n $version ]] || die "postgres: no cluster under /etc/postgresql after install"
-  if [[ -n $fresh ]]; then
-    pg_trust_localhost
-  fi
   if ! pg_up; then
     info "postgres: starting cluster $version/main"
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start 9>&- ||
@@ -124,17 +115,42 @@ ensure_postgres() {
   fi
   wait_until "$SERVICE_TIMEOUT" "postgres" pg_up ||
     die "postgres is not answering on $PG_HOST:$PG_PORT (see /var/log/postgresql/)"
-  if [[ -n $fresh ]]; then
-    # The package may have started the cluster before pg_hba.conf was edited.
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload || true
+  if ! pg_login_ok; then
+    # A cluster as the package made it asks for a password on TCP.
+    pg_trust_localhost
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload 9>&- || true
+    wait_until 10 "postgres login" pg_login_ok ||
+      die "postgres answers but 'psql -h $PG_HOST -U postgres' fails; localhost needs trust auth in pg_hba.conf"
   fi
-  pg_login_ok ||
-    die "postgres answers but 'psql -h $PG_HOST -U postgres' fails; localhost needs trust auth in pg_hba.conf"
+  pg_configure "$version"
   info "postgres: up on $PG_HOST:$PG_PORT"
 }
 
+# What the suite and the benchmark need of the server beyond the package's defaults: tests run
+# many runtimes at once, each with its pool, and a `cargo test` fallback keeps them all in one
+# process.
+PG_MAX_CONNECTIONS=400
+
+pg_settings_ok() {
+  [[ $(psql -w -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -X -Atqc 'show max_connections' </dev/null) == "$PG_MAX_CONNECTIONS" ]]
+}
+
+# pg_configure VERSION — puts our settings in the cluster's conf.d and restarts it when the
+# running server has other values.
+pg_configure() {
+  local version=$1 conf="/etc/postgresql/$1/main/conf.d/recsys.conf"
+  pg_settings_ok && return 0
+  info "postgres: setting max_connections = $PG_MAX_CONNECTIONS in $conf and restarting"
+  printf '# Written by scripts/stack.sh: what the recsys suite and benchmark need.\nmax_connections = %s\n' \
+    "$PG_MAX_CONNECTIONS" | as_root tee "$conf" >/dev/null
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart 9>&- ||
+    die "postgres: restart with $conf failed (see /var/log/postgresql/)"
+  wait_until "$SERVICE_TIMEOUT" "postgres" pg_login_ok ||
+    die "postgres is not answering after the restart (see /var/log/postgresql/)"
+}
+
 pg_login_ok() {
-  psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -X -Atqc 'select 1' </dev/null >/dev/null
+  psql -w -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -X -Atqc 'select 1' </dev/null >/dev/null
 }
 
 # ------------------------------------------------------------------- redis ---
@@ -160,69 +176,149 @@ ensure_redis() {
   info "redis: up on $REDIS_HOST:$REDIS_PORT"
 }
 
-# ------------------------------------------------------------ tansu binary ---
+# ------------------------------------------------------------- kafka jars ---
 
-tansu_build_running() {
-  # Look for a cargo install of tansu already in progress (ours or someone's).
-  # Anchored on the cargo executable so shells that merely mention it don't match.
-  pgrep -f '^[^ ]*cargo install .*tansu' >/dev/null 2>&1
+# java_major — the major version of the `java` on PATH (17 for "17.0.15").
+java_major() {
+  java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1
 }
 
-build_tansu() {
-  info "building tansu $TANSU_VERSION into $TANSU_ROOT (log: $TANSU_BUILD_LOG; takes 5-15 min)"
-  mkdir -p "$TANSU_ROOT"
-  # Own temp target dir (not the project's CARGO_TARGET_DIR), run outside the
-  # repo so no project cargo config / toolchain file applies.
-  (
-    cd "$RECSYS_CACHE"
-    env -u CARGO_TARGET_DIR \
-      cargo install --locked tansu --version "$TANSU_VERSION" --features "$TANSU_FEATURES" \
-      --root "$TANSU_ROOT" </dev/null 2>&1 | tee "$TANSU_BUILD_LOG"
-  ) || die "tansu build failed (see $TANSU_BUILD_LOG)"
+ensure_java() {
+  if ! have java || (($(java_major) < 17)); then
+    apt_install openjdk-17-jre-headless
+  fi
+  have java || die "java: not found after installing openjdk-17-jre-headless"
 }
 
-ensure_tansu_bin() {
-  if [[ -x $TANSU_BIN ]] && ! tansu_build_running; then
+# ensure_kafka_libs — the broker's jars in $KAFKA_LIBS, fetched from Maven Central with
+# scripts/kafka/pom.xml once, and again whenever the pom changes (its hash is kept beside the
+# jars). Maven's own repository lives in the cache too, so a fresh RECSYS_CACHE is a cold start.
+ensure_kafka_libs() {
+  local pom="$RECSYS_ROOT/scripts/kafka/pom.xml" stamp="$KAFKA_LIBS/.pom-sha256" want
+  want=$(sha256sum "$pom" | cut -d' ' -f1)
+  ensure_java
+  have python3 || apt_install python3
+  if [[ -s $stamp && $(<"$stamp") == "$want" ]]; then
+    info "kafka: jars in $KAFKA_LIBS"
     return 0
   fi
-  if tansu_build_running; then
-    info "a tansu build is already running; waiting for it (log: $TANSU_BUILD_LOG)"
-    local deadline=$((SECONDS + TANSU_BUILD_TIMEOUT)) next_note=$((SECONDS + 60))
-    while tansu_build_running; do
-      ((SECONDS < deadline)) || die "tansu build still running after ${TANSU_BUILD_TIMEOUT}s"
-      if ((SECONDS >= next_note)); then
-        info "still building: $(tail -n1 "$TANSU_BUILD_LOG" 2>/dev/null | tr -d '\r' | cut -c1-100)"
-        next_note=$((SECONDS + 60))
-      fi
-      sleep 5
-    done
-  fi
-  if [[ ! -x $TANSU_BIN ]]; then
-    [[ $TANSU_BIN == "$TANSU_ROOT/bin/tansu" ]] ||
-      die "TANSU_BIN=$TANSU_BIN does not exist (unset it to build into the cache)"
-    build_tansu
-  fi
-  [[ -x $TANSU_BIN ]] || die "tansu binary missing after build: $TANSU_BIN"
-  info "tansu: $TANSU_BIN"
+  have mvn || apt_install maven
+  local tmp="$KAFKA_LIBS.new" started
+  started=$(now_ms)
+  info "kafka: fetching the jars of scripts/kafka/pom.xml into $KAFKA_LIBS"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  mvn -B -q -f "$pom" -Dmaven.repo.local="$RECSYS_CACHE/m2" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$tmp" </dev/null 9>&- ||
+    die "kafka: could not fetch the broker jars (mvn -f scripts/kafka/pom.xml ... copy-dependencies)"
+  compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || die "kafka: no kafka_2.13 jar in $tmp"
+  rm -rf "$KAFKA_LIBS"
+  mv "$tmp" "$KAFKA_LIBS"
+  echo "$want" >"$stamp"
+  info "kafka: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars fetched in $(elapsed_since "$started")"
 }
 
-# ---------------------------------------------------------- tansu brokers ---
+# kafka_java CLASS ARGS... — runs a class of the Kafka jars (a tool), logging warnings only.
+kafka_java() {
+  java -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
+    -Dlog4j2.configurationFile="$RECSYS_ROOT/scripts/kafka/log4j2.xml" \
+    -cp "$KAFKA_LIBS/*" "$@"
+}
 
-pid_file() { echo "$STACK_DIR/tansu-$1.pid"; }
-log_file() { echo "$STACK_DIR/tansu-$1.log"; }
+# ------------------------------------------------------------ kafka nodes ---
 
-# broker_pid PORT — print the pid of our broker on PORT if it is alive.
-broker_pid() {
-  local pidf pid cmdline
+# Three combined broker+controller nodes, one KRaft quorum: node N serves clients on
+# 127.0.0.1:909N and the quorum on 127.0.0.1:1909(N+2).
+KAFKA_NODES=(1 2 3)
+kafka_port() { echo $((9090 + $1)); }
+controller_port() { echo $((19092 + $1)); }
+node_dir() { echo "$KAFKA_DIR/node$1"; }
+node_config() { echo "$KAFKA_DIR/node$1.properties"; }
+pid_file() { echo "$KAFKA_DIR/node$1.pid"; }
+log_file() { echo "$KAFKA_DIR/node$1.log"; }
+
+voters() {
+  local n out=()
+  for n in "${KAFKA_NODES[@]}"; do
+    out+=("$n@$KAFKA_HOST:$(controller_port "$n")")
+  done
+  local IFS=,
+  echo "${out[*]}"
+}
+
+# write_node_config N — the shared settings (scripts/kafka/broker.properties) and node N's own.
+# The internal topics get three replicas, like the project's topics on this cluster.
+write_node_config() {
+  local n=$1
+  mkdir -p "$KAFKA_DIR"
+  {
+    cat "$RECSYS_ROOT/scripts/kafka/broker.properties"
+    cat <<EOF
+
+# node $n of the local stack (written by scripts/stack.sh)
+node.id=$n
+listeners=PLAINTEXT://$KAFKA_HOST:$(kafka_port "$n"),CONTROLLER://$KAFKA_HOST:$(controller_port "$n")
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$(kafka_port "$n")
+controller.quorum.voters=$(voters)
+log.dirs=$(node_dir "$n")
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+EOF
+  } >"$(node_config "$n")"
+}
+
+# jvm_opts — the nodes' JVM options: KAFKA_JVM_OPTS, or scripts/kafka/jvm.options.
+jvm_opts() {
+  if [[ -n ${KAFKA_JVM_OPTS:-} ]]; then
+    echo "$KAFKA_JVM_OPTS"
+  else
+    grep -v '^[[:space:]]*\(#\|$\)' "$RECSYS_ROOT/scripts/kafka/jvm.options" | tr '\n' ' '
+  fi
+}
+
+# format_storage — gives every node without storage its meta.properties and bootstrap
+# checkpoint, all under one cluster id (kept in $KAFKA_DIR/cluster-id); the formatters run in
+# parallel.
+format_storage() {
+  local id_file="$KAFKA_DIR/cluster-id" n started
+  local -a pids=()
+  started=$(now_ms)
+  if [[ ! -s $id_file ]]; then
+    kafka_java kafka.tools.StorageTool random-uuid | tail -n1 >"$id_file.new"
+    [[ -s $id_file.new ]] || die "kafka: StorageTool random-uuid printed nothing"
+    mv "$id_file.new" "$id_file"
+  fi
+  for n in "${KAFKA_NODES[@]}"; do
+    [[ ! -s $(node_dir "$n")/meta.properties ]] || continue
+    info "kafka-$n: formatting $(node_dir "$n") (cluster $(<"$id_file"))"
+    kafka_java kafka.tools.StorageTool format -t "$(<"$id_file")" -c "$(node_config "$n")" \
+      --ignore-formatted >/dev/null 9>&- &
+    pids+=($!)
+  done
+  ((${#pids[@]} > 0)) || return 0
+  for n in "${pids[@]}"; do
+    wait "$n" || die "kafka: formatting the storage failed"
+  done
+  info "kafka: storage formatted in $(elapsed_since "$started")"
+}
+
+# node_pid N — the pid of our node N if it is alive.
+node_pid() {
+  local pidf pid
   pidf=$(pid_file "$1")
   [[ -s $pidf ]] || return 1
   pid=$(<"$pidf")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
-  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline")
-  # Guard against pid reuse: it must be a tansu broker for this port.
-  [[ $cmdline == *tansu*broker*"$TANSU_HOST:$1"* ]] || return 1
+  [[ $pid =~ ^[0-9]+$ ]] && pid_alive "$pid" || return 1
+  # Guard against pid reuse: it must be the Kafka node of this config.
+  [[ $(tr '\0' ' ' <"/proc/$pid/cmdline") == *kafka.Kafka*"$(node_config "$1")"* ]] || return 1
   echo "$pid"
+}
+
+# pid_alive PID — true if PID is a live process (zombies count as dead).
+pid_alive() {
+  [[ -r /proc/$1/cmdline && -n $(tr -d '\0' <"/proc/$1/cmdline" 2>/dev/null) ]]
 }
 
 show_log_tail() {
@@ -235,133 +331,166 @@ show_log_tail() {
   fi
 }
 
-launch_broker() {
-  local port=$1 pidf log
-  pidf=$(pid_file "$port")
-  log=$(log_file "$port")
+launch_node() {
+  local n=$1 pidf log
+  pidf=$(pid_file "$n")
+  log=$(log_file "$n")
   rm -f "$pidf"
-  if [[ -f $log ]]; then
-    mv -f "$log" "$log.prev"
-  fi
-  # setsid: own session, so Ctrl-C in a foreground `run.sh` leaves it alone.
-  # The storage path must be relative to the working directory (STACK_DIR).
-  (
-    cd "$STACK_DIR"
-    # shellcheck disable=SC2016 # $$/$0/$@ belong to the inner bash
-    setsid -f bash -c 'echo $$ >"$0"; exec "$@"' "$pidf" \
-      env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT NO_COLOR=1 RUST_LOG="${TANSU_RUST_LOG:-warn}" \
-      "$TANSU_BIN" broker \
-      --cluster-id "$TANSU_CLUSTER_ID" \
-      --listener-url "tcp://$TANSU_HOST:$port" \
-      --advertised-listener-url "tcp://$TANSU_HOST:$port" \
-      --storage-engine "sqlite://tansu.db" \
-      </dev/null >"$log" 2>&1 9>&-
-  )
+  [[ ! -f $log ]] || mv -f "$log" "$log.prev"
+  # setsid: own session, so Ctrl-C in a foreground `run.sh` leaves it alone. The JVM options
+  # are split into words on purpose.
+  # shellcheck disable=SC2016,SC2046 # $$/$0/$@ belong to the inner bash
+  setsid -f bash -c 'echo $$ >"$0"; exec "$@"' "$pidf" \
+    java $(jvm_opts) -Dlog4j2.configurationFile="$RECSYS_ROOT/scripts/kafka/log4j2.xml" \
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$(node_config "$n")" \
+    </dev/null >"$log" 2>&1 9>&-
 }
 
-# pid_alive PID — true if PID is a live process (zombies count as dead).
-pid_alive() {
-  [[ -r /proc/$1/cmdline && -n $(tr -d '\0' <"/proc/$1/cmdline" 2>/dev/null) ]]
-}
-
-# wait_broker PORT START_MS — poll until the broker answers Kafka ApiVersions.
-# Fails (after showing the end of its log) if the broker exits or stays silent.
-wait_broker() {
-  local port=$1 started=$2 pid="" pidf
-  pidf=$(pid_file "$port")
-  local deadline=$((SECONDS + TANSU_START_TIMEOUT))
-  while :; do
-    [[ -n $pid || ! -s $pidf ]] || pid=$(<"$pidf")
-    if [[ -n $pid ]] && kafka_ping "$TANSU_HOST" "$port"; then
-      info "tansu-$port: answering Kafka on $TANSU_HOST:$port (pid $pid) after $(elapsed_since "$started")"
+# listed_brokers — the node ids the cluster's metadata lists ("1 2 3 "), asked of the first node
+# that answers.
+listed_brokers() {
+  local n listed
+  for n in "${KAFKA_NODES[@]}"; do
+    if listed=$(python3 "$RECSYS_ROOT/scripts/kafka/brokers.py" "$KAFKA_HOST:$(kafka_port "$n")" 2 2>/dev/null); then
+      cut -d' ' -f1 <<<"$listed" | tr '\n' ' '
       return 0
     fi
-    if [[ -n $pid ]] && ! pid_alive "$pid"; then
-      show_log_tail "$port"
-      warn "tansu-$port exited during startup (log: $(log_file "$port"))"
-      return 1
-    fi
-    if ((SECONDS >= deadline)); then
-      show_log_tail "$port"
-      warn "tansu-$port did not answer Kafka on $TANSU_HOST:$port within ${TANSU_START_TIMEOUT}s (log: $(log_file "$port"))"
-      return 1
-    fi
-    sleep 0.1
   done
+  return 1
 }
 
-ensure_broker() {
-  local port=$1 pid
-  if pid=$(broker_pid "$port"); then
-    if kafka_ping "$TANSU_HOST" "$port"; then
-      info "tansu-$port: already running (pid $pid)"
-      return 0
+# cluster_ready — the metadata lists every node.
+cluster_ready() {
+  [[ $(listed_brokers) == "${KAFKA_NODES[*]} " ]]
+}
+
+# wait_cluster START_MS — polls until the metadata lists every node; fails (after showing the
+# logs) when a node exits or time runs out.
+wait_cluster() {
+  local started=$1 n deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+  while ! cluster_ready; do
+    for n in "${KAFKA_NODES[@]}"; do
+      if ! node_pid "$n" >/dev/null && ! kafka_ping "$KAFKA_HOST" "$(kafka_port "$n")"; then
+        show_log_tail "$n"
+        warn "kafka-$n exited during startup (log: $(log_file "$n"))"
+        return 1
+      fi
+    done
+    if ((SECONDS >= deadline)); then
+      for n in "${KAFKA_NODES[@]}"; do show_log_tail "$n"; done
+      warn "the cluster did not list all ${#KAFKA_NODES[@]} brokers within ${KAFKA_START_TIMEOUT}s (listed: $(listed_brokers || echo none))"
+      return 1
     fi
-    # Running but not answering (maybe still starting): give it the deadline.
-    wait_broker "$port" "$(now_ms)"
-    return
-  fi
-  if kafka_ping "$TANSU_HOST" "$port"; then
-    warn "tansu-$port: $TANSU_HOST:$port already answers Kafka but was not started by stack.sh; using it"
-    return 0
-  fi
-  if tcp_open "$TANSU_HOST" "$port"; then
-    die "port $TANSU_HOST:$port is taken by a process that does not speak Kafka"
-  fi
-  info "tansu-$port: starting"
-  local started
+    sleep 0.25
+  done
+  info "kafka: brokers ${KAFKA_NODES[*]} listed on $KAFKA_STACK_ADDRESS after $(elapsed_since "$started")"
+}
+
+# start_nodes — starts every node that is not running (together: a node waits for a quorum of
+# the others), then waits until the cluster lists them all.
+start_nodes() {
+  local n started port pid
+  for n in "${KAFKA_NODES[@]}"; do
+    write_node_config "$n"
+  done
+  format_storage
   started=$(now_ms)
-  launch_broker "$port"
-  wait_broker "$port" "$started"
-}
-
-# start_brokers — ensure every broker runs, one at a time: the first creates the SQLite
-# schema, the others then open an initialised store. Fails on the first that won't start.
-start_brokers() {
-  local port
-  for port in "${TANSU_PORTS[@]}"; do
-    ensure_broker "$port" || return 1
+  for n in "${KAFKA_NODES[@]}"; do
+    port=$(kafka_port "$n")
+    if pid=$(node_pid "$n"); then
+      info "kafka-$n: running (pid $pid)"
+      continue
+    fi
+    if kafka_ping "$KAFKA_HOST" "$port"; then
+      warn "kafka-$n: $KAFKA_HOST:$port already answers Kafka but was not started by stack.sh; using it"
+      continue
+    fi
+    if tcp_open "$KAFKA_HOST" "$port" || tcp_open "$KAFKA_HOST" "$(controller_port "$n")"; then
+      die "kafka-$n: port $port or $(controller_port "$n") is taken by another process"
+    fi
+    info "kafka-$n: starting on $KAFKA_HOST:$port"
+    launch_node "$n"
   done
+  wait_cluster "$started"
 }
 
-# quarantine_store — move the shared store (and its journal files) aside, keeping it for a
-# post-mortem; the next broker start creates a fresh one.
-quarantine_store() {
-  local stamp f
+# quarantine_storage — moves every node's storage aside (kept for a post-mortem) and forgets
+# the cluster id; the next start formats a new cluster.
+quarantine_storage() {
+  local stamp n
   stamp=$(date -u +%Y%m%dT%H%M%SZ)
-  for f in "$STACK_DIR"/tansu.db "$STACK_DIR"/tansu.db-wal "$STACK_DIR"/tansu.db-shm "$STACK_DIR"/tansu.db-journal; do
-    [[ -e $f ]] || continue
-    mv -f "$f" "${f/tansu.db/tansu.db.broken-$stamp}"
+  mkdir -p "$KAFKA_DIR/broken-$stamp"
+  for n in "${KAFKA_NODES[@]}"; do
+    [[ ! -e $(node_dir "$n") ]] || mv -f "$(node_dir "$n")" "$KAFKA_DIR/broken-$stamp/"
   done
-  info "moved the broker store aside to $STACK_DIR/tansu.db.broken-$stamp"
+  [[ ! -e $KAFKA_DIR/cluster-id ]] || mv -f "$KAFKA_DIR/cluster-id" "$KAFKA_DIR/broken-$stamp/"
+  info "moved the Kafka storage aside to $KAFKA_DIR/broken-$stamp"
 }
 
-# signal_broker PORT — send SIGTERM to our broker on PORT; print its pid.
-signal_broker() {
-  local port=$1 pid
-  if ! pid=$(broker_pid "$port"); then
-    rm -f "$(pid_file "$port")"
-    info "tansu-$port: not running"
+# stop_nodes — SIGTERM to every node at once (each shuts down in a few seconds), SIGKILL to any
+# still alive after KAFKA_STOP_TIMEOUT.
+stop_nodes() {
+  local n pid
+  local -A pids=()
+  for n in "${KAFKA_NODES[@]}"; do
+    if pid=$(node_pid "$n"); then
+      info "kafka-$n: stopping (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids[$n]=$pid
+    else
+      rm -f "$(pid_file "$n")"
+    fi
+  done
+  local deadline=$((SECONDS + KAFKA_STOP_TIMEOUT))
+  for n in "${!pids[@]}"; do
+    while pid_alive "${pids[$n]}"; do
+      if ((SECONDS >= deadline)); then
+        warn "kafka-$n: still running ${KAFKA_STOP_TIMEOUT}s after SIGTERM; sending SIGKILL"
+        kill -KILL "${pids[$n]}" 2>/dev/null || true
+        break
+      fi
+      sleep 0.2
+    done
+    rm -f "$(pid_file "$n")"
+  done
+}
+
+# ensure_kafka — the jars, then the three nodes. A cluster that will not start on its existing
+# storage (a node's storage lost or from another cluster) starts over on fresh storage, keeping
+# the old for a look: the local cluster holds scratch data for runs and tests.
+ensure_kafka() {
+  ensure_kafka_libs
+  if ! start_nodes; then
+    warn "the Kafka cluster did not start on its existing storage; starting over on fresh storage"
+    stop_nodes
+    quarantine_storage
+    start_nodes || die "Kafka does not start even on fresh storage (logs: $KAFKA_DIR/node*.log)"
+  fi
+}
+
+# clean_test_topics — deletes the topics of test runs whose database no longer exists. Tests name
+# their topics t<hex>.<topic> after their database recsys_test_<hex> (tests/api/helpers.rs), and
+# scripts/test.sh drops the databases no session uses, so a topic whose database is gone belongs
+# to no running test.
+clean_test_topics() {
+  local topics live stale=() topic hex
+  topics=$(kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_STACK_ADDRESS" --list) ||
+    return 1
+  live=$(psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -X -Atc \
+    "select datname from pg_database where datname like 'recsys\_test\_%'") || return 1
+  while read -r topic; do
+    [[ $topic =~ ^t([0-9a-f]{32})\. ]] || continue
+    hex=${BASH_REMATCH[1]}
+    grep -qx "recsys_test_$hex" <<<"$live" || stale+=("$topic")
+  done <<<"$topics"
+  if ((${#stale[@]} == 0)); then
+    info "no leftover test topics"
     return 0
   fi
-  info "tansu-$port: stopping (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  echo "$pid"
-}
-
-# reap_broker PORT PID — wait (with a deadline) for PID to exit, then SIGKILL.
-reap_broker() {
-  local port=$1 pid=$2
-  local deadline=$((SECONDS + 15))
-  while pid_alive "$pid"; do
-    if ((SECONDS >= deadline)); then
-      warn "tansu-$port: did not exit after SIGTERM; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      break
-    fi
-    sleep 0.2
-  done
-  rm -f "$(pid_file "$port")"
+  local IFS='|'
+  kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_STACK_ADDRESS" \
+    --delete --if-exists --topic "${stale[*]//./\\.}" >/dev/null || return 1
+  info "deleted ${#stale[@]} leftover test topic(s)"
 }
 
 # --------------------------------------------------------------- prometheus ---
@@ -436,39 +565,16 @@ cmd_up() {
   take_lock
   ensure_postgres
   ensure_redis
-  ensure_tansu_bin
-  if ! start_brokers; then
-    # A store left unusable (a broker killed mid-write, a storage task that panicked) makes
-    # every start fail the same way. The stack's topics are scratch data for runs and tests:
-    # start over on a fresh store, keeping the old one for a look.
-    warn "a broker did not start on the existing store; starting all on a fresh one"
-    stop_brokers
-    quarantine_store
-    start_brokers || die "tansu does not start even on a fresh store (logs: $STACK_DIR/tansu-*.log)"
-  fi
+  ensure_kafka
   ensure_prometheus
   info "stack is up (state: $STACK_DIR)"
 }
 
-# stop_brokers — stop every broker started by `up`: signal all first, then wait, so they
-# shut down in parallel.
-stop_brokers() {
-  local port pid
-  local -A pids=()
-  for port in "${TANSU_PORTS[@]}"; do
-    pid=$(signal_broker "$port")
-    [[ -z $pid ]] || pids[$port]=$pid
-  done
-  for port in "${!pids[@]}"; do
-    reap_broker "$port" "${pids[$port]}"
-  done
-}
-
 cmd_down() {
   take_lock
-  stop_brokers
+  stop_nodes
   stop_prometheus
-  info "tansu brokers and prometheus stopped (Postgres and Redis left running)"
+  info "Kafka nodes and Prometheus stopped (Postgres and Redis left running)"
 }
 
 # status_line NAME STATE ADDRESS [NOTE]
@@ -478,8 +584,23 @@ status_line() {
   echo "${line%"${line##*[! ]}"}"
 }
 
+# quorum_status — the KRaft quorum as the cluster describes it: leader, epoch, voters and how far
+# the followers lag.
+quorum_status() {
+  local described
+  described=$(kafka_java org.apache.kafka.tools.MetadataQuorumCommand \
+    --bootstrap-server "$KAFKA_STACK_ADDRESS" describe --status 2>/dev/null) || return 1
+  awk -F':[[:space:]]+' '
+    $1 == "LeaderId" { leader = $2 }
+    $1 == "LeaderEpoch" { epoch = $2 }
+    $1 == "MaxFollowerLag" { lag = $2 }
+    $1 == "CurrentVoters" { line = $0; voters = gsub(/"id":/, "", line) }
+    END { printf "leader node %s, epoch %s, %s voters, max follower lag %s records\n", leader, epoch, voters, lag }
+  ' <<<"$described"
+}
+
 cmd_status() {
-  local rc=0 port pid
+  local rc=0 n pid port quorum
   echo "infrastructure:"
   if pg_up; then status_line postgres up "$PG_HOST:$PG_PORT"; else
     status_line postgres down "$PG_HOST:$PG_PORT"
@@ -489,26 +610,39 @@ cmd_status() {
     status_line redis down "$REDIS_HOST:$REDIS_PORT"
     rc=1
   fi
-  for port in "${TANSU_PORTS[@]}"; do
-    pid=$(broker_pid "$port" || true)
-    if kafka_ping "$TANSU_HOST" "$port"; then
+  for n in "${KAFKA_NODES[@]}"; do
+    port=$(kafka_port "$n")
+    pid=$(node_pid "$n" || true)
+    if kafka_ping "$KAFKA_HOST" "$port"; then
       if [[ -n $pid ]]; then
-        status_line "tansu-$port" up "$TANSU_HOST:$port" "pid $pid"
+        status_line "kafka-$n" up "$KAFKA_HOST:$port" "pid $pid, quorum port $(controller_port "$n")"
       else
-        status_line "tansu-$port" up "$TANSU_HOST:$port" "(not started by stack.sh)"
+        status_line "kafka-$n" up "$KAFKA_HOST:$port" "(not started by stack.sh)"
       fi
     else
-      status_line "tansu-$port" down "$TANSU_HOST:$port" "${pid:+pid $pid alive but not answering}"
+      status_line "kafka-$n" down "$KAFKA_HOST:$port" "${pid:+pid $pid alive but not answering}"
       rc=1
     fi
   done
+  if cluster_ready; then
+    status_line "kafka cluster" up "$KAFKA_STACK_ADDRESS" "metadata lists brokers $(listed_brokers)"
+  else
+    status_line "kafka cluster" down "$KAFKA_STACK_ADDRESS" "metadata lists: $(listed_brokers || echo nothing)"
+    rc=1
+  fi
+  if [[ -d $KAFKA_LIBS ]] && quorum=$(quorum_status); then
+    status_line "kafka quorum" up "$KAFKA_HOST:19093-19095" "$quorum"
+  else
+    status_line "kafka quorum" down "$KAFKA_HOST:19093-19095"
+    rc=1
+  fi
   if prometheus_ready; then
     status_line prometheus up "http://$PROMETHEUS_HOST:$PROMETHEUS_PORT" "scraping $RECSYS_METRICS_TARGET"
   else
     status_line prometheus down "http://$PROMETHEUS_HOST:$PROMETHEUS_PORT"
     rc=1
   fi
-  echo "  tansu binary: $TANSU_BIN$([[ -x $TANSU_BIN ]] || echo ' (missing)')"
+  echo "  kafka jars:   $KAFKA_LIBS$([[ -s $KAFKA_LIBS/.pom-sha256 ]] || echo ' (missing)')"
   echo "  state dir:    $STACK_DIR"
   echo "  dashboards:   docker compose up -d (Grafana http://localhost:3000, admin/admin);"
   echo "                locally, query Prometheus at http://$PROMETHEUS_HOST:$PROMETHEUS_PORT/graph"
@@ -528,8 +662,8 @@ cmd_status() {
 }
 
 cmd_env() {
-  printf 'export TANSU_BIN=%q\n' "$TANSU_BIN"
-  printf 'export KAFKA_ADDRESS=%q\n' "${KAFKA_ADDRESS:-$TANSU_HOST:9092}"
+  printf 'export KAFKA_ADDRESS=%q\n' "${KAFKA_ADDRESS:-$KAFKA_STACK_ADDRESS}"
+  printf 'export KAFKA_LIBS=%q\n' "$KAFKA_LIBS"
   printf 'export REDIS_ADDRESS=%q\n' "$REDIS_HOST:$REDIS_PORT"
   printf 'export TEST_DATABASE_URL=%q\n' "postgres://postgres@$PG_HOST:$PG_PORT"
   printf 'export CARGO_TARGET_DIR=%q\n' "$CARGO_TARGET_DIR"
@@ -546,6 +680,7 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
+    topics-clean) clean_test_topics ;;
     *) usage ;;
   esac
 }

