@@ -154,8 +154,8 @@ async fn a_token_rewritten_to_another_user_is_unauthorized() {
 /// The runtime refuses to start with a short (guessable) `JWT_SECRET`.
 #[actix_web::test]
 async fn the_runtime_refuses_a_short_jwt_secret() {
-    let (database_url, _) = fresh_database().await;
-    let mut settings = test_settings(&database_url, "short-secret.", &brokers());
+    let (database_url, prefix) = fresh_database().await;
+    let mut settings = test_settings(&database_url, &prefix, &brokers());
     settings.jwt_secret = Some(recsys::config::Secret::new("dev-secret-change-me"));
 
     let error = Application::build(settings, &Service::ALL, test_logger())

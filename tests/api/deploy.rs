@@ -244,3 +244,22 @@ fn the_image_is_built_in_stages_and_runs_the_binary() {
     assert!(dockerfile.contains("cargo build --release --locked --bin recsys"));
     assert!(dockerfile.contains("ENTRYPOINT [\"recsys\"]"));
 }
+
+/// The compose file runs the Apache Kafka version the local stack and the tests run
+/// (`scripts/kafka/pom.xml`), on every node.
+#[test]
+fn compose_runs_the_kafka_version_of_the_local_stack() {
+    let pom = std::fs::read_to_string(root().join("scripts/kafka/pom.xml")).unwrap();
+    let version = pom
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split("</kafka.version>").next())
+        .expect("the pom names kafka.version");
+    let compose = resolved();
+    let images: Vec<&str> = ["kafka-1", "kafka-2", "kafka-3"]
+        .iter()
+        .map(|node| compose["services"][*node]["image"].as_str().unwrap())
+        .collect();
+    let expected = format!("apache/kafka:{version}");
+    assert_eq!(images, [expected.as_str(); 3]);
+}

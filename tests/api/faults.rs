@@ -17,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
 use crate::helpers::*;
-use crate::observability::samples;
+use crate::kafka::{describe_group, KafkaCluster};
+use crate::observability::{parse_samples, samples, Sample};
 
 /// A TCP proxy in front of Postgres that can cut every connection and refuse new ones.
 struct Proxy {
@@ -435,43 +436,47 @@ async fn poison_records_during_the_load_are_dead_lettered_and_the_rest_counts_ex
     );
 }
 
-/// A tansu broker of this test's own on `port`, storing in `dir` (durable across restarts).
-fn durable_broker(port: u16, dir: &std::path::Path) -> tokio::process::Child {
-    start_tansu(port, "sqlite://tansu.db", dir)
-}
-
-/// The broker killed (SIGKILL) during the load and restarted on its durable store: writes keep
-/// answering 202 while it is down, and once it is back every acknowledged write is counted
-/// exactly once.
+/// One broker of a three-node cluster killed (SIGKILL) during the load, and started again once
+/// the consumers applied what was written while it was down. The topics have three replicas and
+/// `min.insync.replicas=2`: writes keep answering 202, records keep being published and
+/// applied by both groups with the node down, and after its return nothing is lost or counted
+/// twice.
 #[actix_web::test]
-async fn a_broker_killed_and_restarted_on_its_store_loses_nothing() {
-    let dir = std::env::temp_dir().join(format!("recsys-broker-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let brokers = format!("127.0.0.1:{port}");
-    let mut broker = durable_broker(port, &dir);
-    let app = spawn_app_configured(&brokers, test_logger(), exact_scores).await;
-    let mut load = Workload::new(&app).await;
+async fn one_broker_of_three_killed_and_restarted_loses_nothing() {
+    let mut cluster = KafkaCluster::start(3).await;
+    let app = spawn_app_configured(&cluster.bootstrap(), test_logger(), |settings| {
+        exact_scores(settings);
+        settings.kafka_replication_factor = 3;
+        settings.kafka_min_insync_replicas = 2;
+    })
+    .await;
+    // Six users: their activities land on every partition, whichever the dead node led.
+    let mut load = Workload::with_users(&app, 6).await;
     load.write_acknowledged(24).await;
 
-    broker.start_kill().expect("SIGKILL");
-    broker.wait().await.unwrap();
+    cluster.kill(0).await;
     let down_at = Instant::now();
     let mut down_writes = 0;
-    while down_at.elapsed() < Duration::from_secs(5) {
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    while down_at.elapsed() < Duration::from_secs(10) {
+        pace.tick().await;
         let reply = load.write().await;
         assert_eq!(reply.status, 202, "writes keep succeeding: {}", reply.text);
         down_writes += 1;
     }
-    let _broker = durable_broker(port, &dir);
-    load.write_acknowledged(24).await;
+    // Still down: every write so far is published and applied by both groups.
+    load.assert_exact().await;
+    let applied_while_down = down_at.elapsed();
 
+    cluster.restart(0).await;
+    load.write_acknowledged(24).await;
     load.assert_exact().await;
     eprintln!(
-        "killed broker: {} acknowledged actions ({down_writes} while it was down), all counted once",
+        "one broker of three killed: {} acknowledged actions ({down_writes} while it was down, \
+         all applied {applied_while_down:?} after the kill with the node still down), all \
+         counted once",
         load.acknowledged
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The `recsys` binary in a child process hosting `services`, configured by environment
@@ -505,6 +510,14 @@ async fn start_process(
         .env("KAFKA_ADDRESS", &settings.kafka_address)
         .env("KAFKA_TOPIC_PREFIX", &settings.kafka_topic_prefix)
         .env("KAFKA_PARTITIONS", settings.kafka_partitions.to_string())
+        .env(
+            "KAFKA_REPLICATION_FACTOR",
+            settings.kafka_replication_factor.to_string(),
+        )
+        .env(
+            "KAFKA_MIN_INSYNC_REPLICAS",
+            settings.kafka_min_insync_replicas.to_string(),
+        )
         .env("REDIS_ADDRESS", &settings.redis_address)
         .env("REDIS_KEY_PREFIX", &settings.redis_key_prefix)
         .env("JWT_SECRET", secret(&settings.jwt_secret))
@@ -548,8 +561,7 @@ async fn start_process(
 /// exactly once.
 #[actix_web::test]
 async fn a_runtime_killed_mid_load_and_restarted_counts_exactly() {
-    let (database_url, _) = fresh_database().await;
-    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let (database_url, prefix) = fresh_database().await;
     let mut settings = test_settings(&database_url, &prefix, &brokers());
     exact_scores(&mut settings);
     settings.kafka_group_instance_id = Some(format!("fault-{}", uuid::Uuid::new_v4().simple()));
@@ -600,26 +612,38 @@ fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid}");
 }
 
-/// The broker paused (SIGSTOP) for 20 s during the load: writes keep answering 202 while the
-/// outbox grows; after SIGCONT the outbox drains to 0, the consumers keep their partitions (the
-/// pause is shorter than the session timeout), and every acknowledged write counts once.
+/// The only broker paused (SIGSTOP) for 20 s, longer than the consumers' 6 s session timeout,
+/// during the load: writes keep answering 202 while the outbox grows; after SIGCONT the
+/// consumers' sessions have expired, both groups rejoin (new members that own every partition),
+/// the outbox drains and every acknowledged write counts once.
 #[actix_web::test]
-async fn a_broker_paused_for_20_s_loses_nothing() {
-    let dir = std::env::temp_dir().join(format!("recsys-paused-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let brokers = format!("127.0.0.1:{port}");
-    let broker = durable_broker(port, &dir);
-    let pid = broker.id().expect("running");
-    let app = spawn_app_configured(&brokers, test_logger(), exact_scores).await;
-    let mut load = Workload::new(&app).await;
+async fn a_broker_paused_longer_than_the_session_timeout_loses_nothing() {
+    let cluster = KafkaCluster::start(1).await;
+    let brokers = cluster.bootstrap();
+    let app = spawn_app_configured(&brokers, test_logger(), |settings| {
+        exact_scores(settings);
+        settings.kafka_session_timeout_ms = 6_000;
+    })
+    .await;
+    let mut load = Workload::with_users(&app, 6).await;
     load.write_acknowledged(24).await;
     eventually(Duration::from_secs(30), "the outbox to drain", || async {
         (app.outbox_rows().await == 0).then_some(())
     })
     .await;
+    let partitions = app.partitions();
+    let mut members_before = Vec::new();
+    for group in app.groups() {
+        let described = eventually(Duration::from_secs(30), "the group to settle", || async {
+            describe_group(&brokers, &group)
+                .await
+                .filter(|g| g.covers(1, &partitions))
+        })
+        .await;
+        members_before.push(described.members[0].id.clone());
+    }
 
-    signal(pid, "STOP");
+    signal(cluster.pid(0), "STOP");
     let paused_at = Instant::now();
     let mut paused_writes = 0;
     let mut slowest = Duration::ZERO;
@@ -639,8 +663,21 @@ async fn a_broker_paused_for_20_s_loses_nothing() {
         pending >= paused_writes,
         "the outbox holds {pending} rows after {paused_writes} writes with the broker paused"
     );
-    signal(pid, "CONT");
+    signal(cluster.pid(0), "CONT");
     let resumed_at = Instant::now();
+    for (group, before) in app.groups().iter().zip(&members_before) {
+        eventually(
+            Duration::from_secs(60),
+            "the group to rejoin with a new member owning every partition",
+            || async {
+                describe_group(&brokers, group)
+                    .await
+                    .filter(|g| g.covers(1, &partitions) && g.members[0].id != *before)
+            },
+        )
+        .await;
+    }
+    let rejoined = resumed_at.elapsed();
     eventually(Duration::from_secs(60), "the outbox to drain", || async {
         (app.outbox_rows().await == 0).then_some(())
     })
@@ -650,12 +687,10 @@ async fn a_broker_paused_for_20_s_loses_nothing() {
     load.assert_exact().await;
     eprintln!(
         "paused broker: {} acknowledged actions ({paused_writes} during the pause, slowest \
-         {slowest:?}; outbox peaked at ≥ {pending}, drained {drained:?} after SIGCONT), all \
-         counted once",
+         {slowest:?}; outbox peaked at >= {pending}); after SIGCONT both groups rejoined in \
+         {rejoined:?} and the outbox drained in {drained:?}; all counted once",
         load.acknowledged
     );
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Redis unreachable for 20 s during the load: every recommendation read (global, for the
@@ -733,25 +768,115 @@ async fn redis_unreachable_for_20_s_reads_keep_answering_from_postgres() {
     );
 }
 
-/// Two runtimes hosting recommendations and analytics share the consumer groups (a third hosts
-/// users and products); one is killed with SIGKILL mid-stream and the other takes over its
-/// partitions once the broker expires the dead member's session: every write counts once.
-///
-/// Ignored by default: tansu 0.6, the broker here, never hands a dead member's partitions to
-/// the survivor (its coordinator drops the member but keeps the old assignment; README,
-/// "Guarantees"). Run it against the docker-compose Kafka cluster with
-/// `KAFKA_ADDRESS=127.0.0.1:9092 cargo nextest run --run-ignored only -E 'test(/survivor/)'`.
+/// The samples on `/metrics` of the runtime listening on `port` (none while it does not answer).
+async fn metrics_of(port: u16) -> Vec<Sample> {
+    let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(reply) => reply.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    parse_samples(&text)
+}
+
+/// Per consuming service, `[recommendations, analytics]`: the sum of the samples of `name` whose
+/// labels include `labels`.
+fn per_consumer(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> [f64; 2] {
+    ["recommendations", "analytics"].map(|service| {
+        samples
+            .iter()
+            .filter(|s| s.name == name && s.label("service") == Some(service))
+            .filter(|s| labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+            .map(|s| s.value)
+            .sum()
+    })
+}
+
+/// Partitions the runtime listening on `port` holds, per consuming service.
+async fn assigned_partitions(port: u16) -> [f64; 2] {
+    per_consumer(
+        &metrics_of(port).await,
+        "kafka_consumer_assigned_partitions",
+        &[],
+    )
+}
+
+/// User activities the runtime listening on `port` applied since it started, per consuming
+/// service.
+async fn applied(port: u16) -> [f64; 2] {
+    per_consumer(
+        &metrics_of(port).await,
+        "kafka_messages_consumed_total",
+        &[("type", "user.activity"), ("status", "ok")],
+    )
+}
+
+/// Records behind the log end in `groups`, summed over every partition, as the runtime listening
+/// on `port` last measured them (`kafka_consumer_lag`).
+async fn lag(port: u16, groups: &[String]) -> f64 {
+    metrics_of(port)
+        .await
+        .iter()
+        .filter(|s| s.name == "kafka_consumer_lag")
+        .filter(|s| {
+            s.label("group")
+                .is_some_and(|g| groups.iter().any(|x| x == g))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Both consumer groups of a test runtime, as the broker describes them.
+#[derive(Clone)]
+struct Groups {
+    brokers: String,
+    names: [String; 2],
+    partitions: Vec<(String, i32)>,
+}
+
+impl Groups {
+    fn of(app: &TestApp) -> Self {
+        Self {
+            brokers: app.settings.kafka_address.clone(),
+            names: app.groups(),
+            partitions: app.partitions(),
+        }
+    }
+
+    /// Waits until both groups are stable with `members` members that own every partition
+    /// between them; answers how long that took.
+    async fn settle(&self, members: usize, deadline: Duration) -> Duration {
+        let started = Instant::now();
+        for group in &self.names {
+            eventually(
+                deadline,
+                &format!("{group} to be stable with {members} members owning every partition"),
+                || async {
+                    describe_group(&self.brokers, group)
+                        .await
+                        .filter(|g| g.covers(members, &self.partitions))
+                        .map(|_| ())
+                },
+            )
+            .await;
+        }
+        started.elapsed()
+    }
+}
+
+/// Two runtimes hosting recommendations and analytics share both consumer groups (a third hosts
+/// users and products), and each holds partitions in both; one is killed with SIGKILL in the
+/// middle of the load. The broker expires the dead member's session and the survivor owns every
+/// partition of both groups within the session timeout plus one rebalance; every write counts
+/// once.
 #[actix_web::test]
-#[ignore = "needs a broker that reassigns a dead member's partitions (Apache Kafka); tansu 0.6 does not"]
 async fn a_second_runtime_takes_over_from_a_killed_one_as_survivor() {
     use Service::{Analytics, Products, Recommendations, Users};
-    let (database_url, _) = fresh_database().await;
-    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    const SESSION: Duration = Duration::from_secs(6);
+    let (database_url, prefix) = fresh_database().await;
     let mut settings = test_settings(&database_url, &prefix, &brokers());
     exact_scores(&mut settings);
     // Dynamic membership: the dead member must be expired, not replaced.
     settings.kafka_group_instance_id = None;
-    settings.kafka_session_timeout_ms = 6_000;
+    settings.kafka_session_timeout_ms = SESSION.as_millis() as u64;
     let dir = std::env::temp_dir().join(format!("recsys-survivor-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let front: BTreeMap<Service, u16> = [(Users, free_port()), (Products, free_port())].into();
@@ -783,50 +908,166 @@ async fn a_second_runtime_takes_over_from_a_killed_one_as_survivor() {
     let mut ports = front.clone();
     ports.extend(ports_b.clone());
     let app = TestApp::attach(None, ports, settings.clone(), database_url, prefix).await;
-    // Twelve users: their activities land on every partition, so each runtime has some.
+    // Twelve users: their activities land on every partition.
     let mut load = Workload::with_users(&app, 12).await;
     load.write_acknowledged(48).await;
-    // The runtime about to be killed is consuming user activity for both groups right now.
-    let a_metrics = format!("http://127.0.0.1:{}/metrics", ports_a[&Recommendations]);
-    let applied_by_a = || async {
-        let text = reqwest::get(&a_metrics)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let samples = crate::observability::parse_samples(&text);
-        ["recommendations", "analytics"].map(|service| {
-            samples
-                .iter()
-                .filter(|s| s.name == "kafka_messages_consumed_total")
-                .filter(|s| s.label("service") == Some(service))
-                .filter(|s| s.label("type") == Some("user.activity"))
-                .filter(|s| s.label("status") == Some("ok"))
-                .map(|s| s.value)
-                .sum::<f64>()
-        })
+
+    // Both groups are shared: each runtime holds partitions in both.
+    let groups = Groups::of(&app);
+    groups.settle(2, Duration::from_secs(60)).await;
+    let (metrics_a, metrics_b) = (ports_a[&Recommendations], ports_b[&Recommendations]);
+    for (name, port) in [("a", metrics_a), ("b", metrics_b)] {
+        let held = assigned_partitions(port).await;
+        assert!(
+            held.iter().all(|&n| n > 0.0),
+            "runtime {name} holds partitions in both groups: {held:?}"
+        );
+    }
+    let total = app.partitions().len() as f64;
+
+    // SIGKILL from another task while this one keeps writing.
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        a.start_kill().expect("SIGKILL");
+        a.wait().await.unwrap();
+        Instant::now()
+    });
+    while !killer.is_finished() {
+        load.write_acknowledged(1).await;
+    }
+    let killed_at = killer.await.unwrap();
+    let mut during = 0;
+    let takeover = loop {
+        // The load goes on while the survivor takes over.
+        load.write_acknowledged(1).await;
+        during += 1;
+        if assigned_partitions(metrics_b).await == [total; 2] {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < SESSION + Duration::from_secs(30),
+            "the survivor holds {:?} of {total} partitions {:?} after the kill",
+            assigned_partitions(metrics_b).await,
+            killed_at.elapsed()
+        );
     };
-    let before = applied_by_a().await;
-    load.write_acknowledged(48).await;
-    eventually(
-        Duration::from_secs(30),
-        "the runtime to be killed to apply activity in both groups",
-        || async {
-            let now = applied_by_a().await;
-            (now[0] > before[0] && now[1] > before[1]).then_some(())
-        },
-    )
-    .await;
-    a.start_kill().expect("SIGKILL");
-    a.wait().await.unwrap();
-    let killed_at = Instant::now();
+    // The broker agrees: one member per group, owning every partition.
+    groups.settle(1, Duration::from_secs(30)).await;
     load.write_acknowledged(48).await;
     load.assert_exact().await;
     eprintln!(
-        "survivor: {} acknowledged actions counted once, settled {:?} after the kill",
+        "survivor: each runtime held partitions in both groups; after SIGKILL of one the other \
+         owned all {total} partitions of both groups in {takeover:?} (session timeout \
+         {SESSION:?}; {during} writes meanwhile); {} acknowledged actions counted once, settled \
+         {:?} after the kill",
         load.acknowledged,
         killed_at.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Three runtimes host recommendations and analytics (a fourth users and products). Under a
+/// steady write load each is stopped with SIGTERM and started again, in turn: while it is down
+/// the other two own every partition of both groups, and once it is back all three do; at the
+/// end every write counts once and both groups' lag is back to 0.
+#[actix_web::test]
+async fn a_rolling_restart_under_load_counts_exactly_and_leaves_no_partition_unowned() {
+    use Service::{Analytics, Products, Recommendations, Users};
+    let (database_url, prefix) = fresh_database().await;
+    let mut settings = test_settings(&database_url, &prefix, &brokers());
+    exact_scores(&mut settings);
+    settings.kafka_group_instance_id = None;
+    settings.kafka_session_timeout_ms = 6_000;
+    let dir = std::env::temp_dir().join(format!("recsys-rolling-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let front: BTreeMap<Service, u16> = [(Users, free_port()), (Products, free_port())].into();
+    let backs: Vec<BTreeMap<Service, u16>> = (0..3)
+        .map(|_| [(Recommendations, free_port()), (Analytics, free_port())].into())
+        .collect();
+    let _front = start_process(
+        &settings,
+        &[Users, Products],
+        &front,
+        &dir.join("front.log"),
+    )
+    .await;
+    let mut children = Vec::new();
+    for (i, ports) in backs.iter().enumerate() {
+        let log = dir.join(format!("back-{i}.log"));
+        let child = start_process(&settings, &[Recommendations, Analytics], ports, &log).await;
+        children.push(Some(child));
+    }
+    let mut ports = front.clone();
+    ports.extend(backs[0].clone());
+    let app = TestApp::attach(None, ports, settings.clone(), database_url, prefix).await;
+    let mut load = Workload::with_users(&app, 12).await;
+    load.write_acknowledged(24).await;
+    let groups = Groups::of(&app);
+    groups.settle(3, Duration::from_secs(60)).await;
+
+    // The restarts run in a task of their own; this one keeps writing, 50 a second, meanwhile.
+    let restarts = {
+        let (groups, settings, backs, dir) =
+            (groups.clone(), settings.clone(), backs.clone(), dir.clone());
+        tokio::spawn(async move {
+            let mut steps = Vec::new();
+            for (i, ports) in backs.iter().enumerate() {
+                let mut child = children[i].take().expect("running");
+                let stopping = Instant::now();
+                signal(child.id().expect("running"), "TERM");
+                let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+                    .await
+                    .expect("the runtime exits after SIGTERM")
+                    .unwrap();
+                assert!(status.success(), "runtime {i} exited with {status}");
+                let stopped = stopping.elapsed();
+                let to_two = groups.settle(2, Duration::from_secs(60)).await;
+                let starting = Instant::now();
+                let log = dir.join(format!("back-{i}.log"));
+                let restarted =
+                    start_process(&settings, &[Recommendations, Analytics], ports, &log).await;
+                children[i] = Some(restarted);
+                let ready = starting.elapsed();
+                let to_three = groups.settle(3, Duration::from_secs(60)).await;
+                // The restarted runtime applies its share of the load in both groups.
+                let port = ports[&Recommendations];
+                eventually(
+                    Duration::from_secs(30),
+                    "the restarted runtime to apply activity in both groups",
+                    || async { (applied(port).await.iter().all(|&n| n > 0.0)).then_some(()) },
+                )
+                .await;
+                steps.push(format!(
+                    "runtime {i}: exited {stopped:.1?} after SIGTERM, two owned everything \
+                     {to_two:.1?} later; restarted ready in {ready:.1?}, three owned everything \
+                     {to_three:.1?} later"
+                ));
+            }
+            (steps, children)
+        })
+    };
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut during = 0;
+    while !restarts.is_finished() {
+        pace.tick().await;
+        load.write_acknowledged(1).await;
+        during += 1;
+    }
+    let (steps, _children) = restarts.await.unwrap();
+    load.write_acknowledged(24).await;
+    load.assert_exact().await;
+    for ports in &backs {
+        let port = ports[&Recommendations];
+        eventually(Duration::from_secs(30), "the lag to be 0", || async {
+            (lag(port, &groups.names).await == 0.0).then_some(())
+        })
+        .await;
+    }
+    eprintln!(
+        "rolling restart: {} acknowledged actions ({during} during the restarts) counted once, \
+         lag back to 0 on every runtime; {}",
+        load.acknowledged,
+        steps.join("; ")
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

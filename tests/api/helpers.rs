@@ -24,14 +24,18 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
-/// Broker bootstrap list for tests (`KAFKA_ADDRESS`, default the local tansu).
+/// Broker bootstrap list for tests (`KAFKA_ADDRESS`, default the local stack's cluster).
 pub fn brokers() -> String {
-    std::env::var("KAFKA_ADDRESS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    std::env::var("KAFKA_ADDRESS")
+        .unwrap_or_else(|_| "127.0.0.1:9091,127.0.0.1:9092,127.0.0.1:9093".into())
 }
 
-/// A fresh, migrated-on-start database; answers its URL.
+/// A fresh database (migrated when a runtime starts on it); answers its URL and the topic
+/// prefix that goes with it, `t<hex>.` for the database `recsys_test_<hex>`: once the database
+/// is dropped, `scripts/stack.sh topics-clean` knows the topics are nobody's.
 pub async fn fresh_database() -> (String, String) {
-    let name = format!("recsys_test_{}", Uuid::new_v4().simple());
+    let hex = Uuid::new_v4().simple().to_string();
+    let name = format!("recsys_test_{hex}");
     let mut conn = AsyncPgConnection::establish(&format!("{}/postgres", server_url()))
         .await
         .expect("Postgres is reachable (scripts/stack.sh up)");
@@ -39,7 +43,7 @@ pub async fn fresh_database() -> (String, String) {
         .execute(&mut conn)
         .await
         .expect("create test database");
-    (format!("{}/{name}", server_url()), name)
+    (format!("{}/{name}", server_url()), format!("t{hex}."))
 }
 
 #[derive(Parser)]
@@ -62,6 +66,9 @@ pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Setting
         prefix,
         "--kafka-partitions",
         "3",
+        // One replica: these tests kill no broker (those that do set their own layout).
+        "--kafka-replication-factor",
+        "1",
         "--redis-key-prefix",
         &redis_prefix,
         // Tests look at each answer's source (X-Cache) and at the ranking right after a
@@ -88,10 +95,6 @@ pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Setting
         "1",
         "--outbox-poll-ms",
         "100",
-        // The shared broker is tansu on SQLite, where an idle fetch is expensive: ask less
-        // often than the default (see KAFKA_FETCH_WAIT_MS in the README).
-        "--kafka-fetch-wait-ms",
-        "50",
         "--db-pool-size",
         "5",
     ])
@@ -144,8 +147,7 @@ pub async fn spawn_app_configured(
     logger: Logger,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
-    let (database_url, _) = fresh_database().await;
-    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let (database_url, prefix) = fresh_database().await;
     let mut settings = test_settings(&database_url, &prefix, brokers);
     configure(&mut settings);
     let app = Application::build(settings.clone(), &Service::ALL, logger)
@@ -429,6 +431,20 @@ impl TestApp {
     pub fn topic(&self, logical: &str) -> String {
         format!("{}{logical}", self.prefix)
     }
+
+    /// The consumer groups of the recommendations and analytics services.
+    pub fn groups(&self) -> [String; 2] {
+        ["recommendations", "analytics"].map(|service| format!("{}{service}", self.prefix))
+    }
+
+    /// Every `(topic, partition)` both groups consume.
+    pub fn partitions(&self) -> Vec<(String, i32)> {
+        let topics = [
+            self.topic(recsys_schema::topics::USER_UPDATES),
+            self.topic(recsys_schema::topics::PRODUCT_UPDATES),
+        ];
+        crate::kafka::all_partitions(&topics, self.settings.kafka_partitions)
+    }
 }
 
 /// A response as a [`Reply`].
@@ -639,31 +655,4 @@ pub fn urlencode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// A tansu broker of a test's own on `port`, with `storage` (`memory://tansu/`, or
-/// `sqlite://tansu.db` relative to `dir`); killed when dropped.
-pub fn start_tansu(port: u16, storage: &str, dir: &std::path::Path) -> tokio::process::Child {
-    let bin = std::env::var("TANSU_BIN").expect("TANSU_BIN points at the tansu binary");
-    let url = format!("tcp://127.0.0.1:{port}");
-    tokio::process::Command::new(bin)
-        .current_dir(dir)
-        .args([
-            "broker",
-            "--cluster-id",
-            "recsys-test",
-            "--listener-url",
-            &url,
-        ])
-        .args([
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            storage,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tansu starts")
 }

@@ -8,7 +8,6 @@ use futures_util::future::join_all;
 use recsys::config::Service;
 use recsys::startup::Application;
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::helpers::*;
 use crate::observability::samples;
@@ -97,8 +96,7 @@ async fn a_flood_is_shed_with_503_and_memory_stays_bounded() {
 /// `request timed out` rather than waited for.
 #[actix_web::test]
 async fn a_request_whose_actor_is_slower_than_the_timeout_gets_503() {
-    let (database_url, _) = fresh_database().await;
-    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let (database_url, prefix) = fresh_database().await;
     let mut settings = test_settings(&database_url, &prefix, &brokers());
     settings.request_timeout_ms = 1;
     let admin = settings.admin_email.clone().unwrap();

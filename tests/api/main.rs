@@ -1,4 +1,4 @@
-//! Integration tests of the recsys runtime against the real Postgres and Kafka broker.
+//! Integration tests of the recsys runtime against the real Postgres, Redis and Apache Kafka.
 //!
 //! Every test starts its own runtime (ports picked by the OS) on its own database and topic
 //! prefix, so tests run in parallel and in any order. Needs the local stack
@@ -15,6 +15,7 @@ mod events;
 mod exactness;
 mod faults;
 mod helpers;
+mod kafka;
 mod limits;
 mod observability;
 mod openapi;

@@ -9,18 +9,18 @@ use recsys_schema::topics;
 use serde_json::json;
 
 use crate::helpers::*;
-
-/// Starts a tansu broker with an in-memory store on `port`; killed when dropped.
-fn start_broker(port: u16) -> tokio::process::Child {
-    start_tansu(port, "memory://tansu/", &std::env::temp_dir())
-}
+use crate::kafka::KafkaCluster;
 
 /// With no broker listening, writes answer 2xx, `/readyz` says why it is not ready and
-/// `outbox_pending` (and the oldest row's age) count the backlog; a broker coming up receives every event once, in order.
+/// `outbox_pending` (and the oldest row's age) count the backlog; a broker coming up receives
+/// every event once, in order.
 #[actix_web::test]
 async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
-    let port = free_port();
-    let brokers = format!("127.0.0.1:{port}");
+    // A broker of the test's own, killed before the runtime starts: nothing listens on its port
+    // until it is started again.
+    let mut cluster = KafkaCluster::start(1).await;
+    let brokers = cluster.bootstrap();
+    cluster.kill(0).await;
     let app = spawn_app_with_brokers(&brokers).await;
 
     let ready = app.get(Service::Users, "/readyz", None).await;
@@ -82,7 +82,7 @@ async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
     )
     .await;
 
-    let _broker = start_broker(port);
+    cluster.restart(0).await;
     let names = [
         app.topic(topics::USER_UPDATES),
         app.topic(topics::PRODUCT_UPDATES),

@@ -12,16 +12,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_recsys");
 
 /// The binary with a fresh database, topic prefix and free ports; answers the child and ports.
 async fn start_binary(services: &str) -> (tokio::process::Child, [u16; 4], String) {
-    let (database_url, _) = fresh_database().await;
+    let (database_url, prefix) = fresh_database().await;
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let child = tokio::process::Command::new(BIN)
         .args(["serve", "--services", services])
         .env("DATABASE_URL", &database_url)
         .env("KAFKA_ADDRESS", brokers())
-        .env(
-            "KAFKA_TOPIC_PREFIX",
-            format!("t{}.", uuid::Uuid::new_v4().simple()),
-        )
+        .env("KAFKA_TOPIC_PREFIX", prefix)
+        .env("KAFKA_REPLICATION_FACTOR", "1")
         .env("JWT_SECRET", "binary-test-secret-of-at-least-32-bytes")
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("USERS_PORT", ports[0].to_string())
