@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/bench.sh — the benchmarks (bench/, the recsys-bench binary): read path,
-# write path, event pipeline, freshness and memory, each against a ceiling
-# measured in the same run on this machine. Not part of scripts/test.sh.
+# write path, event pipeline, freshness, memory and scale-out, each against a
+# ceiling measured in the same run on this machine. Not part of scripts/test.sh.
 #
 # Usage:
 #   scripts/bench.sh [RECSYS_BENCH_ARGS...]
@@ -9,12 +9,14 @@
 #          scripts/bench.sh --events 200000          (a shorter pipeline phase)
 #
 # Steps:
-#   1. scripts/stack.sh up (Postgres, Redis, the tansu binary)
+#   1. scripts/stack.sh up (Postgres, Redis, the three-node Kafka cluster)
 #   2. install wrk and pgbench (Debian packages) if missing
 #   3. cargo build --release of recsys and recsys-bench
-#   4. recsys-bench: starts its own tansu (memory store), databases and runtime
-#      processes; prints a table; writes bench/results.json
-# Logs of the runtime and broker go to $RECSYS_CACHE/bench/.
+#   4. recsys-bench: on the stack's Kafka cluster (topics with three replicas,
+#      min.insync.replicas 2, as deployed) and Postgres, starts its own databases
+#      and runtime processes; prints a table; writes bench/results.json; deletes
+#      the topics and consumer groups it created
+# Logs of the runtimes go to $RECSYS_CACHE/bench/.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -35,7 +37,7 @@ main() {
   label="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)"
   "$CARGO_TARGET_DIR/release/recsys-bench" \
     --recsys "$CARGO_TARGET_DIR/release/recsys" \
-    --tansu "$TANSU_BIN" \
+    --brokers "$KAFKA_STACK_ADDRESS" \
     --work "$RECSYS_CACHE/bench" \
     --output "$RECSYS_ROOT/bench/results.json" \
     --label "$label" \

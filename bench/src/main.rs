@@ -10,13 +10,18 @@
 //! 4. freshness: at a fixed post rate, `202` to the first recommendation that reflects it;
 //! 5. memory: peak RSS of the runtime during phase 3.
 //!
-//! `scripts/bench.sh` builds everything and runs this; it starts its own broker, database and
-//! runtime processes.
+//! 6. scale-out: one, two and three runtimes hosting recommendations and analytics drain the same
+//!    backlog; events/s of each, and their answers checked against one runtime's.
+//!
+//! `scripts/bench.sh` builds everything and runs this against the local stack's Kafka cluster
+//! and Postgres; it starts its own databases and runtime processes, and deletes the topics and
+//! consumer groups it created.
 
 mod freshness;
 mod load;
 mod pipeline;
 mod runtime;
+mod scale;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -27,7 +32,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use load::Rate;
-use runtime::{metric_sum, Broker, Config, Database, Paths, Runtime};
+use recsys_actors::kafka::TopicLayout;
+use runtime::{metric_sum, Config, Database, Paths, Runtime};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks recsys against ceilings measured in the same run")]
@@ -35,17 +41,22 @@ struct Args {
     /// The `recsys` binary (a release build).
     #[arg(long)]
     recsys: PathBuf,
-    /// The tansu binary.
-    #[arg(long, env = "TANSU_BIN")]
-    tansu: PathBuf,
+    /// Kafka bootstrap servers (the local stack's three-node cluster).
+    #[arg(
+        long,
+        env = "KAFKA_ADDRESS",
+        default_value = "127.0.0.1:9091,127.0.0.1:9092,127.0.0.1:9093"
+    )]
+    brokers: String,
+    /// Replicas of every topic the bench and its runtimes create; `min.insync.replicas` is one
+    /// less (at least 1), as in the deployment.
+    #[arg(long, default_value_t = 3)]
+    replication: i32,
     /// Postgres server URL, without a database.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     postgres: String,
     #[arg(long, default_value = "127.0.0.1:6379")]
     redis: String,
-    /// The bench broker's store.
-    #[arg(long, default_value = "memory://")]
-    broker_storage: String,
     /// Folder for logs and scripts.
     #[arg(long)]
     work: PathBuf,
@@ -64,11 +75,14 @@ struct Args {
     /// Seconds of the freshness phase.
     #[arg(long, default_value_t = 20)]
     fresh_seconds: u64,
+    /// Events in the scale-out backlog.
+    #[arg(long, default_value_t = 500_000)]
+    scale_events: u64,
     /// Phases to run.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "read,write,freshness,pipeline"
+        default_value = "read,write,freshness,pipeline,scale"
     )]
     phases: Vec<String>,
     /// Where the results go.
@@ -121,24 +135,35 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.work)?;
     let paths = Paths {
         recsys: args.recsys.clone(),
-        tansu: args.tansu.clone(),
         postgres: args.postgres.clone(),
         work: args.work.clone(),
     };
     let wants = |p: &str| args.phases.iter().any(|x| x == p);
-    let broker = Broker::start(&paths, &args.broker_storage).await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let database = Database::create(&args.postgres).await?;
+    let layout = topic_layout(&args);
+    // The runtimes create their topics as the bench creates its backlogs.
+    let mut extra_env = vec![
+        (
+            "KAFKA_REPLICATION_FACTOR".to_string(),
+            layout.replication.to_string(),
+        ),
+        (
+            "KAFKA_MIN_INSYNC_REPLICAS".to_string(),
+            layout.min_insync_replicas.to_string(),
+        ),
+    ];
+    extra_env.extend(args.runtime_env.iter().cloned());
     let config = Config {
         database_url: database.url.clone(),
-        brokers: broker.address.clone(),
+        brokers: args.brokers.clone(),
         topic_prefix: format!("bench{run_id}."),
         redis: args.redis.clone(),
         redis_prefix: format!("bench{run_id}:"),
         jwt_secret: format!("bench-secret-{run_id}-at-least-32-bytes-long"),
         admin_email: format!("admin-{run_id}@example.com"),
         admin_password: "bench-admin-password".into(),
-        extra_env: args.runtime_env.clone(),
+        extra_env,
     };
     let mut rows = Vec::new();
     let result = async {
@@ -162,10 +187,8 @@ async fn main() -> anyhow::Result<()> {
             runtime.stop().await;
             if wants("write") {
                 // Each write measurement on a runtime of its own, publishing to topics of its
-                // own: tansu's memory store gets slower as a topic grows (its CPU time per
-                // 10 s of writes went 1.7, 2.5, 3.4, 4.3 s while the topics filled; a runtime
-                // on fresh topics was fast again), and the read and freshness phases filled
-                // the first runtime's topics.
+                // own, so that no measurement starts with what an earlier phase left behind
+                // (a backlog to publish or to consume).
                 let fresh = |name: &str| {
                     let mut config = config.clone();
                     config.topic_prefix = format!("{}{name}.", config.topic_prefix);
@@ -194,13 +217,18 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         if wants("pipeline") {
-            rows.extend(pipeline_phase(&args, &paths, &config, &broker).await?);
+            rows.extend(pipeline_phase(&args, &paths, &config).await?);
+        }
+        if wants("scale") {
+            rows.extend(scale::phase(&args, &paths, &config).await?);
         }
         anyhow::Ok(())
     }
     .await;
     database.drop_now().await;
+    let cleaned = pipeline::delete_topics_and_groups(&config.brokers, &config.topic_prefix).await;
     result?;
+    cleaned.context("deleting the bench's topics and groups")?;
     let order = [
         "read",
         "write",
@@ -208,9 +236,20 @@ async fn main() -> anyhow::Result<()> {
         "freshness",
         "pipeline",
         "memory",
+        "scale-out",
     ];
     rows.sort_by_key(|r| order.iter().position(|p| *p == r.phase));
     report(&args, &rows)
+}
+
+/// How the bench's topics are created (`--replication`).
+fn topic_layout(args: &Args) -> TopicLayout {
+    let replication = args.replication.max(1);
+    TopicLayout {
+        partitions: PARTITIONS,
+        replication,
+        min_insync_replicas: (replication - 1).max(1),
+    }
 }
 
 /// The write phase against the runtime hosting all four services.
@@ -496,16 +535,11 @@ struct PipelineRound {
     detail: Value,
 }
 
-async fn pipeline_phase(
-    args: &Args,
-    paths: &Paths,
-    config: &Config,
-    broker: &Broker,
-) -> anyhow::Result<Vec<Row>> {
+async fn pipeline_phase(args: &Args, paths: &Paths, config: &Config) -> anyhow::Result<Vec<Row>> {
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
         eprintln!("pipeline round {}/{}", round + 1, args.rounds);
-        rounds.push(pipeline_round(args, paths, config, broker, round).await?);
+        rounds.push(pipeline_round(args, paths, config, round).await?);
     }
     let median = |value: fn(&PipelineRound) -> f64| {
         let values: Vec<f64> = rounds.iter().map(value).collect();
@@ -560,15 +594,16 @@ async fn pipeline_round(
     args: &Args,
     paths: &Paths,
     config: &Config,
-    broker: &Broker,
     round: usize,
 ) -> anyhow::Result<PipelineRound> {
     let database = Database::create(&paths.postgres).await?;
     let mut config = config.clone();
     config.database_url = database.url.clone();
     config.topic_prefix = format!("{}pipe{round}.", config.topic_prefix);
-    let result = measure_pipeline(args, paths, &config, broker).await;
+    let result = measure_pipeline(args, paths, &config).await;
     database.drop_now().await;
+    // Each round's backlog goes once measured: three replicas of a million events each.
+    pipeline::delete_topics_and_groups(&config.brokers, &config.topic_prefix).await?;
     result
 }
 
@@ -578,18 +613,20 @@ async fn measure_pipeline(
     args: &Args,
     paths: &Paths,
     config: &Config,
-    broker: &Broker,
 ) -> anyhow::Result<PipelineRound> {
-    let produce_secs = pipeline::produce(
-        &broker.address,
+    let backlog = pipeline::produce(
+        &config.brokers,
         &config.topic_prefix,
-        PARTITIONS,
+        topic_layout(args),
         args.events,
     )
     .await?;
+    let bare_brokers_before = runtime::brokers_cpu_seconds();
     let bare_secs =
-        pipeline::drain_bare(&broker.address, &config.topic_prefix, 2, args.events).await?;
+        pipeline::drain_bare(&config.brokers, &config.topic_prefix, 2, args.events).await?;
+    let bare_brokers_cpu = runtime::brokers_cpu_seconds() - bare_brokers_before;
     let postgres_before = runtime::postgres_cpu_seconds();
+    let brokers_before = runtime::brokers_cpu_seconds();
     let spawned = Instant::now();
     let runtime = Runtime::start(
         paths,
@@ -639,6 +676,7 @@ async fn measure_pipeline(
     bar.finish();
     let runtime_cpu = runtime.cpu_seconds().unwrap_or(f64::NAN);
     let postgres_cpu = runtime::postgres_cpu_seconds() - postgres_before;
+    let brokers_cpu = runtime::brokers_cpu_seconds() - brokers_before;
     // The consumers' own view agrees: lag 0 (measured every 2 s), not timed.
     runtime::wait_for(
         Duration::from_secs(30),
@@ -660,14 +698,16 @@ async fn measure_pipeline(
         bare_per_sec: args.events as f64 / bare_secs,
         peak_bytes: peak,
         detail: json!({
-            "produce_seconds": produce_secs,
+            "produce_seconds": backlog.seconds,
             "bare_seconds": bare_secs,
+            "bare_brokers_cpu_seconds": bare_brokers_cpu,
             "runtime_seconds_from_spawn": applied_secs,
             "ready_seconds_from_spawn": ready_secs,
             "first_applied_seconds_from_spawn": first_secs,
             "apply_seconds_from_first_applied": applied_secs - first_secs,
             "runtime_cpu_seconds": runtime_cpu,
             "postgres_cpu_seconds": postgres_cpu,
+            "brokers_cpu_seconds": brokers_cpu,
             "rss_samples": rss_samples,
             "timeline": timeline,
         }),
@@ -712,7 +752,9 @@ fn report(args: &Args, rows: &[Row]) -> anyhow::Result<()> {
             "events": args.events,
             "fresh_rate": args.fresh_rate,
             "fresh_seconds": args.fresh_seconds,
-            "broker_storage": args.broker_storage,
+            "scale_events": args.scale_events,
+            "brokers": args.brokers,
+            "replication": args.replication,
             "runtime_env": args.runtime_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "rows": rows,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bigdecimal::BigDecimal;
 use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -44,24 +45,29 @@ pub fn topic_names(prefix: &str) -> [String; 2] {
     ]
 }
 
-/// Produces `total` valid events: one `product.created` for each of 1 000 products, then user
-/// activity (9 of 10) and product updates (1 of 10) over them. Each record is stamped as the
-/// outbox relay stamps it (partition chosen for its key, the next number of that stream).
-/// Answers the seconds it took.
+/// A produced backlog: who and what its events are about, and how long producing took.
+pub struct Backlog {
+    pub products: Vec<Uuid>,
+    pub users: Vec<Uuid>,
+    pub seconds: f64,
+}
+
+/// Produces `total` valid events into both topics, created with `layout`: one
+/// `product.created` for each of 1 000 products, then user activity (9 of 10) and product
+/// updates (1 of 10) over them. Each record is stamped as the outbox relay stamps it (partition
+/// chosen for its key, the next number of that stream).
 pub async fn produce(
     brokers: &str,
     prefix: &str,
-    partitions: i32,
+    layout: TopicLayout,
     total: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Backlog> {
+    let partitions = layout.partitions;
     let [user_topic, product_topic] = topic_names(prefix);
     kafka::ensure_topics(
         brokers,
         &[user_topic.clone(), product_topic.clone()],
-        TopicLayout {
-            partitions,
-            replication: 1,
-        },
+        layout,
         Duration::from_secs(10),
         &logger(),
     )
@@ -153,7 +159,67 @@ pub async fn produce(
         }
     }
     bar.finish();
-    Ok(started.elapsed().as_secs_f64())
+    Ok(Backlog {
+        products,
+        users,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Deletes every topic and consumer group whose name starts with `prefix`: what a bench run
+/// created on the shared cluster. Groups must have no members left (their runtimes stopped).
+pub async fn delete_topics_and_groups(brokers: &str, prefix: &str) -> anyhow::Result<()> {
+    delete_groups(brokers, prefix).await?;
+    let admin = admin(brokers)?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let topics: Vec<&str> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    if !topics.is_empty() {
+        for result in admin.delete_topics(&topics, &admin_options()).await? {
+            if let Err((topic, code)) = result {
+                anyhow::bail!("deleting topic {topic}: {code}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every consumer group whose name starts with `prefix` (none may have members left), so
+/// that the next consumers of those names start from the beginning of their topics.
+pub async fn delete_groups(brokers: &str, prefix: &str) -> anyhow::Result<()> {
+    let admin = admin(brokers)?;
+    let list = admin
+        .inner()
+        .fetch_group_list(None, Duration::from_secs(10))?;
+    let groups: Vec<&str> = list
+        .groups()
+        .iter()
+        .map(|g| g.name())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    if !groups.is_empty() {
+        for result in admin.delete_groups(&groups, &admin_options()).await? {
+            if let Err((group, code)) = result {
+                anyhow::bail!("deleting consumer group {group}: {code}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn admin(brokers: &str) -> anyhow::Result<AdminClient<SlogContext>> {
+    Ok(kafka::client_config(brokers, "bench-admin")
+        .create_with_context(SlogContext::new(logger()))?)
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))
 }
 
 fn snapshot(product: Uuid, n: usize, version: i32) -> ProductSnapshot {

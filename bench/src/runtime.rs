@@ -1,6 +1,7 @@
-//! The system under test, started by the bench itself: a tansu broker of its own, a fresh
-//! database, and `recsys serve` processes (all services, or a subset) on free ports; their RSS
-//! and `/metrics` read while they run.
+//! The system under test, started by the bench itself on the local stack's Kafka cluster and
+//! Postgres: a fresh database and `recsys serve` processes (all services, or a subset) on free
+//! ports; their RSS, CPU time and `/metrics` read while they run, and the CPU time of Postgres
+//! and of the Kafka brokers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,10 +15,9 @@ use tokio::process::{Child, Command};
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub recsys: PathBuf,
-    pub tansu: PathBuf,
     /// Postgres server URL without a database.
     pub postgres: String,
-    /// Logs, the broker's store, the pgbench script.
+    /// Logs and the pgbench script.
     pub work: PathBuf,
 }
 
@@ -43,53 +43,6 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-/// A tansu broker of the bench's own; killed when dropped.
-pub struct Broker {
-    pub address: String,
-    _child: Child,
-}
-
-impl Broker {
-    /// Starts tansu on a free port with `storage` (`memory://` or `sqlite://...`).
-    pub async fn start(paths: &Paths, storage: &str) -> anyhow::Result<Self> {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(paths.work.join("tansu.log"))?;
-        let child = Command::new(&paths.tansu)
-            .current_dir(&paths.work)
-            .args([
-                "broker",
-                "--cluster-id",
-                "recsys-bench",
-                "--listener-url",
-                &url,
-            ])
-            .args([
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                storage,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", paths.tansu.display()))?;
-        let address = format!("127.0.0.1:{port}");
-        wait_for(Duration::from_secs(30), "the broker to listen", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await?;
-        Ok(Self {
-            address,
-            _child: child,
-        })
-    }
 }
 
 /// A database of its own on the shared Postgres, dropped by [`Database::drop_now`].
@@ -271,14 +224,25 @@ fn clock_ticks_per_second() -> f64 {
 /// backends). Sampled before and after a phase, the difference is what the phase cost Postgres,
 /// as long as the backends doing the work are still alive at the second sample.
 pub fn postgres_cpu_seconds() -> f64 {
+    processes_cpu_seconds(|comm, _| comm == "postgres")
+}
+
+/// CPU seconds used so far by the Kafka nodes now alive (`java ... kafka.Kafka ...`).
+pub fn brokers_cpu_seconds() -> f64 {
+    processes_cpu_seconds(|_, cmdline| cmdline.contains("kafka.Kafka"))
+}
+
+/// CPU seconds of the live processes whose `comm` and NUL-separated command line pass `wanted`.
+fn processes_cpu_seconds(wanted: impl Fn(&str, &str) -> bool) -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return f64::NAN;
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "postgres")
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            wanted(comm.trim(), &String::from_utf8_lossy(&cmdline))
         })
         .filter_map(cpu_seconds)
         .sum()
