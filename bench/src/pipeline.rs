@@ -3,16 +3,15 @@
 //! then applied by the runtime's recommendations and analytics consumers.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bigdecimal::BigDecimal;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use recsys_actors::kafka::{self, SlogContext, TopicLayout};
 use recsys_actors::sequence;
@@ -45,10 +44,11 @@ pub fn topic_names(prefix: &str) -> [String; 2] {
     ]
 }
 
-/// A produced backlog: who and what its events are about, and how long producing took.
+/// A produced backlog: what its events are about, and how long producing took.
 pub struct Backlog {
     pub products: Vec<Uuid>,
-    pub users: Vec<Uuid>,
+    /// The first users with activity, in the order of their first action (at most 10).
+    pub active_users: Vec<Uuid>,
     pub seconds: f64,
 }
 
@@ -84,6 +84,7 @@ pub async fn produce(
     let bar = bar(total, "producing");
     let started = Instant::now();
     let mut versions = vec![1; products.len()];
+    let mut active_users = Vec::new();
     // (is the product topic, stream) -> last number given out.
     let mut last_seq: HashMap<(bool, i32), i64> = HashMap::new();
     let mut pending = futures_util::stream::FuturesUnordered::new();
@@ -100,6 +101,9 @@ pub async fn produce(
             (&product_topic, p, event)
         } else {
             let user = users[n % users.len()];
+            if active_users.len() < 10 && !active_users.contains(&user) {
+                active_users.push(user);
+            }
             let event = Event::UserActivity(UserActivity {
                 user_id: user,
                 product_id: products[(n * 7) % products.len()],
@@ -161,7 +165,7 @@ pub async fn produce(
     bar.finish();
     Ok(Backlog {
         products,
-        users,
+        active_users,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -190,27 +194,49 @@ pub async fn delete_topics_and_groups(brokers: &str, prefix: &str) -> anyhow::Re
     Ok(())
 }
 
-/// Deletes every consumer group whose name starts with `prefix` (none may have members left), so
-/// that the next consumers of those names start from the beginning of their topics.
+/// Deletes every consumer group whose name starts with `prefix`, so that the next consumers of
+/// those names start from the beginning of their topics. A group whose last members are still
+/// leaving is tried again for up to a minute.
 pub async fn delete_groups(brokers: &str, prefix: &str) -> anyhow::Result<()> {
     let admin = admin(brokers)?;
-    let list = admin
-        .inner()
-        .fetch_group_list(None, Duration::from_secs(10))?;
-    let groups: Vec<&str> = list
-        .groups()
-        .iter()
-        .map(|g| g.name())
-        .filter(|name| name.starts_with(prefix))
-        .collect();
-    if !groups.is_empty() {
+    let started = Instant::now();
+    loop {
+        let list = admin
+            .inner()
+            .fetch_group_list(None, Duration::from_secs(10))?;
+        let groups: Vec<&str> = list
+            .groups()
+            .iter()
+            .map(|g| g.name())
+            .filter(|name| name.starts_with(prefix))
+            .collect();
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let mut busy = None;
         for result in admin.delete_groups(&groups, &admin_options()).await? {
-            if let Err((group, code)) = result {
-                anyhow::bail!("deleting consumer group {group}: {code}");
+            match result {
+                Ok(_) => {}
+                Err((group, RDKafkaErrorCode::NonEmptyGroup)) => busy = Some(group),
+                Err((group, code)) => anyhow::bail!("deleting consumer group {group}: {code}"),
             }
         }
+        match busy {
+            None => {
+                if started.elapsed() > Duration::from_millis(500) {
+                    eprintln!(
+                        "(waited {:.1?} for the groups {prefix}* to have no member left)",
+                        started.elapsed()
+                    );
+                }
+                return Ok(());
+            }
+            Some(group) if started.elapsed() > Duration::from_secs(60) => {
+                anyhow::bail!("consumer group {group} still has members after a minute")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
-    Ok(())
 }
 
 fn admin(brokers: &str) -> anyhow::Result<AdminClient<SlogContext>> {
@@ -234,7 +260,8 @@ fn snapshot(product: Uuid, n: usize, version: i32) -> ProductSnapshot {
 
 /// Drains both topics from the beginning with one bare consumer per group (`groups` of them,
 /// concurrently, as the runtime's groups do); answers the seconds until every group read
-/// `total` records.
+/// `total` records. Each is librdkafka at its fastest: its default fetch sizes, polled in a
+/// loop on a thread of its own, every record's payload touched and nothing else done.
 pub async fn drain_bare(
     brokers: &str,
     prefix: &str,
@@ -242,30 +269,35 @@ pub async fn drain_bare(
     total: u64,
 ) -> anyhow::Result<f64> {
     let topics = topic_names(prefix);
-    let read = Arc::new(AtomicU64::new(0));
     let bar = bar(total * groups as u64, "bare consumers");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for g in 0..groups {
-        let consumer: StreamConsumer = kafka::client_config(brokers, "bench-bare")
+        let consumer: BaseConsumer = kafka::client_config(brokers, "bench-bare")
             .set("group.id", format!("{prefix}bench-bare-{g}"))
             .set("enable.auto.commit", "true")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "50")
             .create()?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
-        let (read, bar) = (read.clone(), bar.clone());
-        tasks.push(tokio::spawn(async move {
+        let bar = bar.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            const STEP: u64 = 1024;
             let mut mine = 0u64;
             while mine < total {
-                let message = consumer.recv().await?;
-                // Touch the payload as a consumer would.
-                std::hint::black_box(message.payload().map(<[u8]>::len));
-                mine += 1;
-                read.fetch_add(1, Ordering::Relaxed);
-                bar.inc(1);
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(message)) => {
+                        std::hint::black_box(message.payload().map(<[u8]>::len));
+                        mine += 1;
+                        if mine.is_multiple_of(STEP) {
+                            bar.inc(STEP);
+                        }
+                    }
+                    Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                    None => {}
+                }
             }
+            bar.inc(mine % STEP);
             anyhow::Ok(())
         }));
     }

@@ -195,13 +195,19 @@ impl Runtime {
         cpu_seconds(self.pid())
     }
 
-    /// Stops the process with SIGTERM and waits for it.
+    /// Stops the process with SIGTERM and waits for it (SIGKILL after 20 s, said on stderr).
     pub async fn stop(mut self) {
+        let pid = self.pid();
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .await;
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("(runtime {pid} still running 20 s after SIGTERM: killed)");
+        }
     }
 }
 
@@ -282,7 +288,9 @@ pub fn sum_of(text: &str, name: &str, filters: &[&str]) -> f64 {
         })
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty sum is -0.0.
+        + 0.0
 }
 
 /// Writes `text` to `name` in the work folder; answers the path.

@@ -49,9 +49,8 @@ pub async fn phase(args: &Args, paths: &Paths, config: &Config) -> anyhow::Resul
         args.scale_events,
     )
     .await?;
-    let result = drains(args, paths, &config, &backlog).await;
+    let drains = drains(args, paths, &config, &backlog).await?;
     pipeline::delete_topics_and_groups(&config.brokers, &config.topic_prefix).await?;
-    let drains = result?;
     let per_count: Vec<Vec<&Drain>> = COUNTS
         .iter()
         .map(|&n| drains.iter().filter(|d| d.runtimes == n).collect())
@@ -248,7 +247,7 @@ async fn answers(
         ));
         paths.push((analytics, format!("/analytics/products/{product}")));
     }
-    for user in backlog.users.iter().take(3) {
+    for user in backlog.active_users.iter().take(3) {
         paths.push((analytics, format!("/analytics/users/{user}")));
     }
     for by in ["views", "purchases", "units_sold"] {

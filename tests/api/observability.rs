@@ -191,6 +191,7 @@ async fn every_metric_family_is_exposed_with_its_labels() {
         &["service", "group", "topic", "partition"],
     );
     labelled("kafka_consumer_rebalances_total", &["service"]);
+    labelled("kafka_consumer_assigned_partitions", &["service", "group"]);
     labelled("outbox_oldest_pending_age_seconds", &[]);
     labelled("outbox_pending", &[]);
     labelled("kafka_messages_produced_total", &["topic", "status"]);
