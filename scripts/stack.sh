@@ -208,7 +208,7 @@ ensure_kafka_libs() {
   info "kafka: fetching the jars of scripts/kafka/pom.xml into $KAFKA_LIBS"
   rm -rf "$tmp"
   mkdir -p "$tmp"
-  mvn -B -q -f "$pom" -Dmaven.repo.local="$RECSYS_CACHE/m2" \
+  mvn -B -q -Dstyle.color=never -f "$pom" -Dmaven.repo.local="$RECSYS_CACHE/m2" \
     org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$tmp" </dev/null 9>&- ||
     die "kafka: could not fetch the broker jars (mvn -f scripts/kafka/pom.xml ... copy-dependencies)"
