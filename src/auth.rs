@@ -4,11 +4,11 @@
 use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
-use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
+use anyhow::Context as _;
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Argon2, Params};
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -78,19 +78,20 @@ impl JwtKeys {
             secret.expose().len() >= MIN_SECRET_BYTES,
             "JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes; use a random value (e.g. `openssl rand -hex 32`)"
         );
-        Ok(Self::new(secret))
+        Self::new(secret)
     }
 
     /// Keys for `secret`.
-    pub fn new(secret: &Secret) -> Self {
+    pub fn new(secret: &Secret) -> anyhow::Result<Self> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
-            encoding: EncodingKey::from_secret(secret.expose().as_bytes()),
-            decoding: DecodingKey::from_secret(secret.expose().as_bytes()),
+        let key = secret.expose().as_bytes();
+        Ok(Self {
+            encoding: EncodingKey::from_secret(key).context("JWT_SECRET as a signing key")?,
+            decoding: DecodingKey::from_secret(key).context("JWT_SECRET as a verification key")?,
             validation,
-        }
+        })
     }
 
     /// A token for `user_id` with `role`, valid for [`TOKEN_TTL_SECS`].
@@ -116,9 +117,8 @@ impl JwtKeys {
 
 /// A random 256-bit secret, hex encoded (used when `JWT_SECRET` is unset).
 pub fn random_secret() -> Secret {
-    use rand_core::RngCore;
     let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
     Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
@@ -232,35 +232,36 @@ impl HashMemory {
         &mut self,
         argon: &Argon2<'_>,
         password: &[u8],
-        salt: Salt<'_>,
-    ) -> password_hash::Result<Output> {
-        let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
-        let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+        salt: &Salt,
+    ) -> anyhow::Result<Output> {
         let params = argon.params();
         let length = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
         let memory = self.blocks(params.block_count());
-        Output::init_with(length, |out| {
-            argon
-                .hash_password_into_with_memory(password, salt_bytes, out, &mut *memory)
-                .map_err(password_hash::Error::from)
-        })
+        let mut buffer = [0u8; Output::MAX_LENGTH];
+        let out = buffer
+            .get_mut(..length)
+            .context("argon2 output longer than a PHC hash holds")?;
+        argon
+            .hash_password_into_with_memory(password, salt, out, &mut *memory)
+            .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+        Output::new(out).map_err(|e| anyhow::anyhow!("argon2 output: {e}"))
     }
 
     /// Hashes `password` with argon2id (default parameters) and a random salt; answers the PHC
     /// string. CPU heavy: call off the actor thread.
     pub fn hash(&mut self, password: &Secret) -> anyhow::Result<String> {
-        let salt = SaltString::generate(&mut OsRng);
+        let salt = Salt::generate();
         let argon = Argon2::default();
         let output = self
-            .compute(&argon, password.expose().as_bytes(), salt.as_salt())
-            .map_err(|e| anyhow::anyhow!("hashing password: {e}"))?;
+            .compute(&argon, password.expose().as_bytes(), &salt)
+            .context("hashing password")?;
         let params = ParamsString::try_from(argon.params())
             .map_err(|e| anyhow::anyhow!("hashing password: {e}"))?;
         let phc = PasswordHash {
             algorithm: argon2::Algorithm::Argon2id.ident(),
             version: Some(argon2::Version::default().into()),
             params,
-            salt: Some(salt.as_salt()),
+            salt: Some(salt),
             hash: Some(output),
         };
         Ok(phc.to_string())
@@ -279,21 +280,24 @@ impl HashMemory {
             Some(h) => (h, true),
             None => (DUMMY.as_str(), false),
         };
-        let matches = (|| -> password_hash::Result<bool> {
-            let parsed = PasswordHash::new(hash)?;
+        let matches = (|| -> anyhow::Result<bool> {
+            let error = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
+            let parsed = PasswordHash::new(hash).map_err(|e| error(&e))?;
             let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
                 return Ok(false);
             };
-            let algorithm = argon2::Algorithm::try_from(parsed.algorithm)?;
+            let algorithm =
+                argon2::Algorithm::try_from(parsed.algorithm.as_str()).map_err(|e| error(&e))?;
             let version = parsed
                 .version
                 .map(argon2::Version::try_from)
-                .transpose()?
+                .transpose()
+                .map_err(|e| error(&e))?
                 .unwrap_or_default();
-            let params = Params::try_from(&parsed)?;
+            let params = Params::try_from(&parsed).map_err(|e| error(&e))?;
             let argon = Argon2::new(algorithm, version, params);
             // `Output` compares in constant time.
-            Ok(self.compute(&argon, password.expose().as_bytes(), salt)? == expected)
+            Ok(self.compute(&argon, password.expose().as_bytes(), &salt)? == expected)
         })()
         .unwrap_or(false);
         matches && real
@@ -307,12 +311,12 @@ mod tests {
     #[test]
     /// A token issued with one secret verifies with it and fails with another.
     fn tokens_verify_only_with_their_secret() {
-        let keys = JwtKeys::new(&Secret::new("one"));
+        let keys = JwtKeys::new(&Secret::new("one")).unwrap();
         let id = Uuid::new_v4();
         let claims = keys.verify(&keys.issue(id, Role::Admin)).unwrap();
         assert_eq!(claims.sub, id);
         assert_eq!(claims.role, Role::Admin);
-        let other = JwtKeys::new(&Secret::new("two"));
+        let other = JwtKeys::new(&Secret::new("two")).unwrap();
         assert!(other.verify(&keys.issue(id, Role::User)).is_err());
     }
 
@@ -337,7 +341,7 @@ mod tests {
     fn hashes_agree_with_the_argon2_crate() {
         use argon2::password_hash::{PasswordHasher, PasswordVerifier};
         let mut memory = HashMemory::default();
-        let salt = SaltString::generate(&mut OsRng);
+        let salt = Salt::generate();
         let cheap = Argon2::new(
             argon2::Algorithm::Argon2id,
             argon2::Version::V0x13,
@@ -345,7 +349,7 @@ mod tests {
         );
         for argon in [Argon2::default(), cheap] {
             let theirs = argon
-                .hash_password(b"correct horse", &salt)
+                .hash_password_with_salt(b"correct horse", &salt)
                 .unwrap()
                 .to_string();
             assert!(memory.verify(&Secret::new("correct horse"), Some(&theirs)));

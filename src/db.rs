@@ -199,6 +199,9 @@ impl Query for Prepared<'_> {
     type SqlType = diesel::sql_types::Untyped;
 }
 
+/// Run like any other query (`execute`, `load`, `get_result`).
+impl diesel::query_dsl::RunQueryDslSupport for Prepared<'_> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -245,7 +245,7 @@ impl Application {
             Some(secret) => JwtKeys::configured(secret)?,
             None => {
                 warn!(logger, "JWT_SECRET is not set: using a random key; every token dies with this process. Set JWT_SECRET in any real deployment!");
-                JwtKeys::new(&auth::random_secret())
+                JwtKeys::new(&auth::random_secret())?
             }
         };
 

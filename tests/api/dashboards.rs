@@ -81,7 +81,7 @@ const ALLOWED_VARIABLES: [&str; 2] = ["$service", "$__rate_interval"];
 /// datasource, and expressions use only the known variables.
 #[test]
 fn dashboards_are_complete_and_use_the_provisioned_datasource() {
-    let provisioned: serde_yaml::Value = serde_yaml::from_str(
+    let provisioned: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(dashboards_dir().join("grafana/datasource.yml")).unwrap(),
     )
     .unwrap();
@@ -131,7 +131,7 @@ fn dashboards_are_complete_and_use_the_provisioned_datasource() {
 /// The dashboard provider reads the folder the compose file mounts the dashboards into.
 #[test]
 fn grafana_provisioning_matches_the_compose_mounts() {
-    let provider: serde_yaml::Value = serde_yaml::from_str(
+    let provider: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(dashboards_dir().join("grafana/dashboards.yml")).unwrap(),
     )
     .unwrap();

@@ -10,7 +10,7 @@ use std::process::Command;
 use clap::CommandFactory;
 use recsys::cli::Cli;
 use recsys::config::Service;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use crate::helpers::tool;
 
@@ -64,7 +64,7 @@ fn resolved() -> Value {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_yaml::from_slice(&output.stdout).expect("docker-compose config prints YAML")
+    serde_yaml_ng::from_slice(&output.stdout).expect("docker-compose config prints YAML")
 }
 
 /// Every environment variable the runtime reads (the `env` of each `serve` argument).
@@ -166,13 +166,13 @@ fn one_container_per_service_on_the_seed_ports_with_healthchecks() {
             Service::Recommendations => 8082,
             Service::Analytics => 8083,
         };
-        let published = serde_yaml::to_string(&spec["ports"]).unwrap();
+        let published = serde_yaml_ng::to_string(&spec["ports"]).unwrap();
         assert!(
             published.contains(&format!("published: {port}"))
                 || published.contains(&format!("{port}:{port}")),
             "{name} does not publish {port}: {published}"
         );
-        let check = serde_yaml::to_string(&spec["healthcheck"]["test"]).unwrap();
+        let check = serde_yaml_ng::to_string(&spec["healthcheck"]["test"]).unwrap();
         assert!(check.contains(&format!("{port}/readyz")), "{name}: {check}");
     }
     for broker in [
@@ -193,7 +193,7 @@ fn one_container_per_service_on_the_seed_ports_with_healthchecks() {
     }
     for (n, port) in [(1, 9091), (2, 9092), (3, 9093)] {
         let ports =
-            serde_yaml::to_string(&compose["services"][format!("kafka-{n}")]["ports"]).unwrap();
+            serde_yaml_ng::to_string(&compose["services"][format!("kafka-{n}")]["ports"]).unwrap();
         assert!(ports.contains(&port.to_string()), "kafka-{n}: {ports}");
     }
 }
@@ -215,7 +215,7 @@ fn startup_order_comes_from_health_not_sleeps() {
                 );
             }
         }
-        let text = serde_yaml::to_string(service).unwrap();
+        let text = serde_yaml_ng::to_string(service).unwrap();
         assert!(!text.contains("sleep "), "{name} sleeps: {text}");
     }
     for service in Service::ALL {

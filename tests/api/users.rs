@@ -15,20 +15,34 @@ use crate::helpers::*;
 /// The JWT secret every test runtime signs with (see `helpers::test_settings`).
 const TEST_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 
-/// An HS256 token with the recsys claims, signed with `secret`, expiring `exp_offset` seconds
-/// from now.
-pub fn sign(secret: &str, sub: Uuid, role: &str, exp_offset: i64) -> String {
-    sign_with(Algorithm::HS256, secret, sub, role, exp_offset)
+/// The recsys claims of a token for `sub` with `role`, expiring `exp_offset` seconds from now.
+fn claims(sub: Uuid, role: &str, exp_offset: i64) -> Value {
+    let now = Utc::now().timestamp();
+    json!({"sub": sub, "role": role, "exp": now + exp_offset, "iat": now - 7200})
 }
 
-/// Like [`sign`], with another algorithm.
+/// An HS256 token with the recsys claims, signed with `secret`, expiring `exp_offset` seconds
+/// from now. Signed by hand, so that any secret a forger might try works, the empty one too
+/// (the JWT library refuses to sign with that).
+pub fn sign(secret: &str, sub: Uuid, role: &str, exp_offset: i64) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use hmac::{KeyInit as _, Mac as _};
+    let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+    let header = b64(br#"{"typ":"JWT","alg":"HS256"}"#);
+    let payload = b64(claims(sub, role, exp_offset).to_string().as_bytes());
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(format!("{header}.{payload}").as_bytes());
+    format!("{header}.{payload}.{}", b64(&mac.finalize().into_bytes()))
+}
+
+/// Like [`sign`], with another algorithm (through the JWT library).
 fn sign_with(algorithm: Algorithm, secret: &str, sub: Uuid, role: &str, exp_offset: i64) -> String {
-    let now = Utc::now().timestamp();
-    let claims = json!({"sub": sub, "role": role, "exp": now + exp_offset, "iat": now - 7200});
     jsonwebtoken::encode(
         &Header::new(algorithm),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &claims(sub, role, exp_offset),
+        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
     )
     .unwrap()
 }
