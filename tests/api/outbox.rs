@@ -136,8 +136,9 @@ async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
 
 /// The relay vacuums the outbox tables itself each time it has removed `OUTBOX_VACUUM_ROWS`
 /// rows (autovacuum comes at most once a minute): with a threshold of 5, twelve published
-/// events make at least one vacuum of `outbox`, and fewer than 5 dead rows are left (those
-/// removed since the last one).
+/// events make at least one vacuum of `outbox` (`vacuum_count` counts manual vacuums only).
+/// How many dead rows a vacuum leaves is not asserted: rows deleted while another transaction
+/// of the database (a consumer's batch) may still see them survive until the next vacuum.
 #[actix_web::test]
 async fn the_relay_vacuums_the_rows_it_removed() {
     let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
@@ -166,10 +167,7 @@ async fn the_relay_vacuums_the_rows_it_removed() {
         || async {
             let vacuums = app
                 .db()
-                .number(
-                    "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox' \
-                     AND n_dead_tup < 5",
-                )
+                .number("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'")
                 .await;
             (app.outbox_rows().await == 0 && vacuums >= 1).then_some(())
         },
