@@ -35,7 +35,7 @@ use crate::users::actor::{EnsureAdmin, UsersActor};
 use crate::{metrics, validate};
 use recsys_actors::cache::CacheActor;
 use recsys_actors::kafka_consumer::{
-    ApplyBatch, ConsumerConfig, KafkaConsumer, LoadPositions, Pause,
+    ApplyBatch, ConsumerConfig, KafkaConsumer, Leave, LoadPositions,
 };
 
 /// The `service` label of machinery shared by the hosted services (the outbox relay serves
@@ -516,14 +516,10 @@ impl Application {
             .into_iter()
             .filter_map(|(service, consumer)| Some((service, consumer?.clone())))
             .map(|(service, consumer)| async move {
-                // The first Pause cancels the consume loop; the context drops it (closing the
-                // client, which leaves the group) before it handles the second.
-                for _ in 0..2 {
-                    if let Err(e) = consumer.send(Pause).await {
-                        warn!(self.logger, "consumer unavailable at exit"; "error" => %e);
-                    }
+                match consumer.send(Leave).await {
+                    Ok(()) => info!(self.logger, "consumer left its group"; "service" => service),
+                    Err(e) => warn!(self.logger, "consumer unavailable at exit"; "error" => %e),
                 }
-                info!(self.logger, "consumer left its group"; "service" => service);
             });
         futures_util::future::join_all(leaving).await;
         if let Some(relay) = &self.relay {

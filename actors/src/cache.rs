@@ -354,15 +354,6 @@ impl Handler<CacheRaise> for CacheActor {
     }
 }
 
-/// Restart on request (see [`crate::supervision::Fail`]).
-impl Handler<crate::supervision::Fail> for CacheActor {
-    type Result = ();
-
-    fn handle(&mut self, _: crate::supervision::Fail, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,4 +371,5 @@ mod tests {
     }
 }
 
-crate::observed_handlers!(CacheActor => CacheGet, CacheSet, CacheRaise, crate::supervision::Fail);
+crate::observed_handlers!(CacheActor => CacheGet, CacheSet, CacheRaise);
+crate::restart_on_fail!(CacheActor);

@@ -5,11 +5,13 @@
 //!
 //! ## Layout
 //!
-//! - [`supervision`]: starting actors under an actix `Supervisor` and the [`supervision::Fail`]
-//!   message that makes a supervised actor restart.
+//! - [`supervision`]: starting actors under an actix `Supervisor` that counts restarts, and
+//!   (tests only) the `Fail` message that makes a supervised actor restart.
+//! - [`retry`]: retrying until success, with exponential backoff and jitter.
 //! - [`kafka`]: librdkafka client settings, the idempotent producer and topic creation.
-//! - [`kafka_consumer`]: the generic consumer actor: batches, dead-letter topics, positions
-//!   stored with the state by the service's sink (exactly-once effect).
+//! - [`kafka_consumer`]: the generic consumer actor, a folder of one job per file: batches,
+//!   dead-letter topics, positions stored with the state by the service's sink (exactly-once
+//!   effect), rebalances, lag.
 //! - [`outbox_relay`]: the actor that publishes a transactional outbox to Kafka, in order, and
 //!   forgets a row only once the broker acknowledged it.
 //! - [`sequence`]: the publication sequences the relay stamps on every record and the per-stream
@@ -29,6 +31,7 @@ pub mod kafka_consumer;
 pub mod metrics;
 pub mod observe;
 pub mod outbox_relay;
+pub mod retry;
 pub mod sequence;
 pub mod supervision;
 

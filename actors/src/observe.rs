@@ -265,8 +265,8 @@ where
 /// own `Handler<M>`.
 ///
 /// ```ignore
-/// recsys_actors::observed_handlers!(UsersActor => RegisterUser, Login, Fail);
-/// recsys_actors::observed_handlers!(impl[T: Send + 'static] KafkaConsumer<T> => Pause, Resume);
+/// recsys_actors::observed_handlers!(UsersActor => RegisterUser, Login);
+/// recsys_actors::observed_handlers!(impl[T: Send + 'static] KafkaConsumer<T> => Leave);
 /// ```
 #[macro_export]
 macro_rules! observed_handlers {

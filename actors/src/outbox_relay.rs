@@ -464,13 +464,5 @@ impl Handler<Drain> for OutboxRelay {
     }
 }
 
-/// Restart on request (see [`crate::supervision::Fail`]).
-impl Handler<crate::supervision::Fail> for OutboxRelay {
-    type Result = ();
-
-    fn handle(&mut self, _: crate::supervision::Fail, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-crate::observed_handlers!(OutboxRelay => Wake, Drain, crate::supervision::Fail);
+crate::observed_handlers!(OutboxRelay => Wake, Drain);
+crate::restart_on_fail!(OutboxRelay);

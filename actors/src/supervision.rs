@@ -11,17 +11,43 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use actix::dev::{channel, ContextFut};
-use actix::{Actor, Addr, ArbiterHandle, Context, Message, Supervised};
+use actix::{Actor, Addr, ArbiterHandle, Context, Supervised};
 
 use crate::observe::{ObservedAddr, Probe};
 
-/// Asks a supervised actor to stop as if it had failed, so that its supervisor restarts it.
-///
-/// Used by operators (and tests) to recycle an actor whose state went bad; the actor resumes
-/// from durable state.
-#[derive(Debug, Clone, Copy, Message)]
+/// Asks a supervised actor to stop as if it had failed, so that its supervisor restarts it and
+/// it resumes from durable state. Tests only (the `test-support` feature); an actor accepts it
+/// through [`restart_on_fail!`](crate::restart_on_fail).
+#[cfg(feature = "test-support")]
+#[derive(Debug, Clone, Copy, actix::Message)]
 #[rtype(result = "()")]
 pub struct Fail;
+
+/// Lets an actor accept [`Fail`] (and its observed envelope): it stops, and its supervisor starts
+/// it again. Expands to nothing unless the calling crate has its `test-support` feature on.
+///
+/// ```ignore
+/// recsys_actors::restart_on_fail!(UsersActor);
+/// recsys_actors::restart_on_fail!(impl[T: Send + 'static] KafkaConsumer<T>);
+/// ```
+#[macro_export]
+macro_rules! restart_on_fail {
+    (impl [$($generics:tt)*] $actor:ty) => {
+        #[cfg(feature = "test-support")]
+        impl<$($generics)*> $crate::actix::Handler<$crate::supervision::Fail> for $actor {
+            type Result = ();
+
+            fn handle(&mut self, _: $crate::supervision::Fail, ctx: &mut Self::Context) {
+                $crate::actix::ActorContext::stop(ctx);
+            }
+        }
+        #[cfg(feature = "test-support")]
+        $crate::observed_handlers!(impl [$($generics)*] $actor => $crate::supervision::Fail);
+    };
+    ($actor:ty) => {
+        $crate::restart_on_fail!(impl [] $actor);
+    };
+}
 
 /// Mailbox capacity of supervised actors (actix's default): senders beyond it wait.
 const MAILBOX_CAPACITY: usize = 16;

@@ -12,7 +12,6 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use diesel_async::AsyncConnection;
 use prometheus::{register_histogram, Histogram};
 use recsys_actors::kafka_consumer::{ApplyBatch, LoadPositions};
-use recsys_actors::supervision::Fail;
 use recsys_schema::events::Action;
 use slog::{debug, info, warn, Logger};
 use uuid::Uuid;
@@ -232,15 +231,6 @@ impl Handler<LoadPositions> for AggregationActor {
     }
 }
 
-/// Stops the actor so that its supervisor restarts it.
-impl Handler<Fail> for AggregationActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Fail, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,4 +352,5 @@ mod tests {
     }
 }
 
-recsys_actors::observed_handlers!(AggregationActor => ApplyBatch<Fact>, LoadPositions, Fail);
+recsys_actors::observed_handlers!(AggregationActor => ApplyBatch<Fact>, LoadPositions);
+recsys_actors::restart_on_fail!(AggregationActor);

@@ -2,7 +2,6 @@
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use recsys_actors::supervision::Fail;
 use uuid::Uuid;
 
 use super::store;
@@ -26,15 +25,6 @@ impl Actor for AnalyticsQueries {
 }
 
 impl Supervised for AnalyticsQueries {}
-
-/// Stops the actor so that its supervisor restarts it.
-impl Handler<Fail> for AnalyticsQueries {
-    type Result = ();
-
-    fn handle(&mut self, _: Fail, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
 
 /// One statistics query (already validated).
 #[derive(Debug, Clone)]
@@ -103,4 +93,5 @@ mod erased {
     }
 }
 
-recsys_actors::observed_handlers!(AnalyticsQueries => Stats, Fail);
+recsys_actors::observed_handlers!(AnalyticsQueries => Stats);
+recsys_actors::restart_on_fail!(AnalyticsQueries);

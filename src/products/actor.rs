@@ -7,7 +7,6 @@ use chrono::{DateTime, SubsecRound, Utc};
 use diesel_async::AsyncConnection;
 use recsys_actors::observe::ObservedRecipient;
 use recsys_actors::outbox_relay::Wake;
-use recsys_actors::supervision::Fail;
 use recsys_schema::events::{price_string, Envelope, Event, ProductDeleted, ProductSnapshot};
 use serde::Serialize;
 use slog::{info, warn, Logger};
@@ -301,14 +300,5 @@ impl Handler<DeleteProduct> for ProductsActor {
     }
 }
 
-/// Stops the actor so that its supervisor restarts it.
-impl Handler<Fail> for ProductsActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Fail, ctx: &mut Self::Context) {
-        warn!(self.logger, "products actor asked to fail");
-        ctx.stop();
-    }
-}
-
-recsys_actors::observed_handlers!(ProductsActor => CreateProduct, GetProduct, ListProducts, UpdateProduct, DeleteProduct, Fail);
+recsys_actors::observed_handlers!(ProductsActor => CreateProduct, GetProduct, ListProducts, UpdateProduct, DeleteProduct);
+recsys_actors::restart_on_fail!(ProductsActor);

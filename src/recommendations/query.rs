@@ -11,7 +11,6 @@ use chrono::Utc;
 use prometheus::{register_int_counter_vec, IntCounterVec};
 use recsys_actors::cache::{CacheActor, CacheGet, CacheSet};
 use recsys_actors::observe::ObservedAddr;
-use recsys_actors::supervision::Fail;
 use recsys_schema::events::price_string;
 use serde::Serialize;
 use slog::{warn, Logger};
@@ -247,18 +246,10 @@ async fn query(
     }
 }
 
-/// Stops the actor so that its supervisor restarts it.
-impl Handler<Fail> for RecommendationsActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Fail, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
 /// Registers the query metric family.
 pub fn init_metrics() {
     LazyLock::force(&CACHE_REQUESTS);
 }
 
-recsys_actors::observed_handlers!(RecommendationsActor => Recommend, Fail);
+recsys_actors::observed_handlers!(RecommendationsActor => Recommend);
+recsys_actors::restart_on_fail!(RecommendationsActor);

@@ -13,7 +13,6 @@ use prometheus::{register_histogram, Histogram};
 use recsys_actors::cache::{CacheActor, CacheRaise};
 use recsys_actors::kafka_consumer::{ApplyBatch, LoadPositions};
 use recsys_actors::observe::ObservedAddr;
-use recsys_actors::supervision::Fail;
 use recsys_schema::events::ProductSnapshot;
 use slog::{debug, info, warn, Logger};
 use std::sync::LazyLock;
@@ -294,15 +293,6 @@ impl Handler<LoadPositions> for RankingActor {
     }
 }
 
-/// Stops the actor so that its supervisor restarts it.
-impl Handler<Fail> for RankingActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Fail, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
 /// Registers the ranking metric families.
 pub fn init_metrics() {
     LazyLock::force(&FLUSH_DURATION);
@@ -390,4 +380,5 @@ mod tests {
     }
 }
 
-recsys_actors::observed_handlers!(RankingActor => ApplyBatch<Fact>, LoadPositions, Fail);
+recsys_actors::observed_handlers!(RankingActor => ApplyBatch<Fact>, LoadPositions);
+recsys_actors::restart_on_fail!(RankingActor);

@@ -14,7 +14,6 @@ use diesel_async::AsyncConnection;
 use recsys_actors::group_commit::{GroupCommit, Limits};
 use recsys_actors::observe::{ObservedAddr, ObservedRecipient};
 use recsys_actors::outbox_relay::Wake;
-use recsys_actors::supervision::Fail;
 use recsys_schema::events::{Action, Envelope, Event, UserActivity, UserRegistered, UserUpdated};
 use serde::Serialize;
 use slog::{info, warn, Logger};
@@ -570,14 +569,5 @@ impl Handler<EnsureAdmin> for UsersActor {
     }
 }
 
-/// Stops the actor so that its supervisor restarts it.
-impl Handler<Fail> for UsersActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Fail, ctx: &mut Self::Context) {
-        warn!(self.logger, "users actor asked to fail");
-        ctx.stop();
-    }
-}
-
-recsys_actors::observed_handlers!(UsersActor => RegisterUser, Login, GetUser, UpdateUser, RecordActivity, EnsureAdmin, Fail);
+recsys_actors::observed_handlers!(UsersActor => RegisterUser, Login, GetUser, UpdateUser, RecordActivity, EnsureAdmin);
+recsys_actors::restart_on_fail!(UsersActor);

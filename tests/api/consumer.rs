@@ -15,7 +15,7 @@ use recsys::consumption::Fact;
 use recsys::recommendations::query::{Query, Recommend};
 use recsys_actors::cache::{CacheGet, CacheSet};
 use recsys_actors::kafka_consumer::{
-    ApplyBatch, Batch, Consumed, KafkaConsumer, LoadPositions, Pause, Resume,
+    ApplyBatch, Batch, Consumed, KafkaConsumer, Leave, LoadPositions, Resume,
 };
 use recsys_actors::observe::ObservedAddr;
 use recsys_schema::events::*;
@@ -118,14 +118,14 @@ pub async fn await_duplicates(app: &TestApp, service: &str, want: f64) {
     .await;
 }
 
-/// Makes `consumer` read its topics again from the start, as after lost commits: pauses it,
-/// resets the stored positions of its group (`<prefix><service>`), resumes it.
+/// Makes `consumer` read its topics again from the start, as after lost commits: it leaves its
+/// group, the stored positions of the group (`<prefix><service>`) are reset, and it resumes.
 pub async fn redeliver_from_start(
     app: &TestApp,
     consumer: &ObservedAddr<KafkaConsumer<Fact>>,
     service: &str,
 ) {
-    consumer.send(Pause).await.unwrap();
+    consumer.send(Leave).await.unwrap();
     app.db()
         .execute(&format!(
             "UPDATE consumer_offsets SET next_offset = 0 WHERE consumer_group = '{}{service}'",
@@ -607,7 +607,7 @@ async fn lag_grows_while_the_consumer_is_stopped_and_returns_to_zero() {
     .await;
 
     let consumer = app.runtime().recommendations().unwrap().consumer;
-    consumer.send(Pause).await.unwrap();
+    consumer.send(Leave).await.unwrap();
     let (user, token, _) = app.new_user().await;
     for _ in 0..4 {
         app.post_activity(user, &token, &Uuid::new_v4().to_string(), "view", 1)
