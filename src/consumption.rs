@@ -13,31 +13,27 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use recsys_actors::kafka_consumer::Batch;
 use recsys_actors::sequence::Seen;
 use recsys_schema::events::{
-    Envelope, Event, ProductDeleted, ProductSnapshot, UserActivity, SCHEMA_VERSION,
+    Envelope, Event, EventType, ProductDeleted, ProductSnapshot, UserActivity, SCHEMA_VERSION,
 };
 use uuid::Uuid;
 
 use crate::db::Pool;
+use recsys_schema::tables::{consumer_offsets, consumer_sequences};
 
 #[derive(QueryableByName)]
+#[diesel(table_name = consumer_offsets)]
 struct Position {
-    #[diesel(sql_type = Text)]
     topic: String,
-    #[diesel(sql_type = Integer)]
     partition: i32,
-    #[diesel(sql_type = BigInt)]
     next_offset: i64,
 }
 
 #[derive(QueryableByName)]
+#[diesel(table_name = consumer_sequences)]
 struct StreamRow {
-    #[diesel(sql_type = Text)]
     topic: String,
-    #[diesel(sql_type = Integer)]
     stream: i32,
-    #[diesel(sql_type = BigInt)]
     last_seq: i64,
-    #[diesel(sql_type = Array<BigInt>)]
     gaps: Vec<i64>,
 }
 
@@ -232,17 +228,21 @@ pub enum Snapshots {
 }
 
 impl What {
+    /// The kind of the event.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            What::UserRegistered { .. } => EventType::UserRegistered,
+            What::UserUpdated { .. } => EventType::UserUpdated,
+            What::Activity(_) => EventType::UserActivity,
+            What::ProductCreated(_) => EventType::ProductCreated,
+            What::ProductUpdated(_) => EventType::ProductUpdated,
+            What::ProductDeleted(_) => EventType::ProductDeleted,
+        }
+    }
+
     /// The envelope's `type`.
     pub fn type_name(&self) -> &'static str {
-        let index = match self {
-            What::UserRegistered { .. } => 0,
-            What::UserUpdated { .. } => 1,
-            What::Activity(_) => 2,
-            What::ProductCreated(_) => 3,
-            What::ProductUpdated(_) => 4,
-            What::ProductDeleted(_) => 5,
-        };
-        Event::TYPES[index]
+        self.event_type().name()
     }
 }
 

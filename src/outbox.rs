@@ -21,7 +21,7 @@ use recsys_actors::outbox_relay::{
 };
 use recsys_actors::sequence;
 use recsys_schema::events::Envelope;
-use recsys_schema::tables::outbox;
+use recsys_schema::tables::{outbox, outbox_sequences, outbox_stamps};
 use slog::{debug, warn, Logger};
 
 use crate::db::Pool;
@@ -143,24 +143,19 @@ type Row = (i64, String, String, String);
 /// One row of `outbox_stamps`: outbox row `outbox_ids[i]` carries number `first_seq + i` of
 /// its topic's `stream`.
 #[derive(QueryableByName)]
+#[diesel(table_name = outbox_stamps)]
 struct Stamps {
-    #[diesel(sql_type = BigInt)]
     id: i64,
-    #[diesel(sql_type = Integer)]
     stream: i32,
-    #[diesel(sql_type = BigInt)]
     first_seq: i64,
-    #[diesel(sql_type = Array<BigInt>)]
     outbox_ids: Vec<i64>,
 }
 
 #[derive(QueryableByName)]
+#[diesel(table_name = outbox_sequences)]
 struct LastSeq {
-    #[diesel(sql_type = Text)]
     topic: String,
-    #[diesel(sql_type = Integer)]
     stream: i32,
-    #[diesel(sql_type = BigInt)]
     last_seq: i64,
 }
 
@@ -258,8 +253,8 @@ async fn stamp(
 }
 
 #[derive(QueryableByName)]
+#[diesel(table_name = outbox_stamps)]
 struct StampId {
-    #[diesel(sql_type = BigInt)]
     id: i64,
 }
 

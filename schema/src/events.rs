@@ -83,7 +83,7 @@ mod wire {
     use serde_json::value::RawValue;
     use uuid::Uuid;
 
-    use super::{Envelope, Event};
+    use super::{Envelope, Event, EventType};
 
     #[derive(Deserialize)]
     #[serde(field_identifier, rename_all = "snake_case")]
@@ -124,15 +124,13 @@ mod wire {
         d.deserialize_str(StrVisitor { expecting, parse })
     }
 
-    /// The `type` value: an index into [`Event::TYPES`].
-    struct Kind(usize);
+    /// The `type` value.
+    struct Kind(EventType);
 
     impl<'de> Deserialize<'de> for Kind {
         fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             parse_str(d, "an event type", |v| {
-                Event::TYPES
-                    .iter()
-                    .position(|t| *t == v)
+                EventType::from_name(v)
                     .map(Kind)
                     .ok_or_else(|| format!("unknown event type `{v}`"))
             })
@@ -152,20 +150,20 @@ mod wire {
         }
     }
 
-    /// Reads `data` as the payload of the event type at `.0`.
-    struct Payload(usize);
+    /// Reads `data` as the payload of the event type `.0`.
+    struct Payload(EventType);
 
     impl<'de> DeserializeSeed<'de> for Payload {
         type Value = Event;
 
         fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
             Ok(match self.0 {
-                0 => Event::UserRegistered(Deserialize::deserialize(d)?),
-                1 => Event::UserUpdated(Deserialize::deserialize(d)?),
-                2 => Event::UserActivity(Deserialize::deserialize(d)?),
-                3 => Event::ProductCreated(Deserialize::deserialize(d)?),
-                4 => Event::ProductUpdated(Deserialize::deserialize(d)?),
-                _ => Event::ProductDeleted(Deserialize::deserialize(d)?),
+                EventType::UserRegistered => Event::UserRegistered(Deserialize::deserialize(d)?),
+                EventType::UserUpdated => Event::UserUpdated(Deserialize::deserialize(d)?),
+                EventType::UserActivity => Event::UserActivity(Deserialize::deserialize(d)?),
+                EventType::ProductCreated => Event::ProductCreated(Deserialize::deserialize(d)?),
+                EventType::ProductUpdated => Event::ProductUpdated(Deserialize::deserialize(d)?),
+                EventType::ProductDeleted => Event::ProductDeleted(Deserialize::deserialize(d)?),
             })
         }
     }
@@ -195,7 +193,7 @@ mod wire {
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
             let mut event_id: Option<Uuid> = None;
-            let mut kind: Option<usize> = None;
+            let mut kind: Option<EventType> = None;
             let mut data: Option<Data<'de>> = None;
             let mut occurred_at: Option<DateTime<Utc>> = None;
             let mut key: Option<String> = None;
@@ -271,27 +269,74 @@ pub enum Event {
     ProductDeleted(ProductDeleted),
 }
 
-impl Event {
-    /// Every `type` value, in declaration order.
-    pub const TYPES: [&'static str; 6] = [
-        "user.registered",
-        "user.updated",
-        "user.activity",
-        "product.created",
-        "product.updated",
-        "product.deleted",
+/// The kinds of event: the one list of their `type` names, in one order. The envelope's
+/// reader, the services' decoders and the analytics counters all go through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    UserRegistered,
+    UserUpdated,
+    UserActivity,
+    ProductCreated,
+    ProductUpdated,
+    ProductDeleted,
+}
+
+impl EventType {
+    /// Every kind, in declaration order.
+    pub const ALL: [EventType; 6] = [
+        EventType::UserRegistered,
+        EventType::UserUpdated,
+        EventType::UserActivity,
+        EventType::ProductCreated,
+        EventType::ProductUpdated,
+        EventType::ProductDeleted,
     ];
+
+    /// Every `type` name, in declaration order.
+    pub const NAMES: [&'static str; 6] = {
+        let mut names = [""; 6];
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            names[i] = Self::ALL[i].name();
+            i += 1;
+        }
+        names
+    };
+
+    /// The `type` value on the wire (`user.registered`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventType::UserRegistered => "user.registered",
+            EventType::UserUpdated => "user.updated",
+            EventType::UserActivity => "user.activity",
+            EventType::ProductCreated => "product.created",
+            EventType::ProductUpdated => "product.updated",
+            EventType::ProductDeleted => "product.deleted",
+        }
+    }
+
+    /// The kind named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+impl Event {
+    /// The kind of this event.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Event::UserRegistered(_) => EventType::UserRegistered,
+            Event::UserUpdated(_) => EventType::UserUpdated,
+            Event::UserActivity(_) => EventType::UserActivity,
+            Event::ProductCreated(_) => EventType::ProductCreated,
+            Event::ProductUpdated(_) => EventType::ProductUpdated,
+            Event::ProductDeleted(_) => EventType::ProductDeleted,
+        }
+    }
 
     /// The `type` value of this event.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            Event::UserRegistered(_) => Self::TYPES[0],
-            Event::UserUpdated(_) => Self::TYPES[1],
-            Event::UserActivity(_) => Self::TYPES[2],
-            Event::ProductCreated(_) => Self::TYPES[3],
-            Event::ProductUpdated(_) => Self::TYPES[4],
-            Event::ProductDeleted(_) => Self::TYPES[5],
-        }
+        self.event_type().name()
     }
 
     /// The logical topic (without prefix) this event is published on.
@@ -339,7 +384,8 @@ pub struct UserUpdated {
 }
 
 /// What a user did with a product.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     View,
@@ -538,6 +584,16 @@ mod tests {
                 expected
             );
         }
+    }
+
+    #[test]
+    /// Each kind of event is found again by its name; no other name is a kind.
+    fn event_types_are_named_once() {
+        for kind in EventType::ALL {
+            assert_eq!(EventType::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(EventType::NAMES[2], "user.activity");
+        assert_eq!(EventType::from_name("user.exploded"), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Diesel table definitions; they mirror the SQL in `migrations/` exactly.
+//! Diesel table definitions of every table the migrations create, and only those:
+//! `tests/api/schema.rs` compares each with the migrated database, column by column.
 
 diesel::table! {
     /// Accounts of the users service.
@@ -63,5 +64,187 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// The last publication number given out per (logical topic, stream); numbers are dense from
+    /// 1 (see `recsys_actors::sequence`).
+    outbox_sequences (topic, stream) {
+        topic -> Text,
+        /// The partition the relay chose for the key.
+        stream -> Int4,
+        last_seq -> Int8,
+    }
+}
+
+diesel::table! {
+    /// The stamps of outbox rows not yet acknowledged, one row per relay batch and stream:
+    /// `outbox_ids[i]` (1-based) carries number `first_seq + i - 1`. Normally empty between
+    /// batches.
+    outbox_stamps (id) {
+        id -> Int8,
+        topic -> Text,
+        stream -> Int4,
+        first_seq -> Int8,
+        outbox_ids -> Array<Int8>,
+    }
+}
+
+diesel::table! {
+    /// Where each consumer group resumes each partition, committed with the state it protects.
+    consumer_offsets (consumer_group, topic, partition) {
+        consumer_group -> Text,
+        /// Physical topic name.
+        topic -> Text,
+        partition -> Int4,
+        /// The offset of the next record to apply.
+        next_offset -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// What each consumer group has seen of each (physical topic, stream), committed with the
+    /// state change and the positions.
+    consumer_sequences (consumer_group, topic, stream) {
+        consumer_group -> Text,
+        topic -> Text,
+        stream -> Int4,
+        /// The highest number applied.
+        last_seq -> Int8,
+        /// Numbers below `last_seq` not seen yet: inclusive ranges, flattened
+        /// `[from, to, from, to, ...]`.
+        gaps -> Array<Int8>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// The recommendations service's catalog projection from `product-updates`. A row may exist
+    /// before its `product.created` arrives, so the descriptive columns are nullable.
+    rec_catalog (product_id) {
+        product_id -> Uuid,
+        name -> Nullable<Text>,
+        price -> Nullable<Numeric>,
+        category -> Nullable<Text>,
+        /// The newest version applied; older changes are ignored.
+        version -> Int4,
+        deleted -> Bool,
+        /// `occurred_at` of `product.created` (cold-start order: newest first).
+        created_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    /// Forward-decayed popularity: `acc` = Σ weight × quantity × 2^((t_event − t0) / half_life).
+    rec_scores (product_id) {
+        product_id -> Uuid,
+        acc -> Float8,
+    }
+}
+
+diesel::table! {
+    /// What each user did with each product (quantities), for personal rankings and
+    /// co-occurrence.
+    rec_user_products (user_id, product_id) {
+        user_id -> Uuid,
+        product_id -> Uuid,
+        views -> Int8,
+        cart_adds -> Int8,
+        cart_removes -> Int8,
+        purchases -> Int8,
+    }
+}
+
+diesel::table! {
+    /// One row (`id` 1): the forward-decay base time and the ranking generation, bumped by every
+    /// applied batch and part of every cache key.
+    rec_state (id) {
+        id -> Int4,
+        t0 -> Timestamptz,
+        generation -> Int8,
+    }
+}
+
+diesel::table! {
+    /// The analytics service's counters per product; created by whichever event arrives first.
+    an_products (product_id) {
+        product_id -> Uuid,
+        views -> Int8,
+        cart_adds -> Int8,
+        cart_removes -> Int8,
+        /// Purchase events; `units_sold` sums their quantities.
+        purchases -> Int8,
+        units_sold -> Int8,
+        /// `product.updated` events.
+        updates -> Int8,
+        created_at -> Nullable<Timestamptz>,
+        deleted_at -> Nullable<Timestamptz>,
+        last_event_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    /// The analytics service's counters per user; created by whichever event arrives first.
+    an_users (user_id) {
+        user_id -> Uuid,
+        registered_at -> Nullable<Timestamptz>,
+        profile_updates -> Int8,
+        views -> Int8,
+        cart_adds -> Int8,
+        cart_removes -> Int8,
+        purchases -> Int8,
+        units_bought -> Int8,
+        /// All `user.activity` events of the user.
+        activity_count -> Int8,
+        last_active_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    /// Events per minute (of `occurred_at`) and type; hourly series and last-hour figures are
+    /// sums over it.
+    an_event_counts (minute, event_type) {
+        minute -> Timestamptz,
+        event_type -> Text,
+        count -> Int8,
+    }
+}
+
 diesel::joinable!(user_activity -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, user_activity, products, outbox);
+diesel::joinable!(rec_scores -> rec_catalog (product_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    user_activity,
+    products,
+    outbox,
+    outbox_sequences,
+    outbox_stamps,
+    consumer_offsets,
+    consumer_sequences,
+    rec_catalog,
+    rec_scores,
+    rec_user_products,
+    rec_state,
+    an_products,
+    an_users,
+    an_event_counts,
+);
+
+/// Every table of the schema, by name: what the migrations create (a test holds the two
+/// together).
+pub const ALL: [&str; 15] = [
+    "users",
+    "user_activity",
+    "products",
+    "outbox",
+    "outbox_sequences",
+    "outbox_stamps",
+    "consumer_offsets",
+    "consumer_sequences",
+    "rec_catalog",
+    "rec_scores",
+    "rec_user_products",
+    "rec_state",
+    "an_products",
+    "an_users",
+    "an_event_counts",
+];

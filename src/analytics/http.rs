@@ -6,7 +6,7 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use recsys_actors::observe::ObservedAddr;
-use recsys_schema::events::Event;
+use recsys_schema::events::EventType;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -38,9 +38,9 @@ string_enum_schema!(
 );
 
 string_enum_schema!(
-    /// The `type` values: [`Event::TYPES`].
-    EventType,
-    Event::TYPES,
+    /// The `type` values: [`EventType::NAMES`].
+    EventTypeName,
+    EventType::NAMES,
     None
 );
 
@@ -156,7 +156,7 @@ async fn user(
 struct SeriesParams {
     /// The event type to count.
     #[serde(rename = "type")]
-    #[param(value_type = EventType, inline)]
+    #[param(value_type = EventTypeName, inline)]
     event_type: Option<String>,
     /// The start of the window (RFC 3339, any offset; write `+` as `%2B`); its hour is the
     /// first bucket.
@@ -199,10 +199,10 @@ async fn timeseries(
         .event_type
         .as_deref()
         .ok_or_else(|| ApiError::invalid("type is required"))?;
-    if !Event::TYPES.contains(&event_type) {
+    if EventType::from_name(event_type).is_none() {
         return Err(ApiError::invalid(format!(
             "type must be one of {}",
-            Event::TYPES.join(", ")
+            EventType::NAMES.join(", ")
         )));
     }
     let from = instant("from", params.from.as_deref())?;

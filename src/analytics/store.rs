@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use recsys_schema::tables::{an_products, an_users};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -99,71 +100,48 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
 }
 
 /// Statistics of one product.
-#[derive(Debug, Clone, QueryableByName, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
+#[diesel(table_name = an_products, check_for_backend(diesel::pg::Pg))]
 pub struct ProductStats {
-    #[diesel(sql_type = SqlUuid)]
     pub product_id: Uuid,
-    #[diesel(sql_type = BigInt)]
     pub views: i64,
-    #[diesel(sql_type = BigInt)]
     pub cart_adds: i64,
-    #[diesel(sql_type = BigInt)]
     pub cart_removes: i64,
-    #[diesel(sql_type = BigInt)]
     pub purchases: i64,
-    #[diesel(sql_type = BigInt)]
     pub units_sold: i64,
-    #[diesel(sql_type = BigInt)]
     pub updates: i64,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub created_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub deleted_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub last_event_at: Option<DateTime<Utc>>,
 }
 
 /// Statistics of one user.
-#[derive(Debug, Clone, QueryableByName, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
+#[diesel(table_name = an_users, check_for_backend(diesel::pg::Pg))]
 pub struct UserStats {
-    #[diesel(sql_type = SqlUuid)]
     pub user_id: Uuid,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub registered_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = BigInt)]
     pub profile_updates: i64,
-    #[diesel(sql_type = BigInt)]
     pub views: i64,
-    #[diesel(sql_type = BigInt)]
     pub cart_adds: i64,
-    #[diesel(sql_type = BigInt)]
     pub cart_removes: i64,
-    #[diesel(sql_type = BigInt)]
     pub purchases: i64,
-    #[diesel(sql_type = BigInt)]
     pub units_bought: i64,
-    #[diesel(sql_type = BigInt)]
     pub activity_count: i64,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub last_active_at: Option<DateTime<Utc>>,
 }
-
-const PRODUCT_COLUMNS: &str = "product_id, views, cart_adds, cart_removes, purchases, units_sold, \
-                               updates, created_at, deleted_at, last_event_at";
 
 /// The statistics of `id`, if it was ever seen.
 pub async fn product(
     conn: &mut AsyncPgConnection,
     id: Uuid,
 ) -> diesel::QueryResult<Option<ProductStats>> {
-    use diesel::OptionalExtension;
-    crate::db::prepared(format!(
-        "SELECT {PRODUCT_COLUMNS} FROM an_products WHERE product_id = $1"
-    ))
-    .bind::<SqlUuid, _>(id)
-    .get_result(conn)
-    .await
-    .optional()
+    an_products::table
+        .find(id)
+        .select(ProductStats::as_select())
+        .first(conn)
+        .await
+        .optional()
 }
 
 /// The statistics of user `id`, if ever seen.
@@ -171,15 +149,12 @@ pub async fn user(
     conn: &mut AsyncPgConnection,
     id: Uuid,
 ) -> diesel::QueryResult<Option<UserStats>> {
-    use diesel::OptionalExtension;
-    crate::db::prepared(
-        "SELECT user_id, registered_at, profile_updates, views, cart_adds, cart_removes, \
-         purchases, units_bought, activity_count, last_active_at FROM an_users WHERE user_id = $1",
-    )
-    .bind::<SqlUuid, _>(id)
-    .get_result(conn)
-    .await
-    .optional()
+    an_users::table
+        .find(id)
+        .select(UserStats::as_select())
+        .first(conn)
+        .await
+        .optional()
 }
 
 /// The counters `top` may order by.
@@ -191,13 +166,27 @@ pub async fn top(
     by: &'static str,
     limit: i64,
 ) -> diesel::QueryResult<Vec<ProductStats>> {
-    debug_assert!(TOP_BY.contains(&by));
-    crate::db::prepared(format!(
-        "SELECT {PRODUCT_COLUMNS} FROM an_products ORDER BY {by} DESC, product_id LIMIT $1"
-    ))
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await
+    use an_products::dsl as p;
+    let query = p::an_products
+        .select(ProductStats::as_select())
+        .into_boxed();
+    let query = match by {
+        "views" => query.order_by(p::views.desc()),
+        "cart_adds" => query.order_by(p::cart_adds.desc()),
+        "purchases" => query.order_by(p::purchases.desc()),
+        "units_sold" => query.order_by(p::units_sold.desc()),
+        "updates" => query.order_by(p::updates.desc()),
+        other => {
+            return Err(diesel::result::Error::QueryBuilderError(
+                format!("{other} is not one of the top counters").into(),
+            ))
+        }
+    };
+    query
+        .then_order_by(p::product_id)
+        .limit(limit)
+        .load(conn)
+        .await
 }
 
 #[derive(QueryableByName)]
@@ -244,7 +233,7 @@ pub async fn summary(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Summar
     .load(conn)
     .await?;
     let mut events_by_type: std::collections::BTreeMap<String, i64> =
-        recsys_schema::events::Event::TYPES
+        recsys_schema::events::EventType::NAMES
             .iter()
             .map(|t| (t.to_string(), 0))
             .collect();

@@ -3,37 +3,42 @@
 
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
+use diesel::prelude::*;
 use diesel::sql_types::{
     Array, BigInt, Bool, Double, Integer, Nullable, Numeric, Text, Timestamptz, Uuid as SqlUuid,
 };
-use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use recsys_schema::events::ProductSnapshot;
+use recsys_schema::tables::{rec_scores, rec_state};
 use uuid::Uuid;
 
 use super::ranking::{CatalogChange, Fold};
 use super::score::Weights;
 
 /// The ranking state row.
-#[derive(Debug, Clone, QueryableByName)]
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = rec_state, check_for_backend(diesel::pg::Pg))]
 pub struct State {
-    #[diesel(sql_type = Timestamptz)]
     pub t0: DateTime<Utc>,
-    #[diesel(sql_type = BigInt)]
     pub generation: i64,
 }
 
 /// Reads and locks the ranking state (serializes flushes across processes).
 pub async fn state_for_update(conn: &mut AsyncPgConnection) -> diesel::QueryResult<State> {
-    crate::db::prepared("SELECT t0, generation FROM rec_state WHERE id = 1 FOR UPDATE")
-        .get_result(conn)
+    rec_state::table
+        .find(1)
+        .select(State::as_select())
+        .for_update()
+        .first(conn)
         .await
 }
 
 /// Reads the ranking state.
 pub async fn state(conn: &mut AsyncPgConnection) -> diesel::QueryResult<State> {
-    crate::db::prepared("SELECT t0, generation FROM rec_state WHERE id = 1")
-        .get_result(conn)
+    rec_state::table
+        .find(1)
+        .select(State::as_select())
+        .first(conn)
         .await
 }
 
@@ -43,12 +48,12 @@ pub async fn rebase(
     factor: f64,
     t0: DateTime<Utc>,
 ) -> diesel::QueryResult<()> {
-    crate::db::prepared("UPDATE rec_scores SET acc = acc * $1")
-        .bind::<Double, _>(factor)
+    diesel::update(rec_scores::table)
+        .set(rec_scores::acc.eq(rec_scores::acc * factor))
         .execute(conn)
         .await?;
-    crate::db::prepared("UPDATE rec_state SET t0 = $1 WHERE id = 1")
-        .bind::<Timestamptz, _>(t0)
+    diesel::update(rec_state::table.find(1))
+        .set(rec_state::t0.eq(t0))
         .execute(conn)
         .await?;
     Ok(())
@@ -56,13 +61,11 @@ pub async fn rebase(
 
 /// Bumps and answers the generation.
 pub async fn bump_generation(conn: &mut AsyncPgConnection) -> diesel::QueryResult<i64> {
-    crate::db::prepared(
-        "UPDATE rec_state SET generation = generation + 1 WHERE id = 1 \
-         RETURNING t0, generation",
-    )
-    .get_result::<State>(conn)
-    .await
-    .map(|s| s.generation)
+    diesel::update(rec_state::table.find(1))
+        .set(rec_state::generation.eq(rec_state::generation + 1))
+        .returning(rec_state::generation)
+        .get_result(conn)
+        .await
 }
 
 /// Writes one folded batch: score deltas, user-product counters, catalog changes.

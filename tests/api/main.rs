@@ -23,4 +23,5 @@ mod outbox;
 mod products;
 mod recommendations;
 mod runtime;
+mod schema;
 mod users;
