@@ -473,24 +473,40 @@ ensure_kafka() {
 # scripts/test.sh drops the databases no session uses, so a topic whose database is gone belongs
 # to no running test.
 clean_test_topics() {
-  local topics live stale=() topic hex
+  local topics topic hex n=0
+  local -A live=() stale=()
   topics=$(kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_STACK_ADDRESS" --list) ||
     return 1
-  live=$(psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -X -Atc \
+  local dbs db
+  dbs=$(psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -X -Atc \
     "select datname from pg_database where datname like 'recsys\_test\_%'") || return 1
+  while read -r db; do
+    [[ -n $db ]] && live[${db#recsys_test_}]=1
+  done <<<"$dbs"
   while read -r topic; do
     [[ $topic =~ ^t([0-9a-f]{32})\. ]] || continue
     hex=${BASH_REMATCH[1]}
-    grep -qx "recsys_test_$hex" <<<"$live" || stale+=("$topic")
+    if [[ -n ${live[$hex]:-} ]]; then
+      n=$((n + 1))
+    else
+      stale[$hex]=1
+    fi
   done <<<"$topics"
   if ((${#stale[@]} == 0)); then
-    info "no leftover test topics"
+    info "no leftover test topics ($n topic(s) of live test runs)"
     return 0
   fi
+  # One regex per batch of runs, `t(<hex>|<hex>|...)\..*`: a long session leaves
+  # thousands of topics, and one argument naming each of them would pass the
+  # kernel's limit on a single argument (128 KiB).
+  local hexes=("${!stale[@]}") i batch
   local IFS='|'
-  kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_STACK_ADDRESS" \
-    --delete --if-exists --topic "${stale[*]//./\\.}" >/dev/null || return 1
-  info "deleted ${#stale[@]} leftover test topic(s)"
+  for ((i = 0; i < ${#hexes[@]}; i += 50)); do
+    batch="${hexes[*]:i:50}"
+    kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_STACK_ADDRESS" \
+      --delete --if-exists --topic "t($batch)\\..*" >/dev/null || return 1
+  done
+  info "deleted the topics of ${#stale[@]} finished test run(s)"
 }
 
 # --------------------------------------------------------------- prometheus ---
