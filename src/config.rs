@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::recommendations::score::{HalfLife, Weights};
-
 /// A value that must never reach a log line, a response or `--help`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -188,17 +186,18 @@ pub struct Settings {
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Weight of each action in the popularity score.
+    /// Weight of each action in the popularity score (read by the recommendations service).
     #[arg(
         long,
         env = "RANKING_WEIGHTS",
         default_value = "view=1,cart_add=3,cart_remove=-3,purchase=10"
     )]
-    pub ranking_weights: Weights,
+    pub ranking_weights: String,
 
-    /// Half-life of the popularity decay (`24h`, `90m`, `30s`, `2d`).
+    /// Half-life of the popularity decay (`24h`, `90m`, `30s`, `2d`; read by the
+    /// recommendations service).
     #[arg(long, env = "RANKING_HALF_LIFE", default_value = "24h")]
-    pub ranking_half_life: HalfLife,
+    pub ranking_half_life: String,
 
     /// Prefix of every Redis key (tests use it to isolate themselves).
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "recsys:")]
@@ -290,15 +289,6 @@ impl Settings {
     /// How long a request handler waits for an actor's answer.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.max(1))
-    }
-
-    /// The login lockout policy.
-    pub fn login_limits(&self) -> crate::users::throttle::LoginLimits {
-        crate::users::throttle::LoginLimits {
-            per_email: self.login_max_failures.max(1),
-            per_ip: self.login_max_failures_per_ip.max(1),
-            window: Duration::from_secs(self.login_lockout_secs),
-        }
     }
 
     /// How topics are created when missing.

@@ -129,7 +129,7 @@ pub async fn claim<T>(
             topics.push(&*key.0);
             streams.push(key.1);
             lasts.push(state.last());
-            gaps.push(array_literal(&state.stored_gaps()));
+            gaps.push(crate::db::array_literal(&state.stored_gaps()));
         }
         crate::db::prepared(
             "INSERT INTO consumer_sequences (consumer_group, topic, stream, last_seq, gaps) \
@@ -171,13 +171,6 @@ pub async fn claim<T>(
     .execute(conn)
     .await?;
     Ok(applied)
-}
-
-/// A Postgres array literal of `values` (`{1,2,3}`), so that rows of different lengths fit in
-/// one `unnest` column.
-fn array_literal(values: &[i64]) -> String {
-    let items: Vec<String> = values.iter().map(i64::to_string).collect();
-    format!("{{{}}}", items.join(","))
 }
 
 /// Buckets of the consumers' batch-size histograms (records per applied batch), up to the

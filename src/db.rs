@@ -1,6 +1,7 @@
 //! Postgres access: the diesel-async bb8 pool, the embedded migrations, a readiness probe and
 //! [`Prepared`] statements.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -79,6 +80,77 @@ pub async fn ping(pool: &Pool) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// A database failure as the services see it, classified by its kind (never by its text).
+/// Cheap to clone, so one failed batch can answer each of its requests with it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    /// Postgres cannot serve now: no pooled connection within the timeout, a connection that
+    /// could not be opened or was lost, a server shutting down or out of connections. A later
+    /// retry may succeed.
+    #[error("database unavailable: {0}")]
+    Unavailable(Arc<str>),
+    /// Anything else (a bug, a broken invariant); not the client's to retry.
+    #[error("database error")]
+    Failed(#[source] Arc<diesel::result::Error>),
+}
+
+impl From<diesel::result::Error> for DbError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &e {
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => DbError::Unavailable(info.message().into()),
+            Error::DatabaseError(_, info) if info.sqlstate().is_some_and(|s| unavailable(&s)) => {
+                DbError::Unavailable(info.message().into())
+            }
+            Error::BrokenTransactionManager => {
+                DbError::Unavailable("the connection's transaction state broke".into())
+            }
+            _ => DbError::Failed(Arc::new(e)),
+        }
+    }
+}
+
+/// SQLSTATE classes that say the server cannot serve now rather than that the statement is
+/// wrong: 08 connection exception, 53 insufficient resources (too many connections, disk
+/// full), 57 operator intervention (shutdown, cannot connect now, statement timeout).
+fn unavailable(state: &diesel::result::SqlState) -> bool {
+    matches!(state.class().as_str(), "08" | "53" | "57")
+}
+
+/// No pooled connection within the timeout, or Postgres refused to open one.
+impl<E: std::fmt::Display> From<bb8::RunError<E>> for DbError {
+    fn from(e: bb8::RunError<E>) -> Self {
+        match e {
+            bb8::RunError::TimedOut => {
+                DbError::Unavailable("no connection within the timeout".into())
+            }
+            bb8::RunError::User(e) => DbError::Unavailable(e.to_string().into()),
+        }
+    }
+}
+
+/// Lets `?` turn a diesel or pool error into `$error` through its `Db(DbError)` variant, so a
+/// service's actor and store code reads like plain database code.
+macro_rules! from_db_errors {
+    ($error:ty) => {
+        impl From<diesel::result::Error> for $error {
+            fn from(e: diesel::result::Error) -> Self {
+                Self::Db(e.into())
+            }
+        }
+
+        impl<E: std::fmt::Display> From<bb8::RunError<E>> for $error {
+            fn from(e: bb8::RunError<E>) -> Self {
+                Self::Db(e.into())
+            }
+        }
+    };
+}
+pub(crate) use from_db_errors;
+
 /// Whether `e` is a foreign-key violation (the referenced row does not exist).
 pub fn is_foreign_key_violation(e: &diesel::result::Error) -> bool {
     matches!(
@@ -96,6 +168,13 @@ pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
         e,
         diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
     )
+}
+
+/// A Postgres array literal of `values` (`{1,2,3}`): arrays of different lengths bound as text,
+/// so that they fit in one `unnest` column and are cast back to `int8[]` there.
+pub fn array_literal(values: &[i64]) -> String {
+    let items: Vec<String> = values.iter().map(i64::to_string).collect();
+    format!("{{{}}}", items.join(","))
 }
 
 /// A hand-written statement that each connection prepares once and then reuses, unlike

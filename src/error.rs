@@ -67,26 +67,6 @@ impl ApiError {
         }
     }
 
-    /// The same answer for another request that failed with this one (one failure shared by a
-    /// batch of writes); an unexpected cause is kept as its message.
-    pub fn replicate(&self) -> Self {
-        match self {
-            ApiError::Validation(m) => ApiError::Validation(m.clone()),
-            ApiError::Unauthorized(m) => ApiError::Unauthorized(m.clone()),
-            ApiError::Forbidden(m) => ApiError::Forbidden(m.clone()),
-            ApiError::NotFound(m) => ApiError::NotFound(m.clone()),
-            ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
-            ApiError::Conflict(m) => ApiError::Conflict(m.clone()),
-            ApiError::PayloadTooLarge(n) => ApiError::PayloadTooLarge(*n),
-            ApiError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m.clone()),
-            ApiError::TooManyRequests { retry_after } => ApiError::TooManyRequests {
-                retry_after: *retry_after,
-            },
-            ApiError::Unavailable(m) => ApiError::Unavailable(m.clone()),
-            ApiError::Unexpected(e) => ApiError::Unexpected(anyhow::anyhow!("{e:#}")),
-        }
-    }
-
     /// A 400 with `message`.
     pub fn invalid(message: impl Into<String>) -> Self {
         ApiError::Validation(message.into())
@@ -174,31 +154,14 @@ impl From<recsys_actors::observe::Refused> for ApiError {
     }
 }
 
-/// No pooled connection within the timeout, or Postgres refused one.
-impl<E: std::fmt::Display> From<bb8::RunError<E>> for ApiError {
-    fn from(e: bb8::RunError<E>) -> Self {
+/// A database that cannot serve now is a 503; any other database failure is unexpected.
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
         match e {
-            bb8::RunError::TimedOut => ApiError::Unavailable("database unavailable".into()),
-            bb8::RunError::User(e) => ApiError::Unavailable(format!("database unavailable: {e}")),
-        }
-    }
-}
-
-/// Database errors: a lost connection is a 503, anything else unexpected.
-impl From<diesel::result::Error> for ApiError {
-    fn from(e: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match e {
-            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+            crate::db::DbError::Unavailable(_) => {
                 ApiError::Unavailable("database unavailable".into())
             }
-            Error::DatabaseError(_, ref info)
-                if info.message().contains("connection")
-                    || info.message().contains("Connection") =>
-            {
-                ApiError::Unavailable("database unavailable".into())
-            }
-            other => ApiError::Unexpected(anyhow::Error::new(other)),
+            failed => ApiError::Unexpected(anyhow::Error::new(failed)),
         }
     }
 }

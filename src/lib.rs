@@ -7,9 +7,11 @@
 //! ## Layout
 //!
 //! - [`cli`], [`config`]: the command line and the settings (environment variables).
-//! - [`startup`]: the wiring: actors under supervisors, one HTTP server per service, shutdown.
-//! - [`users`], [`products`], [`recommendations`], [`analytics`]: one folder per service: `http.rs` (routes), `actor.rs` (the actor
-//!   that owns the work and its messages), `store.rs` (the SQL).
+//! - [`startup`]: the wiring: the outbox relay, one HTTP server per service, ordered shutdown.
+//! - [`users`], [`products`], [`recommendations`], [`analytics`]: one folder per service, the
+//!   whole service: `mod.rs` starts its actors and registers its routes, `http.rs` (routes),
+//!   the actors (one file each, messages beside them), `store.rs` (the SQL).
+//! - [`host`]: what the runtime hands a service when it starts it, and what it hands back.
 //! - [`http`]: health, readiness, metrics and JSON errors shared by every port.
 //! - [`openapi`]: registers each route and documents it in the service's `/openapi.json`.
 //! - [`auth`]: JWTs, password hashing, the [`auth::Caller`] extractor.
@@ -29,6 +31,7 @@ pub mod config;
 pub mod consumption;
 pub mod db;
 pub mod error;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod openapi;

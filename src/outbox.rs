@@ -29,20 +29,40 @@ use crate::db::Pool;
 /// Arbitrary constant naming the advisory lock that makes one relay publish at a time.
 const RELAY_LOCK: i64 = 0x7265_6373_7973; // "recsys"
 
-/// Writes `envelope` to the outbox; call inside the transaction that makes the change. Takes
-/// the connection shared, so the insert can be pipelined with the change's own statements.
-pub async fn enqueue(mut conn: &AsyncPgConnection, envelope: &Envelope) -> diesel::QueryResult<()> {
-    diesel::insert_into(outbox::table)
-        .values((
-            outbox::topic.eq(envelope.event.topic()),
-            outbox::key.eq(&envelope.key),
-            outbox::event_id.eq(envelope.event_id),
-            outbox::payload.eq(envelope.to_json()),
-            outbox::created_at.eq(envelope.occurred_at),
-        ))
-        .execute(&mut conn)
-        .await
-        .map(|_| ())
+/// Writes `envelopes` to the outbox, in their order, in one statement; call inside the
+/// transaction that makes the change. Every event recsys publishes is written here.
+pub async fn enqueue<'a>(
+    conn: &mut AsyncPgConnection,
+    envelopes: impl IntoIterator<Item = &'a Envelope>,
+) -> diesel::QueryResult<()> {
+    let (mut topics, mut keys, mut ids, mut payloads, mut times) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for envelope in envelopes {
+        topics.push(envelope.event.topic());
+        keys.push(envelope.key.as_str());
+        ids.push(envelope.event_id);
+        payloads.push(envelope.to_json());
+        times.push(envelope.occurred_at);
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // Rows are inserted in the order given, so their ids (the relay's order) follow it.
+    crate::db::prepared(
+        "INSERT INTO outbox (topic, key, event_id, payload, created_at) \
+         SELECT topic, key, event_id, payload, created_at \
+         FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[]) \
+           WITH ORDINALITY AS e(topic, key, event_id, payload, created_at, ord) \
+         ORDER BY ord",
+    )
+    .bind::<Array<Text>, _>(topics)
+    .bind::<Array<Text>, _>(keys)
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<Array<Text>, _>(payloads)
+    .bind::<Array<diesel::sql_types::Timestamptz>, _>(times)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 /// The outbox table as seen by the relay.
@@ -218,7 +238,7 @@ async fn stamp(
                         .context("a stream got no numbers")
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let ids: Vec<String> = streams.values().map(|ids| array_literal(ids)).collect();
+            let ids: Vec<String> = streams.values().map(|ids| crate::db::array_literal(ids)).collect();
             let stamp_ids: Vec<StampId> = crate::db::prepared(
                 "INSERT INTO outbox_stamps (topic, stream, first_seq, outbox_ids) \
                  SELECT t, s, f, i::int8[] FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[]) \
@@ -256,13 +276,6 @@ async fn stamp(
 #[diesel(table_name = outbox_stamps)]
 struct StampId {
     id: i64,
-}
-
-/// A Postgres array literal of `values` (`{1,2,3}`), so that rows of different lengths fit in
-/// one `unnest` column.
-pub(crate) fn array_literal(values: &[i64]) -> String {
-    let items: Vec<String> = values.iter().map(i64::to_string).collect();
-    format!("{{{}}}", items.join(","))
 }
 
 /// Removes the `outbox_stamps` rows `ids`.

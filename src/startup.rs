@@ -1,5 +1,7 @@
-//! Wiring: one actix System hosting the chosen services. Starts the supervised actors, binds one
-//! HTTP server per service, and shuts everything down in order on SIGINT/SIGTERM.
+//! Wiring: one actix System hosting the chosen services. Starts the outbox relay and each
+//! chosen service (every service folder starts its own actors and registers its own routes, see
+//! [`crate::host`]), binds one HTTP server per service, and shuts everything down in order on
+//! SIGINT/SIGTERM.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -12,224 +14,47 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use recsys_actors::kafka;
-use recsys_actors::observe::{Observed, ObservedAddr};
+use recsys_actors::observe::ObservedAddr;
 use recsys_actors::outbox_relay::{Drain, OutboxRelay, RelayConfig};
 use recsys_actors::supervision::start_supervised;
 use recsys_schema::topics;
 use slog::{info, o, warn, Logger};
 
-use crate::analytics::aggregation::{self, AggregationActor};
-use crate::analytics::query::AnalyticsQueries;
+use crate::analytics::Analytics;
 use crate::auth::{self, JwtKeys};
 use crate::config::{Service, Settings};
-use crate::consumption::{self, Fact, Snapshots};
 use crate::db::{self, Pool};
+use crate::host::{Host, Hosted};
 use crate::http::{self, Readiness, ServiceInfo};
+use crate::metrics;
 use crate::openapi::Api;
 use crate::outbox::PgOutbox;
-use crate::products::actor::ProductsActor;
-use crate::recommendations::micro::MicroCache;
-use crate::recommendations::query::{self, RecommendationsActor};
-use crate::recommendations::ranking::{self, RankingActor};
-use crate::users::actor::{EnsureAdmin, UsersActor};
-use crate::{metrics, validate};
-use recsys_actors::cache::CacheActor;
-use recsys_actors::kafka_consumer::{
-    ApplyBatch, ConsumerConfig, KafkaConsumer, Leave, LoadPositions,
-};
+use crate::products::Products;
+use crate::recommendations::Recommendations;
+use crate::users::Users;
 
 /// The `service` label of machinery shared by the hosted services (the outbox relay serves
 /// both users and products).
 pub const RUNTIME: &str = "runtime";
 
-/// Starts the generic consumer of both topics for `service` (group `<prefix><service>`),
-/// feeding `sink`, on its own arbiter.
-fn start_consumer<S>(
-    settings: &Settings,
-    service: &'static str,
-    group: String,
-    snapshots: Snapshots,
-    sink: ObservedAddr<S>,
-    logger: &Logger,
-) -> ObservedAddr<KafkaConsumer<Fact>>
-where
-    S: actix::Actor<Context = actix::Context<S>>
-        + actix::Handler<Observed<ApplyBatch<Fact>>>
-        + actix::Handler<Observed<LoadPositions>>,
-{
-    let config = ConsumerConfig {
-        service,
-        brokers: settings.kafka_address.clone(),
-        group,
-        topics: vec![
-            topics::prefixed(&settings.kafka_topic_prefix, topics::USER_UPDATES),
-            topics::prefixed(&settings.kafka_topic_prefix, topics::PRODUCT_UPDATES),
-        ],
-        layout: settings.topic_layout(),
-        max_records: settings.consumer_max_batch.max(1),
-        max_wait: Duration::from_millis(settings.consumer_max_wait_ms),
-        session_timeout: Duration::from_millis(settings.kafka_session_timeout_ms),
-        fetch_wait: Duration::from_millis(settings.kafka_fetch_wait_ms),
-        instance_id: settings.kafka_group_instance_id.clone(),
-    };
-    start_supervised(
-        &Arbiter::new().handle(),
-        service,
-        settings.actor_mailbox_limit,
-        KafkaConsumer::new(
-            config,
-            Arc::new(move |bytes: &[u8]| consumption::decode_fact(bytes, snapshots)),
-            sink.recipient(),
-            sink.recipient(),
-            logger.new(o!("actor" => "consumer")),
-        ),
-    )
-}
-
-/// The actors of the analytics service.
-#[derive(Clone)]
-pub struct AnalyticsActors {
-    /// Answers statistics queries.
-    pub queries: ObservedAddr<AnalyticsQueries>,
-    /// Folds batches into the statistics; sink of the consumer.
-    pub aggregation: ObservedAddr<AggregationActor>,
-    /// Reads both topics (group `<prefix>analytics`).
-    pub consumer: ObservedAddr<KafkaConsumer<Fact>>,
-}
-
-impl AnalyticsActors {
-    /// Starts the aggregation, query and consumer actors under supervisors.
-    fn start(settings: &Settings, pool: &Pool, logger: &Logger) -> Self {
-        aggregation::init_metrics();
-        let logger = logger.new(o!("service" => "analytics"));
-        let arbiter = Arbiter::new().handle();
-        let group = format!("{}analytics", settings.kafka_topic_prefix);
-        let aggregation = start_supervised(
-            &arbiter,
-            "analytics",
-            settings.actor_mailbox_limit,
-            AggregationActor::new(
-                pool.clone(),
-                group.clone(),
-                logger.new(o!("actor" => "aggregation")),
-            ),
-        );
-        let queries = start_supervised(
-            &arbiter,
-            "analytics",
-            settings.actor_mailbox_limit,
-            AnalyticsQueries::new(pool.clone()),
-        );
-        let consumer = start_consumer(
-            settings,
-            "analytics",
-            group,
-            Snapshots::Drop,
-            aggregation.clone(),
-            &logger,
-        );
-        Self {
-            queries,
-            aggregation,
-            consumer,
-        }
-    }
-}
-
-/// The actors of the recommendations service.
-#[derive(Clone)]
-pub struct RecommendationsActors {
-    /// Answers queries.
-    pub query: ObservedAddr<RecommendationsActor>,
-    /// Owns the scores; sink of the consumer.
-    pub ranking: ObservedAddr<RankingActor>,
-    /// Fronts Redis.
-    pub cache: ObservedAddr<CacheActor>,
-    /// Reads both topics (group `<prefix>recommendations`).
-    pub consumer: ObservedAddr<KafkaConsumer<Fact>>,
-}
-
-impl RecommendationsActors {
-    /// Starts the cache, ranking, query and consumer actors under supervisors.
-    fn start(settings: &Settings, pool: &Pool, logger: &Logger) -> anyhow::Result<Self> {
-        ranking::init_metrics();
-        query::init_metrics();
-        let logger = logger.new(o!("service" => "recommendations"));
-        let arbiter = Arbiter::new().handle();
-        let cache = CacheActor::new(
-            &settings.redis_address,
-            Duration::from_millis(settings.redis_timeout_ms.max(1)),
-            logger.new(o!("actor" => "cache")),
-        )?;
-        let cache = start_supervised(
-            &arbiter,
-            "recommendations",
-            settings.actor_mailbox_limit,
-            cache,
-        );
-        let group = format!("{}recommendations", settings.kafka_topic_prefix);
-        let ranking = start_supervised(
-            &arbiter,
-            "recommendations",
-            settings.actor_mailbox_limit,
-            RankingActor::new(
-                pool.clone(),
-                group.clone(),
-                settings.ranking_weights,
-                settings.ranking_half_life.0,
-                cache.clone(),
-                query::generation_key(&settings.redis_key_prefix),
-                logger.new(o!("actor" => "ranking")),
-            ),
-        );
-        let query = start_supervised(
-            &arbiter,
-            "recommendations",
-            settings.actor_mailbox_limit,
-            RecommendationsActor::new(
-                pool.clone(),
-                cache.clone(),
-                settings.redis_key_prefix.clone(),
-                settings.ranking_weights,
-                settings.ranking_half_life.0,
-                Duration::from_secs(settings.recommendation_cache_ttl_secs.max(1)),
-                logger.new(o!("actor" => "query")),
-            ),
-        );
-        let consumer = start_consumer(
-            settings,
-            "recommendations",
-            group,
-            Snapshots::Keep,
-            ranking.clone(),
-            &logger,
-        );
-        Ok(Self {
-            query,
-            ranking,
-            cache,
-            consumer,
-        })
-    }
-}
-
-/// A running runtime: its servers, its actors, and how to stop them.
+/// A running runtime: its servers, its services, and how to stop them.
 pub struct Application {
     ports: BTreeMap<Service, u16>,
     servers: Vec<(Service, ServerHandle)>,
     running: Vec<Server>,
     relay: Option<ObservedAddr<OutboxRelay>>,
-    users: Option<ObservedAddr<UsersActor>>,
-    products: Option<ObservedAddr<ProductsActor>>,
-    recommendations: Option<RecommendationsActors>,
-    analytics: Option<AnalyticsActors>,
+    users: Option<Users>,
+    products: Option<Products>,
+    recommendations: Option<Recommendations>,
+    analytics: Option<Analytics>,
     pool: Pool,
     logger: Logger,
 }
 
 impl Application {
-    /// Migrates the database, starts the actors of `services` and binds their HTTP servers
-    /// (port 0 picks a free port; see [`Application::port`]). Call inside an actix System.
+    /// Migrates the database, starts the relay (when a hosted service writes events) and the
+    /// services in `services`, and binds their HTTP servers (port 0 picks a free port; see
+    /// [`Application::port`]). Call inside an actix System.
     pub async fn build(
         settings: Settings,
         services: &[Service],
@@ -250,93 +75,28 @@ impl Application {
         };
 
         let relay = if services.iter().any(|s| s.writes_events()) {
-            let config = RelayConfig {
-                brokers: settings.kafka_address.clone(),
-                topic_prefix: settings.kafka_topic_prefix.clone(),
-                topics: vec![
-                    topics::USER_UPDATES.to_string(),
-                    topics::PRODUCT_UPDATES.to_string(),
-                ],
-                layout: settings.topic_layout(),
-                batch_size: 500,
-                poll_interval: settings.outbox_poll_interval(),
-                delivery_timeout: Duration::from_millis(settings.kafka_delivery_timeout_ms),
-            };
-            let relay_logger = logger.new(o!("actor" => "outbox_relay"));
-            let relay = OutboxRelay::new(
-                config,
-                Arc::new(PgOutbox::new(
-                    pool.clone(),
-                    settings.outbox_vacuum_rows,
-                    relay_logger.clone(),
-                )),
-                relay_logger,
-            )?;
-            Some(start_supervised(
-                &Arbiter::new().handle(),
-                RUNTIME,
-                settings.actor_mailbox_limit,
-                relay,
-            ))
+            Some(start_relay(&settings, &pool, &logger)?)
         } else {
             None
         };
-        let wake = relay.as_ref().map(|r| r.recipient());
-
-        let users = services.contains(&Service::Users).then(|| {
-            start_supervised(
-                &Arbiter::new().handle(),
-                "users",
-                settings.actor_mailbox_limit,
-                UsersActor::new(
-                    pool.clone(),
-                    keys.clone(),
-                    wake.clone(),
-                    crate::users::hasher::start("users", settings.actor_mailbox_limit),
-                    settings.login_limits(),
-                    recsys_actors::group_commit::Limits {
-                        max_in_flight: settings.activity_writers,
-                        max_batch: settings.activity_max_batch,
-                    },
-                    logger.new(o!("service" => "users")),
-                ),
-            )
-        });
-        let products = services.contains(&Service::Products).then(|| {
-            start_supervised(
-                &Arbiter::new().handle(),
-                "products",
-                settings.actor_mailbox_limit,
-                ProductsActor::new(
-                    pool.clone(),
-                    wake.clone(),
-                    logger.new(o!("service" => "products")),
-                ),
-            )
-        });
-
-        let recommendations = if services.contains(&Service::Recommendations) {
-            Some(RecommendationsActors::start(&settings, &pool, &logger)?)
-        } else {
-            None
+        let host = Host {
+            settings: &settings,
+            pool: pool.clone(),
+            keys: keys.clone(),
+            wake: relay.as_ref().map(|r| r.recipient()),
+            logger: logger.clone(),
         };
-
-        let analytics = services
-            .contains(&Service::Analytics)
-            .then(|| AnalyticsActors::start(&settings, &pool, &logger));
-
-        if let (Some(users), Some(email), Some(password)) =
-            (&users, &settings.admin_email, &settings.admin_password)
-        {
-            let email = validate::email(email).context("ADMIN_EMAIL is not a valid email")?;
-            let password =
-                validate::password(password.expose()).context("ADMIN_PASSWORD is invalid")?;
-            let id = users
-                .send(EnsureAdmin { email, password })
-                .await?
-                .map_err(|e| anyhow::anyhow!("ensuring the admin account: {e}"))?;
-            info!(logger, "admin account ready"; "user_id" => %id);
-        }
+        let hosts = |service| services.contains(&service);
+        let users = match hosts(Service::Users) {
+            true => Some(Users::start(&host).await?),
+            false => None,
+        };
+        let products = hosts(Service::Products).then(|| Products::start(&host));
+        let recommendations = match hosts(Service::Recommendations) {
+            true => Some(Recommendations::start(&host)?),
+            false => None,
+        };
+        let analytics = hosts(Service::Analytics).then(|| Analytics::start(&host));
 
         let readiness = Readiness {
             pool: pool.clone(),
@@ -346,87 +106,10 @@ impl Application {
             )?,
         };
 
-        let mut ports = BTreeMap::new();
-        let mut servers = Vec::new();
-        let mut running = Vec::new();
-        let timeout = settings.request_timeout();
-        let micro_ttl = Duration::from_millis(settings.recommendation_local_ttl_ms);
-        for &service in services {
-            let listener =
-                TcpListener::bind((settings.bind_address.as_str(), settings.port(service)))
-                    .with_context(|| format!("binding the {} port", service.name()))?;
-            let port = listener.local_addr()?.port();
-            let info = ServiceInfo {
-                name: service.name(),
-                logger: logger.new(o!("service" => service.name())),
-            };
-            let (keys, readiness, users, products, recommendations, analytics) = (
-                keys.clone(),
-                readiness.clone(),
-                users.clone(),
-                products.clone(),
-                recommendations.clone(),
-                analytics.clone(),
-            );
-            let server = HttpServer::new(move || {
-                let mut api = Api::new(service.name());
-                http::common_routes(&mut api);
-                let mut app = App::new()
-                    .app_data(web::Data::new(info.clone()))
-                    .app_data(web::Data::new(readiness.clone()))
-                    .app_data(web::Data::new(keys.clone()))
-                    .configure(http::extractor_config)
-                    .wrap(http::json_error_bodies())
-                    .wrap(from_fn(http::observe))
-                    .default_service(web::to(http::not_found));
-                match service {
-                    Service::Users => {
-                        if let Some(users) = &users {
-                            app = app.app_data(web::Data::new(users.with_timeout(timeout)));
-                            crate::users::http::routes(&mut api);
-                        }
-                    }
-                    Service::Products => {
-                        if let Some(products) = &products {
-                            app = app.app_data(web::Data::new(products.with_timeout(timeout)));
-                            crate::products::http::routes(&mut api);
-                        }
-                    }
-                    Service::Recommendations => {
-                        if let Some(recommendations) = &recommendations {
-                            app = app
-                                .app_data(web::Data::new(
-                                    recommendations.query.with_timeout(timeout),
-                                ))
-                                .app_data(web::Data::new(MicroCache::new(micro_ttl)));
-                            crate::recommendations::http::routes(&mut api);
-                        }
-                    }
-                    Service::Analytics => {
-                        if let Some(analytics) = &analytics {
-                            app = app
-                                .app_data(web::Data::new(analytics.queries.with_timeout(timeout)));
-                            crate::analytics::http::routes(&mut api);
-                        }
-                    }
-                }
-                app.configure(|cfg| api.register(cfg))
-            })
-            .workers(settings.http_workers.max(1))
-            .disable_signals()
-            .shutdown_timeout(10)
-            .listen(listener)?
-            .run();
-            info!(logger, "service listening"; "service" => service.name(), "port" => port);
-            ports.insert(service, port);
-            servers.push((service, server.handle()));
-            running.push(server);
-        }
-
-        Ok(Self {
-            ports,
-            servers,
-            running,
+        let mut app = Self {
+            ports: BTreeMap::new(),
+            servers: Vec::new(),
+            running: Vec::new(),
             relay,
             users,
             products,
@@ -434,7 +117,61 @@ impl Application {
             analytics,
             pool,
             logger,
-        })
+        };
+        for &service in services {
+            let hosted = app
+                .hosted(service)
+                .expect("every chosen service was started");
+            let listener =
+                TcpListener::bind((settings.bind_address.as_str(), settings.port(service)))
+                    .with_context(|| format!("binding the {} port", service.name()))?;
+            let port = listener.local_addr()?.port();
+            let info = ServiceInfo {
+                name: service.name(),
+                logger: app.logger.new(o!("service" => service.name())),
+            };
+            let (keys, readiness) = (keys.clone(), readiness.clone());
+            let server = HttpServer::new(move || {
+                let mut api = Api::new(service.name());
+                http::common_routes(&mut api);
+                let hosted = hosted.clone();
+                App::new()
+                    .app_data(web::Data::new(info.clone()))
+                    .app_data(web::Data::new(readiness.clone()))
+                    .app_data(web::Data::new(keys.clone()))
+                    .configure(http::extractor_config)
+                    .wrap(http::json_error_bodies())
+                    .wrap(from_fn(http::observe))
+                    .default_service(web::to(http::not_found))
+                    .configure(move |cfg| {
+                        hosted.configure(cfg, &mut api);
+                        api.register(cfg)
+                    })
+            })
+            .workers(settings.http_workers.max(1))
+            .disable_signals()
+            .shutdown_timeout(10)
+            .listen(listener)?
+            .run();
+            info!(app.logger, "service listening"; "service" => service.name(), "port" => port);
+            app.ports.insert(service, port);
+            app.servers.push((service, server.handle()));
+            app.running.push(server);
+        }
+        Ok(app)
+    }
+
+    /// `service` as the runtime drives it, when hosted.
+    fn hosted(&self, service: Service) -> Option<Arc<dyn Hosted>> {
+        fn erase<T: Hosted + Clone>(s: &Option<T>) -> Option<Arc<dyn Hosted>> {
+            s.clone().map(|s| Arc::new(s) as Arc<dyn Hosted>)
+        }
+        match service {
+            Service::Users => erase(&self.users),
+            Service::Products => erase(&self.products),
+            Service::Recommendations => erase(&self.recommendations),
+            Service::Analytics => erase(&self.analytics),
+        }
     }
 
     /// The port `service` listens on.
@@ -442,23 +179,23 @@ impl Application {
         self.ports.get(&service).copied()
     }
 
-    /// The users actor, when hosted.
-    pub fn users(&self) -> Option<ObservedAddr<UsersActor>> {
+    /// The users service, when hosted.
+    pub fn users(&self) -> Option<Users> {
         self.users.clone()
     }
 
-    /// The products actor, when hosted.
-    pub fn products(&self) -> Option<ObservedAddr<ProductsActor>> {
+    /// The products service, when hosted.
+    pub fn products(&self) -> Option<Products> {
         self.products.clone()
     }
 
-    /// The recommendations actors, when hosted.
-    pub fn recommendations(&self) -> Option<RecommendationsActors> {
+    /// The recommendations service, when hosted.
+    pub fn recommendations(&self) -> Option<Recommendations> {
         self.recommendations.clone()
     }
 
-    /// The analytics actors, when hosted.
-    pub fn analytics(&self) -> Option<AnalyticsActors> {
+    /// The analytics service, when hosted.
+    pub fn analytics(&self) -> Option<Analytics> {
         self.analytics.clone()
     }
 
@@ -504,23 +241,11 @@ impl Application {
             handle.stop(true).await;
             info!(self.logger, "server stopped"; "service" => service.name());
         }
-        let consumers = [
-            (
-                "recommendations",
-                self.recommendations.as_ref().map(|r| &r.consumer),
-            ),
-            ("analytics", self.analytics.as_ref().map(|a| &a.consumer)),
-        ];
-        // Both leave at once: closing a client waits for the broker to confirm.
-        let leaving = consumers
+        // Every consuming service leaves at once: closing a client waits for the broker.
+        let leaving = Service::ALL
             .into_iter()
-            .filter_map(|(service, consumer)| Some((service, consumer?.clone())))
-            .map(|(service, consumer)| async move {
-                match consumer.send(Leave).await {
-                    Ok(()) => info!(self.logger, "consumer left its group"; "service" => service),
-                    Err(e) => warn!(self.logger, "consumer unavailable at exit"; "error" => %e),
-                }
-            });
+            .filter_map(|service| self.hosted(service))
+            .map(|hosted| hosted.leave());
         futures_util::future::join_all(leaving).await;
         if let Some(relay) = &self.relay {
             match relay
@@ -541,4 +266,40 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Starts the outbox relay, which publishes what the writing services commit.
+fn start_relay(
+    settings: &Settings,
+    pool: &Pool,
+    logger: &Logger,
+) -> anyhow::Result<ObservedAddr<OutboxRelay>> {
+    let config = RelayConfig {
+        brokers: settings.kafka_address.clone(),
+        topic_prefix: settings.kafka_topic_prefix.clone(),
+        topics: vec![
+            topics::USER_UPDATES.to_string(),
+            topics::PRODUCT_UPDATES.to_string(),
+        ],
+        layout: settings.topic_layout(),
+        batch_size: 500,
+        poll_interval: settings.outbox_poll_interval(),
+        delivery_timeout: Duration::from_millis(settings.kafka_delivery_timeout_ms),
+    };
+    let logger = logger.new(o!("actor" => "outbox_relay"));
+    let relay = OutboxRelay::new(
+        config,
+        Arc::new(PgOutbox::new(
+            pool.clone(),
+            settings.outbox_vacuum_rows,
+            logger.clone(),
+        )),
+        logger,
+    )?;
+    Ok(start_supervised(
+        &Arbiter::new().handle(),
+        RUNTIME,
+        settings.actor_mailbox_limit,
+        relay,
+    ))
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use super::error::AnalyticsError;
 use super::query::{AnalyticsQueries, Stats, StatsQuery};
 use super::store::{Bucket, ProductStats, Summary, UserStats, TOP_BY};
 use crate::auth::Admin;
@@ -219,4 +220,16 @@ async fn timeseries(
         to,
     };
     ask(&queries, query).await
+}
+
+/// What a client sees of each statistics failure.
+impl From<AnalyticsError> for ApiError {
+    fn from(e: AnalyticsError) -> Self {
+        match e {
+            AnalyticsError::ProductNeverSeen | AnalyticsError::UserNeverSeen => {
+                ApiError::NotFound(e.to_string())
+            }
+            AnalyticsError::Db(db) => db.into(),
+        }
+    }
 }

@@ -4,9 +4,9 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::error::AnalyticsError;
 use super::store;
 use crate::db::Pool;
-use crate::error::ApiError;
 
 /// The analytics read side: answers queries on the statistics.
 pub struct AnalyticsQueries {
@@ -45,12 +45,13 @@ pub enum StatsQuery {
 
 /// Answers a [`StatsQuery`] as JSON.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<serde_json::Value, ApiError>")]
+#[rtype(result = "Result<serde_json::Value, AnalyticsError>")]
 pub struct Stats(pub StatsQuery);
 
-/// Runs the query; `404` for a product or user never seen.
+/// Runs the query; [`AnalyticsError::ProductNeverSeen`] or [`AnalyticsError::UserNeverSeen`]
+/// for a product or user no event was counted about.
 impl Handler<Stats> for AnalyticsQueries {
-    type Result = ResponseFuture<Result<serde_json::Value, ApiError>>;
+    type Result = ResponseFuture<Result<serde_json::Value, AnalyticsError>>;
 
     fn handle(&mut self, msg: Stats, _: &mut Self::Context) -> Self::Result {
         let pool = self.pool.clone();
@@ -63,12 +64,12 @@ impl Handler<Stats> for AnalyticsQueries {
                 StatsQuery::Product(id) => json(
                     &store::product(&mut conn, id)
                         .await?
-                        .ok_or_else(|| ApiError::NotFound("product never seen".into()))?,
+                        .ok_or_else(|| AnalyticsError::ProductNeverSeen)?,
                 ),
                 StatsQuery::User(id) => json(
                     &store::user(&mut conn, id)
                         .await?
-                        .ok_or_else(|| ApiError::NotFound("user never seen".into()))?,
+                        .ok_or_else(|| AnalyticsError::UserNeverSeen)?,
                 ),
                 StatsQuery::Series {
                     event_type,

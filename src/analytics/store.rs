@@ -10,7 +10,7 @@ use recsys_schema::tables::{an_products, an_users};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::aggregation::Fold;
+use super::fold::Fold;
 
 /// A column of `rows` for an `unnest` insert, in the map's iteration order (the same order as
 /// its keys).

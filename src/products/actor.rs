@@ -12,9 +12,9 @@ use serde::Serialize;
 use slog::{info, warn, Logger};
 use uuid::Uuid;
 
+use super::error::ProductsError;
 use super::store::{self, ProductChanges, ProductRow};
 use crate::db::Pool;
-use crate::error::ApiError;
 use crate::outbox;
 
 /// The products actor. Stateless apart from its handles, so a restart loses nothing.
@@ -36,11 +36,11 @@ impl ProductsActor {
     }
 
     /// Runs `work` with the pool; wakes the relay when it committed an event.
-    fn write<T, F, Fut>(&self, work: F) -> ResponseFuture<Result<T, ApiError>>
+    fn write<T, F, Fut>(&self, work: F) -> ResponseFuture<Result<T, ProductsError>>
     where
         T: 'static,
         F: FnOnce(Pool) -> Fut + 'static,
-        Fut: std::future::Future<Output = Result<T, ApiError>> + 'static,
+        Fut: std::future::Future<Output = Result<T, ProductsError>> + 'static,
     {
         let pool = self.pool.clone();
         let relay = self.relay.clone();
@@ -128,7 +128,7 @@ pub struct Page {
 
 /// Adds a product (already validated).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<ProductView, ApiError>")]
+#[rtype(result = "Result<ProductView, ProductsError>")]
 pub struct CreateProduct {
     pub name: String,
     pub price: BigDecimal,
@@ -138,7 +138,7 @@ pub struct CreateProduct {
 
 /// Inserts the product (version 1) and `product.created`.
 impl Handler<CreateProduct> for ProductsActor {
-    type Result = ResponseFuture<Result<ProductView, ApiError>>;
+    type Result = ResponseFuture<Result<ProductView, ProductsError>>;
 
     fn handle(&mut self, msg: CreateProduct, _: &mut Self::Context) -> Self::Result {
         let logger = self.logger.clone();
@@ -158,10 +158,10 @@ impl Handler<CreateProduct> for ProductsActor {
             let inserted = row.clone();
             pool.get()
                 .await?
-                .transaction(async move |conn| -> Result<_, ApiError> {
+                .transaction(async move |conn| -> Result<_, ProductsError> {
                     store::insert(conn, &inserted).await?;
                     let event = Event::ProductCreated(snapshot(&inserted));
-                    outbox::enqueue(conn, &Envelope::at(event, now)).await?;
+                    outbox::enqueue(conn, [&Envelope::at(event, now)]).await?;
                     Ok(())
                 })
                 .await?;
@@ -173,14 +173,14 @@ impl Handler<CreateProduct> for ProductsActor {
 
 /// Reads one live product.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<ProductView, ApiError>")]
+#[rtype(result = "Result<ProductView, ProductsError>")]
 pub struct GetProduct {
     pub id: Uuid,
 }
 
-/// Answers the product or `404` (also for deleted ones).
+/// Answers the product, or [`ProductsError::ProductNotFound`] (also for deleted ones).
 impl Handler<GetProduct> for ProductsActor {
-    type Result = ResponseFuture<Result<ProductView, ApiError>>;
+    type Result = ResponseFuture<Result<ProductView, ProductsError>>;
 
     fn handle(&mut self, msg: GetProduct, _: &mut Self::Context) -> Self::Result {
         let pool = self.pool.clone();
@@ -189,14 +189,14 @@ impl Handler<GetProduct> for ProductsActor {
             store::find_live(&mut conn, msg.id)
                 .await?
                 .map(ProductView::from)
-                .ok_or_else(|| ApiError::NotFound("product not found".into()))
+                .ok_or_else(|| ProductsError::ProductNotFound)
         })
     }
 }
 
 /// Lists live products page by page (keyset pagination on the id).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Page, ApiError>")]
+#[rtype(result = "Result<Page, ProductsError>")]
 pub struct ListProducts {
     pub category: Option<String>,
     /// 1..=100.
@@ -206,7 +206,7 @@ pub struct ListProducts {
 
 /// Answers one page; `next` is set only when more products follow.
 impl Handler<ListProducts> for ProductsActor {
-    type Result = ResponseFuture<Result<Page, ApiError>>;
+    type Result = ResponseFuture<Result<Page, ProductsError>>;
 
     fn handle(&mut self, msg: ListProducts, _: &mut Self::Context) -> Self::Result {
         let pool = self.pool.clone();
@@ -231,7 +231,7 @@ impl Handler<ListProducts> for ProductsActor {
 
 /// Changes any of the product's fields (already validated).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<ProductView, ApiError>")]
+#[rtype(result = "Result<ProductView, ProductsError>")]
 pub struct UpdateProduct {
     pub id: Uuid,
     pub changes: ProductChanges,
@@ -239,7 +239,7 @@ pub struct UpdateProduct {
 
 /// Updates the product (version + 1) and emits `product.updated` with the new state.
 impl Handler<UpdateProduct> for ProductsActor {
-    type Result = ResponseFuture<Result<ProductView, ApiError>>;
+    type Result = ResponseFuture<Result<ProductView, ProductsError>>;
 
     fn handle(&mut self, msg: UpdateProduct, _: &mut Self::Context) -> Self::Result {
         let logger = self.logger.clone();
@@ -248,12 +248,12 @@ impl Handler<UpdateProduct> for ProductsActor {
             let row = pool
                 .get()
                 .await?
-                .transaction(async move |conn| -> Result<_, ApiError> {
+                .transaction(async move |conn| -> Result<_, ProductsError> {
                     let row = store::update(conn, msg.id, &msg.changes, now)
                         .await?
-                        .ok_or_else(|| ApiError::NotFound("product not found".into()))?;
+                        .ok_or_else(|| ProductsError::ProductNotFound)?;
                     let event = Event::ProductUpdated(snapshot(&row));
-                    outbox::enqueue(conn, &Envelope::at(event, now)).await?;
+                    outbox::enqueue(conn, [&Envelope::at(event, now)]).await?;
                     Ok(row)
                 })
                 .await?;
@@ -265,14 +265,15 @@ impl Handler<UpdateProduct> for ProductsActor {
 
 /// Removes a product from the catalog.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), ApiError>")]
+#[rtype(result = "Result<(), ProductsError>")]
 pub struct DeleteProduct {
     pub id: Uuid,
 }
 
-/// Soft-deletes the product (version + 1) and emits `product.deleted`; `404` when absent.
+/// Soft-deletes the product (version + 1) and emits `product.deleted`;
+/// [`ProductsError::ProductNotFound`] when absent.
 impl Handler<DeleteProduct> for ProductsActor {
-    type Result = ResponseFuture<Result<(), ApiError>>;
+    type Result = ResponseFuture<Result<(), ProductsError>>;
 
     fn handle(&mut self, msg: DeleteProduct, _: &mut Self::Context) -> Self::Result {
         let logger = self.logger.clone();
@@ -282,15 +283,15 @@ impl Handler<DeleteProduct> for ProductsActor {
             let version = pool
                 .get()
                 .await?
-                .transaction(async move |conn| -> Result<_, ApiError> {
+                .transaction(async move |conn| -> Result<_, ProductsError> {
                     let version = store::delete(conn, id, now)
                         .await?
-                        .ok_or_else(|| ApiError::NotFound("product not found".into()))?;
+                        .ok_or_else(|| ProductsError::ProductNotFound)?;
                     let event = Event::ProductDeleted(ProductDeleted {
                         product_id: id,
                         version,
                     });
-                    outbox::enqueue(conn, &Envelope::at(event, now)).await?;
+                    outbox::enqueue(conn, [&Envelope::at(event, now)]).await?;
                     Ok(version)
                 })
                 .await?;

@@ -19,6 +19,7 @@ use super::actor::{
     CreateProduct, DeleteProduct, GetProduct, ListProducts, Page, ProductView, ProductsActor,
     UpdateProduct,
 };
+use super::error::ProductsError;
 use super::store::ProductChanges;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
@@ -327,6 +328,16 @@ async fn delete_product(
         })
         .await??;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// What a client sees of each catalog failure.
+impl From<ProductsError> for ApiError {
+    fn from(e: ProductsError) -> Self {
+        match e {
+            ProductsError::ProductNotFound => ApiError::NotFound(e.to_string()),
+            ProductsError::Db(db) => db.into(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use super::error::RecommendationsError;
 use super::micro::MicroCache;
 use super::query::{CacheResult, Item, Query, Recommend, RecommendationsActor};
 use crate::auth::Caller;
@@ -148,4 +149,15 @@ async fn similar(
 ) -> Result<HttpResponse, ApiError> {
     let product_id = product_id.into_inner();
     answer(&actor, &micro, Query::Similar { product_id }, params.limit).await
+}
+
+/// What a client sees of each query failure.
+impl From<RecommendationsError> for ApiError {
+    fn from(e: RecommendationsError) -> Self {
+        match e {
+            RecommendationsError::ProductNotFound => ApiError::NotFound(e.to_string()),
+            RecommendationsError::Encoding(_) => ApiError::Unexpected(anyhow::Error::new(e)),
+            RecommendationsError::Db(db) => db.into(),
+        }
+    }
 }

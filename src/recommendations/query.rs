@@ -16,10 +16,10 @@ use serde::Serialize;
 use slog::{warn, Logger};
 use uuid::Uuid;
 
+use super::error::RecommendationsError;
 use super::score::{Decay, Weights};
 use super::store::{self, Ranked};
 use crate::db::Pool;
-use crate::error::ApiError;
 
 /// `recommendation_cache_requests_total{result}`: `hit` or `miss`.
 pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -97,7 +97,7 @@ pub struct Answer {
 
 /// Answers one query, best first, at most `limit` (1..=100) items.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<Answer, ApiError>")]
+#[rtype(result = "Result<Answer, RecommendationsError>")]
 pub struct Recommend {
     pub query: Query,
     pub limit: i64,
@@ -155,7 +155,7 @@ impl Supervised for RecommendationsActor {
 
 /// Cache first (keyed by the current generation), Postgres on a miss or without Redis.
 impl Handler<Recommend> for RecommendationsActor {
-    type Result = ResponseFuture<Result<Answer, ApiError>>;
+    type Result = ResponseFuture<Result<Answer, RecommendationsError>>;
 
     fn handle(&mut self, msg: Recommend, _: &mut Self::Context) -> Self::Result {
         let (pool, cache, prefix) = (
@@ -184,7 +184,8 @@ impl Handler<Recommend> for RecommendationsActor {
                 }
             }
             let items = query(&pool, &msg, &weights, half_life).await?;
-            let json = serde_json::to_string(&items).map_err(|e| ApiError::Unexpected(e.into()))?;
+            let json = serde_json::to_string(&items)
+                .map_err(|e| RecommendationsError::Encoding(e.into()))?;
             if let Some(key) = key {
                 cache.do_send(CacheSet {
                     key,
@@ -206,7 +207,7 @@ async fn query(
     msg: &Recommend,
     weights: &Weights,
     half_life: Duration,
-) -> Result<Vec<Item>, ApiError> {
+) -> Result<Vec<Item>, RecommendationsError> {
     let mut conn = pool.get().await?;
     let state = store::state(&mut conn).await?;
     let decay = Decay {
@@ -239,7 +240,7 @@ async fn query(
         Query::Similar { product_id } => {
             let rows = store::similar(&mut conn, *product_id, weights, msg.limit)
                 .await?
-                .ok_or_else(|| ApiError::NotFound("product not found".into()))?;
+                .ok_or_else(|| RecommendationsError::ProductNotFound)?;
             // Co-occurrence weights are counts, not decayed.
             Ok(items(rows, &|w| w))
         }

@@ -3,24 +3,22 @@
 //! catalog changes, the seen publication sequences and consumer positions — in one transaction, then bumps
 //! the ranking generation (part of every cache key) and publishes it to the cache.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use diesel_async::AsyncConnection;
 use prometheus::{register_histogram, Histogram};
 use recsys_actors::cache::{CacheActor, CacheRaise};
 use recsys_actors::kafka_consumer::{ApplyBatch, LoadPositions};
 use recsys_actors::observe::ObservedAddr;
-use recsys_schema::events::ProductSnapshot;
 use slog::{debug, info, warn, Logger};
 use std::sync::LazyLock;
-use uuid::Uuid;
 
+use super::fold::Fold;
 use super::score::{Decay, Weights};
 use super::store;
-use crate::consumption::{self, Fact, ProductChange, What};
+use crate::consumption::{self, Fact};
 use crate::db::Pool;
 
 /// `ranking_flush_duration_seconds`: one batch written.
@@ -42,113 +40,6 @@ pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
-
-/// A catalog change, the newest version per product in a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CatalogChange {
-    /// `product.created` (with its time) or `product.updated`.
-    Upsert {
-        snapshot: ProductSnapshot,
-        created_at: Option<DateTime<Utc>>,
-    },
-    /// `product.deleted`.
-    Deleted { version: i32 },
-}
-
-impl CatalogChange {
-    fn version(&self) -> i32 {
-        match self {
-            CatalogChange::Upsert { snapshot, .. } => snapshot.version,
-            CatalogChange::Deleted { version } => *version,
-        }
-    }
-}
-
-/// One batch folded in memory: what to add and upsert.
-#[derive(Debug, Default)]
-pub struct Fold {
-    /// Accumulator delta per product.
-    pub scores: HashMap<Uuid, f64>,
-    /// (user, product) → [views, cart_adds, cart_removes, purchases] deltas (quantities).
-    pub user_products: HashMap<(Uuid, Uuid), [i64; 4]>,
-    /// The newest change per product.
-    pub catalog: HashMap<Uuid, CatalogChange>,
-}
-
-impl Fold {
-    /// Folds one event.
-    pub fn add(&mut self, fact: &Fact, decay: &Decay, weights: &Weights) {
-        match &fact.what {
-            What::Activity(a) => {
-                *self.scores.entry(a.product_id).or_default() +=
-                    decay.contribution(weights.of(a.action), a.quantity, fact.occurred_at);
-                let counters = self
-                    .user_products
-                    .entry((a.user_id, a.product_id))
-                    .or_default();
-                let slot = recsys_schema::events::Action::ALL
-                    .iter()
-                    .position(|x| *x == a.action)
-                    .expect("every action is listed");
-                counters[slot] += i64::from(a.quantity);
-            }
-            What::ProductCreated(change) => self.catalog_change(
-                change.product_id,
-                CatalogChange::Upsert {
-                    snapshot: snapshot_of(change),
-                    created_at: Some(fact.occurred_at),
-                },
-            ),
-            What::ProductUpdated(change) => self.catalog_change(
-                change.product_id,
-                CatalogChange::Upsert {
-                    snapshot: snapshot_of(change),
-                    created_at: None,
-                },
-            ),
-            What::ProductDeleted(d) => {
-                self.catalog_change(d.product_id, CatalogChange::Deleted { version: d.version })
-            }
-            What::UserRegistered { .. } | What::UserUpdated { .. } => {}
-        }
-    }
-
-    fn catalog_change(&mut self, product_id: Uuid, change: CatalogChange) {
-        match self.catalog.get_mut(&product_id) {
-            Some(current) if current.version() >= change.version() => {}
-            Some(current) => {
-                // Keep the creation time of an earlier product.created in the same batch.
-                let created = match current {
-                    CatalogChange::Upsert { created_at, .. } => *created_at,
-                    CatalogChange::Deleted { .. } => None,
-                };
-                *current = match change {
-                    CatalogChange::Upsert {
-                        snapshot,
-                        created_at,
-                    } => CatalogChange::Upsert {
-                        snapshot,
-                        created_at: created_at.or(created),
-                    },
-                    deleted => deleted,
-                };
-            }
-            None => {
-                self.catalog.insert(product_id, change);
-            }
-        }
-    }
-}
-
-/// The new state of a changed product. The recommendations consumer decodes with
-/// [`Snapshots::Keep`](crate::consumption::Snapshots::Keep), so every change carries one.
-fn snapshot_of(change: &ProductChange) -> ProductSnapshot {
-    let snapshot = change
-        .snapshot
-        .as_deref()
-        .expect("the recommendations consumer keeps product snapshots");
-    snapshot.clone()
-}
 
 /// The ranking actor.
 pub struct RankingActor {
@@ -297,87 +188,6 @@ impl Handler<LoadPositions> for RankingActor {
 pub fn init_metrics() {
     LazyLock::force(&FLUSH_DURATION);
     LazyLock::force(&BATCH_SIZE);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::recommendations::score::tests::decay;
-    use bigdecimal::BigDecimal;
-    use recsys_schema::events::{
-        Action, Envelope, Event, ProductDeleted, UserActivity, UserRegistered,
-    };
-
-    fn at(event: Event, hours: i64) -> Fact {
-        Envelope::at(event, decay().t0 + chrono::Duration::hours(hours)).into()
-    }
-
-    fn snapshot(id: Uuid, version: i32) -> ProductSnapshot {
-        ProductSnapshot {
-            product_id: id,
-            name: format!("v{version}"),
-            price: BigDecimal::from(version),
-            category: None,
-            version,
-        }
-    }
-
-    #[test]
-    /// A batch of mixed events folds into per-product score deltas, per user-product counters
-    /// (quantities), and the newest catalog version; user events change nothing.
-    fn folding_a_mixed_batch() {
-        let (user, p1, p2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let activity = |product, action, quantity| {
-            Event::UserActivity(UserActivity {
-                user_id: user,
-                product_id: product,
-                action,
-                quantity,
-            })
-        };
-        let events = [
-            at(
-                Event::UserRegistered(UserRegistered {
-                    user_id: user,
-                    name: "u".into(),
-                }),
-                0,
-            ),
-            at(activity(p1, Action::View, 1), 0),
-            at(activity(p1, Action::Purchase, 2), 1),
-            at(activity(p2, Action::CartAdd, 1), 0),
-            at(activity(p2, Action::CartRemove, 1), 0),
-            at(Event::ProductCreated(snapshot(p1, 1)), 0),
-            at(Event::ProductUpdated(snapshot(p1, 3)), 0),
-            at(Event::ProductUpdated(snapshot(p1, 2)), 0),
-            at(
-                Event::ProductDeleted(ProductDeleted {
-                    product_id: p2,
-                    version: 4,
-                }),
-                0,
-            ),
-        ];
-        let mut fold = Fold::default();
-        for e in &events {
-            fold.add(e, &decay(), &Weights::default());
-        }
-        assert_eq!(fold.scores[&p1], 1.0 + 10.0 * 2.0 * 2.0);
-        assert_eq!(fold.scores[&p2], 0.0);
-        assert_eq!(fold.user_products[&(user, p1)], [1, 0, 0, 2]);
-        assert_eq!(fold.user_products[&(user, p2)], [0, 1, 1, 0]);
-        match &fold.catalog[&p1] {
-            CatalogChange::Upsert {
-                snapshot,
-                created_at,
-            } => {
-                assert_eq!(snapshot.version, 3);
-                assert_eq!(*created_at, Some(decay().t0));
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        assert_eq!(fold.catalog[&p2], CatalogChange::Deleted { version: 4 });
-    }
 }
 
 recsys_actors::observed_handlers!(RankingActor => ApplyBatch<Fact>, LoadPositions);

@@ -12,7 +12,7 @@ use recsys_schema::events::ProductSnapshot;
 use recsys_schema::tables::{rec_scores, rec_state};
 use uuid::Uuid;
 
-use super::ranking::{CatalogChange, Fold};
+use super::fold::{CatalogChange, Fold};
 use super::score::Weights;
 
 /// The ranking state row.

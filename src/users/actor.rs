@@ -19,13 +19,13 @@ use serde::Serialize;
 use slog::{info, warn, Logger};
 use uuid::Uuid;
 
+use super::error::UsersError;
 use super::hasher::{HashPassword, HashWorker, VerifyPassword};
 use super::store::{self, ActivityRow, UserChanges, UserRow};
 use super::throttle::{LoginLimits, LoginThrottle};
 use crate::auth::{JwtKeys, Role};
 use crate::config::Secret;
 use crate::db::{self, Pool};
-use crate::error::ApiError;
 use crate::outbox;
 
 /// The users actor. Apart from its handles it holds only the login failure counts, which a
@@ -40,7 +40,7 @@ pub struct UsersActor {
     /// Failed logins per email and per client address.
     throttle: LoginThrottle,
     /// Recorded actions waiting for, or being written in, a group commit.
-    activity: GroupCommit<(ActivityRow, Envelope), Result<Uuid, ApiError>>,
+    activity: GroupCommit<(ActivityRow, Envelope), Result<Uuid, UsersError>>,
     logger: Logger,
 }
 
@@ -90,15 +90,15 @@ struct Ctx {
 
 impl Ctx {
     /// The argon2id hash of `password`, computed by the hasher.
-    async fn hash(&self, password: Secret) -> Result<String, ApiError> {
+    async fn hash(&self, password: Secret) -> Result<String, UsersError> {
         self.hasher
             .send(HashPassword(password))
             .await?
-            .map_err(ApiError::Unexpected)
+            .map_err(|e| UsersError::Hashing(e.into()))
     }
 
     /// Whether `password` matches `hash`, checked by the hasher.
-    async fn verify(&self, password: Secret, hash: Option<String>) -> Result<bool, ApiError> {
+    async fn verify(&self, password: Secret, hash: Option<String>) -> Result<bool, UsersError> {
         Ok(self.hasher.send(VerifyPassword { password, hash }).await?)
     }
 
@@ -121,7 +121,7 @@ impl Supervised for UsersActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         warn!(self.logger, "users actor restarting");
         // The batches being written were cancelled with the old context; queued actions are
-        // answered 503 (their senders drop) rather than left waiting.
+        // answered [`UsersError::Restarting`] (their senders drop) rather than left waiting.
         self.activity.reset();
     }
 }
@@ -158,9 +158,9 @@ pub struct Registered {
     pub token: String,
 }
 
-fn email_taken(e: diesel::result::Error) -> ApiError {
+fn email_taken(e: diesel::result::Error) -> UsersError {
     if db::is_unique_violation(&e) {
-        ApiError::Conflict("email already registered".into())
+        UsersError::EmailTaken
     } else {
         e.into()
     }
@@ -168,16 +168,16 @@ fn email_taken(e: diesel::result::Error) -> ApiError {
 
 /// Creates an account (already validated: name, lower-case email, 8..=128-char password).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Registered, ApiError>")]
+#[rtype(result = "Result<Registered, UsersError>")]
 pub struct RegisterUser {
     pub name: String,
     pub email: String,
     pub password: Option<Secret>,
 }
 
-/// Inserts the user and `user.registered`; `409` when the email is taken.
+/// Inserts the user and `user.registered`; [`UsersError::EmailTaken`] when the email is taken.
 impl Handler<RegisterUser> for UsersActor {
-    type Result = ResponseFuture<Result<Registered, ApiError>>;
+    type Result = ResponseFuture<Result<Registered, UsersError>>;
 
     fn handle(&mut self, msg: RegisterUser, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
@@ -191,13 +191,13 @@ impl Handler<RegisterUser> for UsersActor {
             ctx.pool
                 .get()
                 .await?
-                .transaction(async move |conn| -> Result<_, ApiError> {
+                .transaction(async move |conn| -> Result<_, UsersError> {
                     store::insert(conn, &inserted).await.map_err(email_taken)?;
                     let event = Event::UserRegistered(UserRegistered {
                         user_id: inserted.id,
                         name: inserted.name.clone(),
                     });
-                    outbox::enqueue(conn, &Envelope::at(event, inserted.created_at)).await?;
+                    outbox::enqueue(conn, [&Envelope::at(event, inserted.created_at)]).await?;
                     Ok(())
                 })
                 .await?;
@@ -227,9 +227,9 @@ fn new_user(name: String, email: String, password_hash: Option<String>, role: Ro
     }
 }
 
-/// Checks credentials and answers a token; `401` with one message for every failure.
+/// Checks credentials and answers a token; [`UsersError::BadCredentials`] for every failure.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<String, ApiError>")]
+#[rtype(result = "Result<String, UsersError>")]
 pub struct Login {
     pub email: String,
     pub password: Secret,
@@ -238,16 +238,16 @@ pub struct Login {
 }
 
 /// Verifies the password (also for unknown emails, so timing tells nothing), unless the email
-/// or the client address is locked out by earlier failures (`429`, see [`super::throttle`]).
+/// or the client address is locked out by earlier failures ([`UsersError::LockedOut`], see [`super::throttle`]).
 impl Handler<Login> for UsersActor {
-    type Result = ResponseActFuture<Self, Result<String, ApiError>>;
+    type Result = ResponseActFuture<Self, Result<String, UsersError>>;
 
     fn handle(&mut self, msg: Login, _: &mut Self::Context) -> Self::Result {
         let attempt = match self.throttle.admit(&msg.email, msg.client, Instant::now()) {
             Ok(attempt) => attempt,
             Err(wait) => {
                 warn!(self.logger, "login locked out after repeated failures"; "retry_after_s" => wait.as_secs());
-                return Box::pin(actix::fut::ready(Err(ApiError::TooManyRequests {
+                return Box::pin(actix::fut::ready(Err(UsersError::LockedOut {
                     retry_after: wait,
                 })));
             }
@@ -262,12 +262,12 @@ impl Handler<Login> for UsersActor {
             let ok = ctx.verify(msg.password, hash).await?;
             match user {
                 Some(user) if ok => Ok(ctx.keys.issue(user.id, Role::from_db(&user.role))),
-                _ => Err(ApiError::Unauthorized("invalid email or password".into())),
+                _ => Err(UsersError::BadCredentials),
             }
         };
         Box::pin(verify.into_actor(self).map(move |answer, act, _| {
             // Only a wrong password counts; a database outage is not the client's failure.
-            let failed = matches!(answer, Err(ApiError::Unauthorized(_)));
+            let failed = matches!(answer, Err(UsersError::BadCredentials));
             if answer.is_ok() || failed {
                 act.throttle.finish(attempt, answer.is_ok(), Instant::now());
             } else {
@@ -280,14 +280,14 @@ impl Handler<Login> for UsersActor {
 
 /// Reads one user.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<UserView, ApiError>")]
+#[rtype(result = "Result<UserView, UsersError>")]
 pub struct GetUser {
     pub id: Uuid,
 }
 
-/// Answers the user or `404`.
+/// Answers the user or [`UsersError::UserNotFound`].
 impl Handler<GetUser> for UsersActor {
-    type Result = ResponseFuture<Result<UserView, ApiError>>;
+    type Result = ResponseFuture<Result<UserView, UsersError>>;
 
     fn handle(&mut self, msg: GetUser, _: &mut Self::Context) -> Self::Result {
         let pool = self.pool.clone();
@@ -296,14 +296,14 @@ impl Handler<GetUser> for UsersActor {
             store::find(&mut conn, msg.id, false)
                 .await?
                 .map(UserView::from)
-                .ok_or_else(|| ApiError::NotFound("user not found".into()))
+                .ok_or_else(|| UsersError::UserNotFound)
         })
     }
 }
 
 /// Changes any of name, email and password (already validated).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<UserView, ApiError>")]
+#[rtype(result = "Result<UserView, UsersError>")]
 pub struct UpdateUser {
     pub id: Uuid,
     pub name: Option<String>,
@@ -313,7 +313,7 @@ pub struct UpdateUser {
 
 /// Updates the row and emits `user.updated` naming the changed fields; no change, no event.
 impl Handler<UpdateUser> for UsersActor {
-    type Result = ResponseFuture<Result<UserView, ApiError>>;
+    type Result = ResponseFuture<Result<UserView, UsersError>>;
 
     fn handle(&mut self, msg: UpdateUser, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
@@ -327,10 +327,10 @@ impl Handler<UpdateUser> for UsersActor {
                 .pool
                 .get()
                 .await?
-                .transaction(async move |conn| -> Result<_, ApiError> {
+                .transaction(async move |conn| -> Result<_, UsersError> {
                     let current = store::find(conn, id, true)
                         .await?
-                        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+                        .ok_or_else(|| UsersError::UserNotFound)?;
                     let mut changes = UserChanges::default();
                     let mut changed = Vec::new();
                     if let Some(name) = name.filter(|n| *n != current.name) {
@@ -358,7 +358,7 @@ impl Handler<UpdateUser> for UsersActor {
                         name: row.name.clone(),
                         changed: changed.clone(),
                     });
-                    outbox::enqueue(conn, &Envelope::at(event, now)).await?;
+                    outbox::enqueue(conn, [&Envelope::at(event, now)]).await?;
                     Ok((row, changed))
                 })
                 .await?;
@@ -373,7 +373,7 @@ impl Handler<UpdateUser> for UsersActor {
 
 /// Records one action of a user on a product (already validated: quantity 1..=1000).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Uuid, ApiError>")]
+#[rtype(result = "Result<Uuid, UsersError>")]
 pub struct RecordActivity {
     pub user_id: Uuid,
     pub product_id: Uuid,
@@ -382,9 +382,9 @@ pub struct RecordActivity {
 }
 
 /// Queues the action for the next group commit (see [`UsersActor::write_activity`]); answers
-/// the event id once it is committed. `404` for an unknown user.
+/// the event id once it is committed; [`UsersError::UserNotFound`] for an unknown user.
 impl Handler<RecordActivity> for UsersActor {
-    type Result = ResponseFuture<Result<Uuid, ApiError>>;
+    type Result = ResponseFuture<Result<Uuid, UsersError>>;
 
     fn handle(&mut self, msg: RecordActivity, ctx: &mut Self::Context) -> Self::Result {
         let envelope = Envelope::new(Event::UserActivity(UserActivity {
@@ -403,13 +403,7 @@ impl Handler<RecordActivity> for UsersActor {
         };
         let answer = self.activity.push((row, envelope));
         self.write_activity(ctx);
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| {
-                Err(ApiError::Unavailable(
-                    "service restarting; retry later".into(),
-                ))
-            })
-        })
+        Box::pin(async move { answer.await.unwrap_or_else(|_| Err(UsersError::Restarting)) })
     }
 }
 
@@ -439,9 +433,9 @@ impl Ctx {
     async fn record_activities(
         &self,
         actions: &[(ActivityRow, Envelope)],
-    ) -> Vec<Result<Uuid, ApiError>> {
+    ) -> Vec<Result<Uuid, UsersError>> {
         match self.record_batch(actions).await {
-            Err(ApiError::NotFound(_)) if actions.len() > 1 => {
+            Err(UsersError::UserNotFound) if actions.len() > 1 => {
                 let mut outcomes = Vec::with_capacity(actions.len());
                 for action in actions.chunks(1) {
                     outcomes.extend(answers(action, self.record_batch(action).await));
@@ -452,43 +446,52 @@ impl Ctx {
         }
     }
 
-    /// One statement for `actions`; a foreign-key violation is `NotFound`.
+    /// One transaction for `actions`: the activity rows of the users that exist, then their
+    /// events in the outbox, in the given order. A foreign-key violation is `NotFound`.
     async fn record_batch(
         &self,
         actions: &[(ActivityRow, Envelope)],
-    ) -> Result<HashSet<Uuid>, ApiError> {
+    ) -> Result<HashSet<Uuid>, UsersError> {
+        let rows: Vec<&ActivityRow> = actions.iter().map(|(row, _)| row).collect();
         let mut conn = self.pool.get().await?;
-        store::record_activities(&mut conn, actions)
-            .await
-            .map_err(|e| {
+        conn.transaction(async |conn| -> Result<_, UsersError> {
+            let written = store::insert_activities(conn, &rows).await.map_err(|e| {
                 if db::is_foreign_key_violation(&e) {
-                    ApiError::NotFound("user not found".into())
+                    UsersError::UserNotFound
                 } else {
                     e.into()
                 }
-            })
+            })?;
+            let events = actions
+                .iter()
+                .filter(|(row, _)| written.contains(&row.id))
+                .map(|(_, envelope)| envelope);
+            outbox::enqueue(conn, events).await?;
+            Ok(written)
+        })
+        .await
     }
 }
 
-/// One outcome per action of a written batch: its event id if the statement wrote it, `404`
-/// if its user does not exist, or the batch's failure.
+/// One outcome per action of a written batch: its event id if the statement wrote it,
+/// [`UsersError::UserNotFound`] if its user does not exist, or the batch's failure.
 fn answers(
     actions: &[(ActivityRow, Envelope)],
-    written: Result<HashSet<Uuid>, ApiError>,
-) -> Vec<Result<Uuid, ApiError>> {
+    written: Result<HashSet<Uuid>, UsersError>,
+) -> Vec<Result<Uuid, UsersError>> {
     actions
         .iter()
         .map(|(row, _)| match &written {
             Ok(ids) if ids.contains(&row.id) => Ok(row.id),
-            Ok(_) => Err(ApiError::NotFound("user not found".into())),
-            Err(e) => Err(e.replicate()),
+            Ok(_) => Err(UsersError::UserNotFound),
+            Err(e) => Err(e.clone()),
         })
         .collect()
 }
 
 /// Makes sure an admin account with this email and password exists (startup, `ADMIN_EMAIL`).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Uuid, ApiError>")]
+#[rtype(result = "Result<Uuid, UsersError>")]
 pub struct EnsureAdmin {
     pub email: String,
     pub password: Secret,
@@ -497,7 +500,7 @@ pub struct EnsureAdmin {
 /// Creates the admin (`user.registered`) or promotes / re-keys the existing account
 /// (`user.updated`); nothing when it is already right.
 impl Handler<EnsureAdmin> for UsersActor {
-    type Result = ResponseFuture<Result<Uuid, ApiError>>;
+    type Result = ResponseFuture<Result<Uuid, UsersError>>;
 
     fn handle(&mut self, msg: EnsureAdmin, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
@@ -514,13 +517,13 @@ impl Handler<EnsureAdmin> for UsersActor {
                 ctx.pool
                     .get()
                     .await?
-                    .transaction(async move |conn| -> Result<_, ApiError> {
+                    .transaction(async move |conn| -> Result<_, UsersError> {
                         store::insert(conn, &inserted).await.map_err(email_taken)?;
                         let event = Event::UserRegistered(UserRegistered {
                             user_id: inserted.id,
                             name: inserted.name.clone(),
                         });
-                        outbox::enqueue(conn, &Envelope::at(event, inserted.created_at)).await?;
+                        outbox::enqueue(conn, [&Envelope::at(event, inserted.created_at)]).await?;
                         Ok(())
                     })
                     .await?;
@@ -551,14 +554,14 @@ impl Handler<EnsureAdmin> for UsersActor {
             ctx.pool
                 .get()
                 .await?
-                .transaction(async move |conn| -> Result<_, ApiError> {
+                .transaction(async move |conn| -> Result<_, UsersError> {
                     let row = store::update(conn, id, &changes).await?;
                     let event = Event::UserUpdated(UserUpdated {
                         user_id: row.id,
                         name: row.name,
                         changed,
                     });
-                    outbox::enqueue(conn, &Envelope::at(event, now)).await?;
+                    outbox::enqueue(conn, [&Envelope::at(event, now)]).await?;
                     Ok(())
                 })
                 .await?;

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::actor::{
     GetUser, Login, RecordActivity, RegisterUser, Registered, UpdateUser, UserView, UsersActor,
 };
+use super::error::UsersError;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::Api;
@@ -104,7 +105,7 @@ async fn login(
     body: web::Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let unauthorized = || ApiError::Unauthorized("invalid email or password".into());
+    let unauthorized = || ApiError::from(UsersError::BadCredentials);
     // Malformed credentials get the same answer as wrong ones.
     let email = validate::email(&body.email).map_err(|_| unauthorized())?;
     let password = validate::password(&body.password).map_err(|_| unauthorized())?;
@@ -264,10 +265,28 @@ async fn record_activity(
 
 /// A token whose own account no longer exists authenticates nobody: its holder gets `401`, not
 /// `404` (an admin asking about a missing account still gets `404`).
-fn account_gone(caller: &Caller, id: Uuid) -> impl FnOnce(ApiError) -> ApiError {
+fn account_gone(caller: &Caller, id: Uuid) -> impl FnOnce(UsersError) -> ApiError {
     let own = caller.id() == id;
     move |error| match error {
-        ApiError::NotFound(_) if own => ApiError::Unauthorized("account no longer exists".into()),
-        other => other,
+        UsersError::UserNotFound if own => {
+            ApiError::Unauthorized("account no longer exists".into())
+        }
+        other => other.into(),
+    }
+}
+
+/// What a client sees of each users failure.
+impl From<UsersError> for ApiError {
+    fn from(e: UsersError) -> Self {
+        match e {
+            UsersError::EmailTaken => ApiError::Conflict(e.to_string()),
+            UsersError::UserNotFound => ApiError::NotFound(e.to_string()),
+            UsersError::BadCredentials => ApiError::Unauthorized(e.to_string()),
+            UsersError::LockedOut { retry_after } => ApiError::TooManyRequests { retry_after },
+            UsersError::Restarting => ApiError::Unavailable(e.to_string()),
+            UsersError::HasherRefused(refused) => refused.into(),
+            UsersError::Hashing(_) => ApiError::Unexpected(anyhow::Error::new(e)),
+            UsersError::Db(db) => db.into(),
+        }
     }
 }

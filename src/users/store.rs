@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Integer, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use recsys_schema::events::Envelope;
-use recsys_schema::tables::users;
+use recsys_schema::tables::{user_activity, users};
 use uuid::Uuid;
 
 /// A row of `users`.
@@ -96,49 +95,34 @@ pub async fn update(
         .await
 }
 
-/// Records actions and their `user.activity` events in one statement (so atomically, without
-/// a transaction around it): each `(row, envelope)` becomes a `user_activity` row and an outbox
-/// row (as [`crate::outbox::enqueue`] writes them), in the given order. Actions of users that
-/// do not exist are skipped; answers the ids written. A user removed while the statement runs
-/// fails it with a foreign-key violation.
-pub async fn record_activities(
+/// Inserts the `user_activity` rows of users that exist, in one statement; answers the ids
+/// written. A user removed while the statement runs fails it with a foreign-key violation.
+pub async fn insert_activities(
     conn: &mut AsyncPgConnection,
-    actions: &[(ActivityRow, Envelope)],
+    rows: &[&ActivityRow],
 ) -> QueryResult<HashSet<Uuid>> {
     #[derive(QueryableByName)]
+    #[diesel(table_name = user_activity)]
     struct Written {
-        #[diesel(sql_type = SqlUuid)]
-        event_id: Uuid,
+        id: Uuid,
     }
-    let column = |f: &dyn Fn(&(ActivityRow, Envelope)) -> Uuid| -> Vec<Uuid> {
-        actions.iter().map(f).collect()
-    };
+    let column =
+        |f: &dyn Fn(&ActivityRow) -> Uuid| -> Vec<Uuid> { rows.iter().map(|r| f(r)).collect() };
     let (ids, user_ids, product_ids) = (
-        column(&|(r, _)| r.id),
-        column(&|(r, _)| r.user_id),
-        column(&|(r, _)| r.product_id),
+        column(&|r| r.id),
+        column(&|r| r.user_id),
+        column(&|r| r.product_id),
     );
-    let kinds: Vec<&str> = actions.iter().map(|(r, _)| r.action.as_str()).collect();
-    let quantities: Vec<i32> = actions.iter().map(|(r, _)| r.quantity).collect();
-    let times: Vec<DateTime<Utc>> = actions.iter().map(|(r, _)| r.occurred_at).collect();
-    let topics: Vec<&str> = actions.iter().map(|(_, e)| e.event.topic()).collect();
-    let keys: Vec<&str> = actions.iter().map(|(_, e)| e.key.as_str()).collect();
-    let payloads: Vec<String> = actions.iter().map(|(_, e)| e.to_json()).collect();
-    let rows: Vec<Written> = crate::db::prepared(
-        "WITH input AS ( \
-            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[], \
-                                 $6::timestamptz[], $7::text[], $8::text[], $9::text[]) \
-              WITH ORDINALITY AS t(id, user_id, product_id, action, quantity, occurred_at, \
-                                   topic, key, payload, ord)), \
-         activity AS ( \
-            INSERT INTO user_activity (id, user_id, product_id, action, quantity, occurred_at) \
-            SELECT id, user_id, product_id, action, quantity, occurred_at FROM input \
-            WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = input.user_id) \
-            RETURNING id) \
-         INSERT INTO outbox (topic, key, event_id, payload, created_at) \
-         SELECT i.topic, i.key, i.id, i.payload, i.occurred_at \
-         FROM input i JOIN activity a ON a.id = i.id ORDER BY i.ord \
-         RETURNING event_id",
+    let kinds: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+    let quantities: Vec<i32> = rows.iter().map(|r| r.quantity).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
+    let written: Vec<Written> = crate::db::prepared(
+        "INSERT INTO user_activity (id, user_id, product_id, action, quantity, occurred_at) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[], \
+                              $6::timestamptz[]) \
+           AS input(id, user_id, product_id, action, quantity, occurred_at) \
+         WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = input.user_id) \
+         RETURNING id",
     )
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<SqlUuid>, _>(&user_ids)
@@ -146,10 +130,7 @@ pub async fn record_activities(
     .bind::<Array<Text>, _>(&kinds)
     .bind::<Array<Integer>, _>(&quantities)
     .bind::<Array<Timestamptz>, _>(&times)
-    .bind::<Array<Text>, _>(&topics)
-    .bind::<Array<Text>, _>(&keys)
-    .bind::<Array<Text>, _>(&payloads)
     .load(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| r.event_id).collect())
+    Ok(written.into_iter().map(|w| w.id).collect())
 }

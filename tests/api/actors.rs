@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use bigdecimal::BigDecimal;
 use recsys::config::{Secret, Service};
-use recsys::error::ApiError;
 use recsys::products::actor::{
     CreateProduct, DeleteProduct, GetProduct, ListProducts, UpdateProduct,
 };
+use recsys::products::error::ProductsError;
 use recsys::products::store::ProductChanges;
 use recsys::users::actor::{GetUser, Login, RecordActivity, RegisterUser, UpdateUser};
+use recsys::users::error::UsersError;
 use recsys_actors::supervision::Fail;
 use recsys_schema::events::Action;
 use std::str::FromStr;
@@ -22,7 +23,7 @@ use crate::helpers::*;
 #[actix_web::test]
 async fn users_actor_answers_typed_messages() {
     let app = spawn_app().await;
-    let users = app.runtime().users().unwrap();
+    let users = app.runtime().users().unwrap().actor;
     let registered = users
         .send(RegisterUser {
             name: "Actor".into(),
@@ -50,7 +51,7 @@ async fn users_actor_answers_typed_messages() {
         })
         .await
         .unwrap();
-    assert!(matches!(wrong, Err(ApiError::Unauthorized(_))));
+    assert!(matches!(wrong, Err(UsersError::BadCredentials)));
     let view = users
         .send(GetUser { id: registered.id })
         .await
@@ -91,10 +92,10 @@ async fn users_actor_answers_typed_messages() {
         })
         .await
         .unwrap();
-    assert!(matches!(unknown, Err(ApiError::NotFound(_))));
+    assert!(matches!(unknown, Err(UsersError::UserNotFound)));
     assert!(matches!(
         users.send(GetUser { id: Uuid::new_v4() }).await.unwrap(),
-        Err(ApiError::NotFound(_))
+        Err(UsersError::UserNotFound)
     ));
 }
 
@@ -102,7 +103,7 @@ async fn users_actor_answers_typed_messages() {
 #[actix_web::test]
 async fn products_actor_answers_typed_messages() {
     let app = spawn_app().await;
-    let products = app.runtime().products().unwrap();
+    let products = app.runtime().products().unwrap().actor;
     let created = products
         .send(CreateProduct {
             name: "Mug".into(),
@@ -144,7 +145,7 @@ async fn products_actor_answers_typed_messages() {
         .unwrap()
         .unwrap();
     let gone = products.send(GetProduct { id: created.id }).await.unwrap();
-    assert!(matches!(gone, Err(ApiError::NotFound(_))));
+    assert!(matches!(gone, Err(ProductsError::ProductNotFound)));
 }
 
 /// A supervised actor told to fail is restarted by its supervisor (it logs the restart and
@@ -154,8 +155,8 @@ async fn a_failed_actor_is_restarted_and_serves_the_next_message() {
     let (logger, logs) = captured_logger();
     let app = spawn_app_with(&brokers(), logger).await;
     let (id, token, _) = app.new_user().await;
-    let users = app.runtime().users().unwrap();
-    let products = app.runtime().products().unwrap();
+    let users = app.runtime().users().unwrap().actor;
+    let products = app.runtime().products().unwrap().actor;
 
     users.send(Fail).await.unwrap();
     products.send(Fail).await.unwrap();

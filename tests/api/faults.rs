@@ -322,7 +322,7 @@ async fn restarts(app: &TestApp) -> f64 {
 
 /// Settings every fault test shares: a 10-year half-life, so scores are plain sums.
 fn exact_scores(settings: &mut recsys::config::Settings) {
-    settings.ranking_half_life = "3650d".parse().unwrap();
+    settings.ranking_half_life = "3650d".into();
 }
 
 /// Postgres unreachable for 20 s in the middle of a workload: writes answer 503 with the JSON

@@ -421,10 +421,12 @@ impl TestApp {
     /// Publishes `envelope` the way the services do: an outbox row, which the app's relay
     /// stamps and sends (within its poll interval).
     pub async fn publish(&self, envelope: &recsys_schema::events::Envelope) {
-        let conn = AsyncPgConnection::establish(&self.database_url)
+        let mut conn = AsyncPgConnection::establish(&self.database_url)
             .await
             .unwrap();
-        recsys::outbox::enqueue(&conn, envelope).await.unwrap();
+        recsys::outbox::enqueue(&mut conn, [envelope])
+            .await
+            .unwrap();
     }
 
     /// The physical name of a logical topic.
