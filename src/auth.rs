@@ -211,9 +211,8 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
 /// The working memory of argon2 (19 MiB with the default parameters), kept and reused by
 /// whoever hashes: each call of the crate's allocating API takes a fresh block of that size,
 /// and glibc keeps such blocks in its per-thread arenas once its mmap threshold has grown past
-/// them: twenty registrations in a row took the users service to 233 MB of RSS. With the
-/// memory kept by each hashing thread, forty (twenty in a row, twenty at once) and two logins
-/// peaked at 58 MB.
+/// them, so the resident memory grows with every burst of registrations. Kept by each hashing
+/// thread, it stays at one block per thread (README, "Figures behind the settings").
 #[derive(Default)]
 pub struct HashMemory(Vec<argon2::Block>);
 

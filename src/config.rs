@@ -217,10 +217,9 @@ pub struct Settings {
     pub recommendation_local_ttl_ms: u64,
 
     /// Group commits of recorded actions written at once (each on its own pooled connection);
-    /// while all are busy, further actions queue and go out together in the next one. One is
-    /// the fastest measured: a commit waits for its WAL flush, and one writer puts every
-    /// waiting action behind a single flush (16 clients: 7 600 req/s with 1, 6 500 with 2,
-    /// 5 800 with 4).
+    /// while all are busy, further actions queue and go out together in the next one. A commit
+    /// waits for its WAL flush, and one writer puts every waiting action behind a single
+    /// flush, which makes one the fastest (README, "Figures behind the settings").
     #[arg(long, env = "ACTIVITY_WRITERS", default_value_t = 1)]
     pub activity_writers: usize,
 

@@ -182,9 +182,10 @@ pub const BATCH_SIZE_BUCKETS: [f64; 15] = [
 
 /// What the consuming services use of one event: the envelope (validated whole) without what
 /// none of their folds reads — the event id, the key, the schema version, user names, the
-/// changed fields, and product snapshots where the consumer keeps no catalog. 56 bytes
-/// instead of the envelope's 176 and its strings: consumer batches are held whole while they
-/// are applied, and this keeps two of them per consumer near 6 MB each at 50 000 records.
+/// changed fields, and product snapshots where the consumer keeps no catalog. At most 56 bytes
+/// (a unit test holds it there) instead of the envelope's 176 and its strings: consumer
+/// batches are held whole while they are applied, so their memory is this size times the
+/// batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fact {
     /// The envelope's `occurred_at`.

@@ -98,10 +98,10 @@ impl PgOutbox {
     ///
     /// Every recorded action inserts an outbox row and the relay deletes it moments later; the
     /// dead rows stay until a vacuum, and autovacuum visits a table at most once a minute
-    /// (`autovacuum_naptime`). At 8 000 writes a second that is hundreds of thousands of dead
-    /// rows: after 30 s of writes on the all-in-one runtime the outbox held 582 live rows in
-    /// 11 547 pages (216 817 dead), and every relay read from the start walked the dead index
-    /// entries. Vacuumed every 10 000 rows (a few milliseconds each), it stayed near 550 pages.
+    /// (`autovacuum_naptime`), so under a sustained write load the table fills with dead rows
+    /// that every relay read walks. A vacuum every `vacuum_every` rows costs a few
+    /// milliseconds and keeps the table near its live size (README, "Figures behind the
+    /// settings").
     pub fn new(pool: Pool, vacuum_every: u64, logger: Logger) -> Self {
         Self {
             pool,
