@@ -67,8 +67,20 @@ ensure_schemathesis() {
   info "$(st --version)"
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# reported_port LOG SERVICE — the port the runtime logging (JSON) to LOG says SERVICE
+# listens on; empty until it said so. The runtime binds port 0 and reports what it got.
+reported_port() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        continue
+    if entry.get("msg") == "service listening" and entry.get("service") == sys.argv[2]:
+        print(entry["port"])
+        break
+PY
 }
 
 # metric_sum SERVICE FILTER — sum of http_requests_total samples of SERVICE whose
@@ -90,9 +102,6 @@ start_runtime() {
   "${PSQL[@]}" -c "CREATE DATABASE $database"
   declare -gA PORTS
   local service var
-  for service in "${ALL_SERVICES[@]}"; do
-    PORTS[$service]=$(free_port)
-  done
   ADMIN_EMAIL="fuzz-admin-$suffix@example.com"
   ADMIN_PASSWORD="fuzz-admin-password"
   mkdir -p "$REPORT_DIR"
@@ -104,16 +113,22 @@ start_runtime() {
     export REDIS_KEY_PREFIX="fuzz$suffix:"
     export JWT_SECRET="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
     export ADMIN_EMAIL ADMIN_PASSWORD
-    export BIND_ADDRESS=127.0.0.1
+    export BIND_ADDRESS=127.0.0.1 LOG_FORMAT=json
     for service in "${ALL_SERVICES[@]}"; do
       var="${service^^}_PORT"
-      export "$var=${PORTS[$service]}"
+      export "$var=0"
     done
     exec "$CARGO_TARGET_DIR/debug/recsys" serve
   ) >"$REPORT_DIR/runtime.log" 2>&1 &
   runtime_pid=$!
   local deadline=$((SECONDS + 120))
   for service in "${ALL_SERVICES[@]}"; do
+    until [[ -n ${PORTS[$service]:-} ]]; do
+      kill -0 "$runtime_pid" 2>/dev/null || die "the runtime exited; see $REPORT_DIR/runtime.log"
+      ((SECONDS < deadline)) || die "$service reported no port within 120 s"
+      sleep 0.2
+      PORTS[$service]=$(reported_port "$REPORT_DIR/runtime.log" "$service")
+    done
     until curl -fsS "http://127.0.0.1:${PORTS[$service]}/readyz" >/dev/null 2>&1; do
       kill -0 "$runtime_pid" 2>/dev/null || die "the runtime exited; see $REPORT_DIR/runtime.log"
       ((SECONDS < deadline)) || die "$service not ready within 120 s"

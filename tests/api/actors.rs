@@ -153,7 +153,7 @@ async fn products_actor_answers_typed_messages() {
 #[actix_web::test]
 async fn a_failed_actor_is_restarted_and_serves_the_next_message() {
     let (logger, logs) = captured_logger();
-    let app = spawn_app_with(&brokers(), logger).await;
+    let app = TestApp::builder().logger(logger).spawn().await;
     let (id, token, _) = app.new_user().await;
     let users = app.runtime().users().unwrap().actor;
     let products = app.runtime().products().unwrap().actor;

@@ -1,7 +1,7 @@
 //! Hostile clients: forged and tampered tokens, tokens of deleted accounts, user tokens on admin
 //! routes, injection strings in every text field, password guessing (the login lockout), and a
 //! search of the logs and of every event for the passwords a scenario used. (Expired tokens,
-//! other secrets and algorithms, `alg: none` and other users' tokens are in `users.rs`.)
+//! other secrets and algorithms, `alg: none` and other users' tokens are in `users/profile.rs`.)
 
 use std::time::Duration;
 
@@ -320,11 +320,13 @@ async fn injection_strings_are_data_or_refused_never_code() {
 /// which emails exist), and other emails are unaffected.
 #[actix_web::test]
 async fn repeated_login_failures_lock_the_email() {
-    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
-        settings.login_max_failures = 3;
-        settings.login_max_failures_per_ip = 100;
-    })
-    .await;
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.login_max_failures = 3;
+            settings.login_max_failures_per_ip = 100;
+        })
+        .spawn()
+        .await;
     let (_, _, email) = app.new_user().await;
     let unknown = format!("nobody-{}@example.com", Uuid::new_v4().simple());
 
@@ -350,11 +352,13 @@ async fn repeated_login_failures_lock_the_email() {
 /// Failures from one address across many emails lock that address.
 #[actix_web::test]
 async fn repeated_login_failures_lock_the_client_address() {
-    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
-        settings.login_max_failures = 100;
-        settings.login_max_failures_per_ip = 4;
-    })
-    .await;
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.login_max_failures = 100;
+            settings.login_max_failures_per_ip = 4;
+        })
+        .spawn()
+        .await;
     for i in 0..4 {
         app.login(&format!("guess{i}@example.com"), "wrong password")
             .await
@@ -371,10 +375,12 @@ async fn repeated_login_failures_lock_the_client_address() {
 /// before any password is verified.
 #[actix_web::test]
 async fn concurrent_guesses_are_limited_too() {
-    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
-        settings.login_max_failures = 3;
-    })
-    .await;
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.login_max_failures = 3;
+        })
+        .spawn()
+        .await;
     let (_, _, email) = app.new_user().await;
 
     let replies =
@@ -390,7 +396,7 @@ async fn concurrent_guesses_are_limited_too() {
 #[actix_web::test]
 async fn passwords_reach_no_log_line_and_no_event() {
     let (logger, lines) = captured_logger();
-    let app = spawn_app_with(&brokers(), logger).await;
+    let app = TestApp::builder().logger(logger).spawn().await;
     let first = format!("first-{}", Uuid::new_v4().simple());
     let second = format!("second-{}", Uuid::new_v4().simple());
     let wrong = format!("wrong-{}", Uuid::new_v4().simple());

@@ -438,6 +438,29 @@ async fn ranking_query_and_cache_actors_answer_typed_messages() {
     );
 }
 
+/// A Redis server of the test's own on a free port, answering; killed when dropped. Answers
+/// the server and its port.
+pub async fn start_redis_on_free_port() -> (tokio::process::Child, u16) {
+    retry_on_taken_port(
+        "a Redis server of the test's own",
+        start_redis,
+        redis_answers,
+    )
+    .await
+}
+
+/// Whether a Redis server answers `PING` on `port`.
+pub async fn redis_answers(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut answer = [0u8; 7];
+    stream.write_all(b"PING\r\n").await.is_ok()
+        && stream.read_exact(&mut answer).await.is_ok()
+        && &answer == b"+PONG\r\n"
+}
+
 /// A Redis server of the test's own on `port` (keeps nothing on disk); killed when dropped.
 pub fn start_redis(port: u16) -> tokio::process::Child {
     tokio::process::Command::new("redis-server")
@@ -476,12 +499,15 @@ pub async fn x_cache(app: &TestApp) -> String {
 /// Redis is back, answers are cached again.
 #[actix_web::test]
 async fn redis_outage_is_answered_from_postgres_and_caching_resumes() {
-    let port = free_port();
-    let mut redis = start_redis(port);
-    let app = spawn_app_configured(&brokers(), test_logger(), |s| {
-        s.redis_address = format!("127.0.0.1:{port}");
-    })
-    .await;
+    let (mut redis, port) = start_redis_on_free_port().await;
+    let app = TestApp::builder()
+        .with(|s| {
+            s.redis_address = format!("127.0.0.1:{port}");
+            // X-Cache here says whether Redis answered: no worker micro-cache in front.
+            s.recommendation_local_ttl_ms = 0;
+        })
+        .spawn()
+        .await;
     app.create_product("Cached", json!(1), None).await;
     eventually(Duration::from_secs(30), "a cache hit", || async {
         (x_cache(&app).await == "hit").then_some(())

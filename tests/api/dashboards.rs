@@ -193,38 +193,37 @@ impl Prometheus {
         assert!(template.contains("127.0.0.1:8080"));
         let config = data.join("prometheus.yml");
         std::fs::write(&config, template.replace("127.0.0.1:8080", target)).unwrap();
-        let port = free_port();
-        let child = tokio::process::Command::new(tool("PROMETHEUS_BIN", "prometheus"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                data.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("prometheus starts (scripts/stack.sh up installs it)");
+        let start = |port: u16| {
+            tokio::process::Command::new(tool("PROMETHEUS_BIN", "prometheus"))
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    data.join(format!("tsdb-{port}")).display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("prometheus starts (scripts/stack.sh up installs it)")
+        };
+        let client = reqwest::Client::new();
+        let ready = |port: u16| {
+            let client = client.clone();
+            async move {
+                client
+                    .get(format!("http://127.0.0.1:{port}/-/ready"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        };
+        let (child, port) = retry_on_taken_port("prometheus to be ready", start, ready).await;
         let prometheus = Self {
             url: format!("http://127.0.0.1:{port}"),
             data,
             _child: child,
         };
-        let client = reqwest::Client::new();
-        eventually(
-            Duration::from_secs(30),
-            "prometheus to be ready",
-            || async {
-                let ready = client
-                    .get(format!("{}/-/ready", prometheus.url))
-                    .send()
-                    .await
-                    .ok()?;
-                ready.status().is_success().then_some(())
-            },
-        )
-        .await;
         prometheus
     }
 

@@ -333,15 +333,17 @@ fn exact_scores(settings: &mut recsys::config::Settings) {
 async fn postgres_outage_loses_nothing_and_counts_nothing_twice() {
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let proxied_port = proxy.port;
-    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
-        let direct = settings.postgres.database_url.as_ref().unwrap().expose();
-        let proxied = direct.replace(":5432/", &format!(":{proxied_port}/"));
-        assert_ne!(direct, proxied);
-        settings.postgres.database_url = Some(Secret::new(proxied));
-        settings.postgres.db_timeout_ms = 1000;
-        exact_scores(settings);
-    })
-    .await;
+    let app = TestApp::builder()
+        .with(|settings| {
+            let direct = settings.postgres.database_url.as_ref().unwrap().expose();
+            let proxied = direct.replace(":5432/", &format!(":{proxied_port}/"));
+            assert_ne!(direct, proxied);
+            settings.postgres.database_url = Some(Secret::new(proxied));
+            settings.postgres.db_timeout_ms = 1000;
+            exact_scores(settings);
+        })
+        .spawn()
+        .await;
     let mut load = Workload::new(&app).await;
 
     // Before: every write acknowledged.
@@ -401,7 +403,7 @@ const OUTAGE: Duration = Duration::from_secs(20);
 #[actix_web::test]
 async fn poison_records_during_the_load_are_dead_lettered_and_the_rest_counts_exactly() {
     const ROUNDS: usize = 6;
-    let app = spawn_app_configured(&brokers(), test_logger(), exact_scores).await;
+    let app = TestApp::builder().with(exact_scores).spawn().await;
     let mut load = Workload::new(&app).await;
     let kafka = crate::consumer::producer();
     let topics = [
@@ -444,12 +446,15 @@ async fn poison_records_during_the_load_are_dead_lettered_and_the_rest_counts_ex
 #[actix_web::test]
 async fn one_broker_of_three_killed_and_restarted_loses_nothing() {
     let mut cluster = KafkaCluster::start(3).await;
-    let app = spawn_app_configured(&cluster.bootstrap(), test_logger(), |settings| {
-        exact_scores(settings);
-        settings.kafka_replication_factor = 3;
-        settings.kafka_min_insync_replicas = 2;
-    })
-    .await;
+    let app = TestApp::builder()
+        .brokers(cluster.bootstrap())
+        .with(|settings| {
+            exact_scores(settings);
+            settings.kafka_replication_factor = 3;
+            settings.kafka_min_insync_replicas = 2;
+        })
+        .spawn()
+        .await;
     // Six users: their activities land on every partition, whichever the dead node led.
     let mut load = Workload::with_users(&app, 6).await;
     load.write_acknowledged(24).await;
@@ -480,14 +485,16 @@ async fn one_broker_of_three_killed_and_restarted_loses_nothing() {
 }
 
 /// The `recsys` binary in a child process hosting `services`, configured by environment
-/// variables from `settings`, serving on `ports`, logging to `log`; answers once each hosted
-/// service is ready.
+/// variables from `settings`, logging to `log` (appended), on `ports` when given (a restart
+/// takes back the ports it had) and otherwise on the ports it picks and reports; answers the
+/// child and its ports once each hosted service is ready.
 async fn start_process(
     settings: &recsys::config::Settings,
     services: &[Service],
-    ports: &BTreeMap<Service, u16>,
+    ports: Option<&BTreeMap<Service, u16>>,
     log: &std::path::Path,
-) -> tokio::process::Child {
+) -> (tokio::process::Child, BTreeMap<Service, u16>) {
+    let from = std::fs::metadata(log).map_or(0, |m| m.len());
     let secret = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string()).unwrap();
     let output = std::fs::OpenOptions::new()
         .create(true)
@@ -497,7 +504,8 @@ async fn start_process(
     let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_recsys"));
     command.env_clear();
-    for (service, port) in ports {
+    for service in services {
+        let port = ports.map_or(0, |ports| ports[service]);
         let var = format!("{}_PORT", service.name().to_uppercase());
         command.env(var, port.to_string());
     }
@@ -539,6 +547,10 @@ async fn start_process(
         .kill_on_drop(true)
         .spawn()
         .expect("the recsys binary starts");
+    let ports = match ports {
+        Some(ports) => ports.clone(),
+        None => reported_ports(log, from, services).await,
+    };
     let client = reqwest::Client::new();
     for &service in services {
         let url = format!("http://127.0.0.1:{}/readyz", ports[&service]);
@@ -551,7 +563,7 @@ async fn start_process(
         })
         .await;
     }
-    child
+    (child, ports)
 }
 
 /// The runtime killed with SIGKILL in the middle of the load and started again under the same
@@ -565,9 +577,8 @@ async fn a_runtime_killed_mid_load_and_restarted_counts_exactly() {
     let mut settings = test_settings(&database_url, &prefix, &brokers());
     exact_scores(&mut settings);
     settings.kafka_group_instance_id = Some(format!("fault-{}", uuid::Uuid::new_v4().simple()));
-    let ports: BTreeMap<Service, u16> = Service::ALL.iter().map(|&s| (s, free_port())).collect();
     let log = std::env::temp_dir().join(format!("recsys-killed-{}.log", uuid::Uuid::new_v4()));
-    let mut child = start_process(&settings, &Service::ALL, &ports, &log).await;
+    let (mut child, ports) = start_process(&settings, &Service::ALL, None, &log).await;
     let app = TestApp::attach(None, ports.clone(), settings.clone(), database_url, prefix).await;
     let mut load = Workload::new(&app).await;
     load.write_acknowledged(24).await;
@@ -588,7 +599,7 @@ async fn a_runtime_killed_mid_load_and_restarted_counts_exactly() {
     let in_doubt = load.in_doubt;
 
     let restarted_at = Instant::now();
-    let _child = start_process(&settings, &Service::ALL, &ports, &log).await;
+    let _child = start_process(&settings, &Service::ALL, Some(&ports), &log).await;
     let restart = restarted_at.elapsed();
     load.write_acknowledged(24).await;
     let settle = Instant::now();
@@ -620,11 +631,14 @@ fn signal(pid: u32, signal: &str) {
 async fn a_broker_paused_longer_than_the_session_timeout_loses_nothing() {
     let cluster = KafkaCluster::start(1).await;
     let brokers = cluster.bootstrap();
-    let app = spawn_app_configured(&brokers, test_logger(), |settings| {
-        exact_scores(settings);
-        settings.kafka_session_timeout_ms = 6_000;
-    })
-    .await;
+    let app = TestApp::builder()
+        .brokers(&brokers)
+        .with(|settings| {
+            exact_scores(settings);
+            settings.kafka_session_timeout_ms = 6_000;
+        })
+        .spawn()
+        .await;
     let mut load = Workload::with_users(&app, 6).await;
     load.write_acknowledged(24).await;
     eventually(Duration::from_secs(30), "the outbox to drain", || async {
@@ -698,13 +712,16 @@ async fn a_broker_paused_longer_than_the_session_timeout_loses_nothing() {
 /// acknowledged; once Redis is back answers are cached again and every write counts once.
 #[actix_web::test]
 async fn redis_unreachable_for_20_s_reads_keep_answering_from_postgres() {
-    let port = free_port();
-    let mut redis = crate::consumer::start_redis(port);
-    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
-        settings.redis_address = format!("127.0.0.1:{port}");
-        exact_scores(settings);
-    })
-    .await;
+    let (mut redis, port) = crate::consumer::start_redis_on_free_port().await;
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.redis_address = format!("127.0.0.1:{port}");
+            // X-Cache here says whether Redis answered: no worker micro-cache in front.
+            settings.recommendation_local_ttl_ms = 0;
+            exact_scores(settings);
+        })
+        .spawn()
+        .await;
     let mut load = Workload::new(&app).await;
     load.write_acknowledged(24).await;
     eventually(Duration::from_secs(30), "a cache hit", || async {
@@ -879,32 +896,11 @@ async fn a_second_runtime_takes_over_from_a_killed_one_as_survivor() {
     settings.kafka_session_timeout_ms = SESSION.as_millis() as u64;
     let dir = std::env::temp_dir().join(format!("recsys-survivor-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let front: BTreeMap<Service, u16> = [(Users, free_port()), (Products, free_port())].into();
-    let back = || -> BTreeMap<Service, u16> {
-        [(Recommendations, free_port()), (Analytics, free_port())].into()
-    };
-    let (ports_a, ports_b) = (back(), back());
-    let _front = start_process(
-        &settings,
-        &[Users, Products],
-        &front,
-        &dir.join("front.log"),
-    )
-    .await;
-    let mut a = start_process(
-        &settings,
-        &[Recommendations, Analytics],
-        &ports_a,
-        &dir.join("a.log"),
-    )
-    .await;
-    let _b = start_process(
-        &settings,
-        &[Recommendations, Analytics],
-        &ports_b,
-        &dir.join("b.log"),
-    )
-    .await;
+    let (_front, front) =
+        start_process(&settings, &[Users, Products], None, &dir.join("front.log")).await;
+    let back = [Recommendations, Analytics];
+    let (mut a, ports_a) = start_process(&settings, &back, None, &dir.join("a.log")).await;
+    let (_b, ports_b) = start_process(&settings, &back, None, &dir.join("b.log")).await;
     let mut ports = front.clone();
     ports.extend(ports_b.clone());
     let app = TestApp::attach(None, ports, settings.clone(), database_url, prefix).await;
@@ -980,22 +976,16 @@ async fn a_rolling_restart_under_load_counts_exactly_and_leaves_no_partition_uno
     settings.kafka_session_timeout_ms = 6_000;
     let dir = std::env::temp_dir().join(format!("recsys-rolling-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let front: BTreeMap<Service, u16> = [(Users, free_port()), (Products, free_port())].into();
-    let backs: Vec<BTreeMap<Service, u16>> = (0..3)
-        .map(|_| [(Recommendations, free_port()), (Analytics, free_port())].into())
-        .collect();
-    let _front = start_process(
-        &settings,
-        &[Users, Products],
-        &front,
-        &dir.join("front.log"),
-    )
-    .await;
+    let (_front, front) =
+        start_process(&settings, &[Users, Products], None, &dir.join("front.log")).await;
     let mut children = Vec::new();
-    for (i, ports) in backs.iter().enumerate() {
+    let mut backs = Vec::new();
+    for i in 0..3 {
         let log = dir.join(format!("back-{i}.log"));
-        let child = start_process(&settings, &[Recommendations, Analytics], ports, &log).await;
+        let (child, ports) =
+            start_process(&settings, &[Recommendations, Analytics], None, &log).await;
         children.push(Some(child));
+        backs.push(ports);
     }
     let mut ports = front.clone();
     ports.extend(backs[0].clone());
@@ -1024,8 +1014,9 @@ async fn a_rolling_restart_under_load_counts_exactly_and_leaves_no_partition_uno
                 let to_two = groups.settle(2, Duration::from_secs(60)).await;
                 let starting = Instant::now();
                 let log = dir.join(format!("back-{i}.log"));
-                let restarted =
-                    start_process(&settings, &[Recommendations, Analytics], ports, &log).await;
+                let (restarted, _) =
+                    start_process(&settings, &[Recommendations, Analytics], Some(ports), &log)
+                        .await;
                 children[i] = Some(restarted);
                 let ready = starting.elapsed();
                 let to_three = groups.settle(3, Duration::from_secs(60)).await;

@@ -1,4 +1,4 @@
-//! Test harness: [`spawn_app`] starts a runtime on a fresh database and topic prefix and returns
+//! Test harness: [`spawn_app`] (or [`TestApp::builder`]) starts a runtime on a fresh database and topic prefix and returns
 //! a [`TestApp`] with typed request helpers; Kafka and polling helpers live here too.
 
 use std::future::Future;
@@ -15,6 +15,7 @@ use recsys::startup::Application;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use slog::{o, Discard, Drain, Logger};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -53,6 +54,8 @@ struct TestCli {
 }
 
 /// Settings for a test runtime: OS-picked ports on loopback, the given database and prefix.
+/// Everything else is as deployed (the recommendation micro-cache included); a test that looks
+/// at one layer of the cache turns the others off itself.
 pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Settings {
     let admin_email = format!("admin-{}@example.com", Uuid::new_v4().simple());
     let redis_prefix = format!("t{}:", Uuid::new_v4().simple());
@@ -71,10 +74,6 @@ pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Setting
         "1",
         "--redis-key-prefix",
         &redis_prefix,
-        // Tests look at each answer's source (X-Cache) and at the ranking right after a
-        // change; the micro-cache has a test of its own.
-        "--recommendation-local-ttl-ms",
-        "0",
         "--jwt-secret",
         "test-secret-that-is-at-least-32-bytes-long",
         "--admin-email",
@@ -126,42 +125,71 @@ pub struct TestApp {
     pub admin_token: String,
 }
 
-/// Starts all four services on a fresh database and topic prefix, against the shared broker.
+/// Starts all four services on a fresh database and topic prefix, against the shared broker:
+/// `TestApp::builder().spawn()`.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with_brokers(&brokers()).await
+    TestApp::builder().spawn().await
 }
 
-/// Like [`spawn_app`], with another broker list (e.g. one that is not up yet).
-pub async fn spawn_app_with_brokers(brokers: &str) -> TestApp {
-    spawn_app_with(brokers, test_logger()).await
-}
-
-/// Like [`spawn_app`], logging to `logger`.
-pub async fn spawn_app_with(brokers: &str, logger: Logger) -> TestApp {
-    spawn_app_configured(brokers, logger, |_| {}).await
-}
-
-/// Like [`spawn_app`], with `configure` adjusting the settings before start.
-pub async fn spawn_app_configured(
-    brokers: &str,
+/// How a test runtime starts: all four services on a fresh database and topic prefix (see
+/// [`test_settings`]), against the shared broker unless told otherwise.
+pub struct TestAppBuilder<'a> {
+    brokers: String,
     logger: Logger,
-    configure: impl FnOnce(&mut Settings),
-) -> TestApp {
-    let (database_url, prefix) = fresh_database().await;
-    let mut settings = test_settings(&database_url, &prefix, brokers);
-    configure(&mut settings);
-    let app = Application::build(settings.clone(), &Service::ALL, logger)
-        .await
-        .expect("runtime starts")
-        .spawn();
-    let ports = Service::ALL
-        .iter()
-        .map(|&s| (s, app.port(s).expect("service hosted")))
-        .collect();
-    TestApp::attach(Some(app), ports, settings, database_url, prefix).await
+    adjust: Vec<Adjustment<'a>>,
+}
+
+/// A change to the settings of a test runtime before it starts.
+type Adjustment<'a> = Box<dyn FnOnce(&mut Settings) + 'a>;
+
+impl<'a> TestAppBuilder<'a> {
+    /// Another broker list (e.g. a cluster of the test's own, or one that is not up yet).
+    pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.brokers = brokers.into();
+        self
+    }
+
+    /// Logs to `logger` instead of [`test_logger`].
+    pub fn logger(mut self, logger: Logger) -> Self {
+        self.logger = logger;
+        self
+    }
+
+    /// Adjusts the settings before start (after the earlier adjustments).
+    pub fn with(mut self, adjust: impl FnOnce(&mut Settings) + 'a) -> Self {
+        self.adjust.push(Box::new(adjust));
+        self
+    }
+
+    /// Starts the runtime in this process and logs the admin in.
+    pub async fn spawn(self) -> TestApp {
+        let (database_url, prefix) = fresh_database().await;
+        let mut settings = test_settings(&database_url, &prefix, &self.brokers);
+        for adjust in self.adjust {
+            adjust(&mut settings);
+        }
+        let app = Application::build(settings.clone(), &Service::ALL, self.logger)
+            .await
+            .expect("runtime starts")
+            .spawn();
+        let ports = Service::ALL
+            .iter()
+            .map(|&s| (s, app.port(s).expect("service hosted")))
+            .collect();
+        TestApp::attach(Some(app), ports, settings, database_url, prefix).await
+    }
 }
 
 impl TestApp {
+    /// A test runtime to start; see [`TestAppBuilder`].
+    pub fn builder<'a>() -> TestAppBuilder<'a> {
+        TestAppBuilder {
+            brokers: brokers(),
+            logger: test_logger(),
+            adjust: Vec::new(),
+        }
+    }
+
     /// A client for a runtime that is up on `ports` with `settings`; logs the admin in.
     pub async fn attach(
         app: Option<Application>,
@@ -567,7 +595,49 @@ pub fn tool(var: &str, name: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| name.to_string())
 }
 
-/// A free TCP port on loopback (bound then released).
+/// The ports a `recsys` process reports in its JSON log (`"service listening"` lines, one per
+/// hosted service): the process binds port 0 and says which port it got, so no other process
+/// can take the port between a test choosing it and the runtime binding it.
+pub fn listening_ports(log: &str) -> BTreeMap<Service, u16> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| entry["msg"] == "service listening")
+        .filter_map(|entry| {
+            let service = Service::ALL
+                .into_iter()
+                .find(|s| entry["service"] == s.name())?;
+            let port = u16::try_from(entry["port"].as_u64()?).ok()?;
+            Some((service, port))
+        })
+        .collect()
+}
+
+/// Waits (60 s at most) until the log file `log`, from byte `from` on, reports a port for each
+/// of `services` (see [`listening_ports`]).
+pub async fn reported_ports(
+    log: &std::path::Path,
+    from: u64,
+    services: &[Service],
+) -> BTreeMap<Service, u16> {
+    eventually(
+        Duration::from_secs(60),
+        "the runtime to report its ports",
+        || async {
+            let bytes = std::fs::read(log).ok()?;
+            let text = String::from_utf8_lossy(bytes.get(from as usize..)?);
+            let ports = listening_ports(&text);
+            services
+                .iter()
+                .all(|s| ports.contains_key(s))
+                .then_some(ports)
+        },
+    )
+    .await
+}
+
+/// A free TCP port on loopback (bound then released), for programs that cannot bind port 0
+/// and report it (Redis, Prometheus, a Kafka controller named in its quorum). Another process
+/// may take it first: start such a program with [`retry_on_taken_port`].
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -657,4 +727,37 @@ pub fn urlencode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Starts a program that cannot bind port 0 and report it, on a free port: `start(port)`
+/// spawns it; when it exits before `ready(port)` holds (another process took the port
+/// between [`free_port`] and the program's bind), it starts again on another port, five times
+/// at most. Answers the running child and its port.
+pub async fn retry_on_taken_port<R>(
+    what: &str,
+    mut start: impl FnMut(u16) -> tokio::process::Child,
+    ready: impl Fn(u16) -> R,
+) -> (tokio::process::Child, u16)
+where
+    R: Future<Output = bool>,
+{
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = start(port);
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if child.try_wait().expect("child status").is_some() {
+                break;
+            }
+            if ready(port).await {
+                return (child, port);
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out after 60 s waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("{what}: exited at start on five free ports in a row");
 }

@@ -286,11 +286,13 @@ async fn no_label_value_carries_an_id() {
 #[actix_web::test]
 async fn mailbox_depth_rises_under_a_flood_and_falls_back_to_zero() {
     const FLOOD: usize = 48;
-    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
-        settings.login_max_failures = 1000;
-        settings.login_max_failures_per_ip = 1000;
-    })
-    .await;
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.login_max_failures = 1000;
+            settings.login_max_failures_per_ip = 1000;
+        })
+        .spawn()
+        .await;
     let (_, _, email) = app.new_user().await;
     let logins = join_all((0..FLOOD).map(|_| app.login(&email, "wrong password")));
     let watch = eventually(

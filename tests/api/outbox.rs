@@ -21,7 +21,7 @@ async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
     let mut cluster = KafkaCluster::start(1).await;
     let brokers = cluster.bootstrap();
     cluster.kill(0).await;
-    let app = spawn_app_with_brokers(&brokers).await;
+    let app = TestApp::builder().brokers(&brokers).spawn().await;
 
     let ready = app.get(Service::Users, "/readyz", None).await;
     ready.assert_error(503, "unavailable");
@@ -141,10 +141,12 @@ async fn outbox_delivers_each_event_once_in_order_after_a_broker_outage() {
 /// of the database (a consumer's batch) may still see them survive until the next vacuum.
 #[actix_web::test]
 async fn the_relay_vacuums_the_rows_it_removed() {
-    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
-        settings.outbox_vacuum_rows = 5;
-    })
-    .await;
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.outbox_vacuum_rows = 5;
+        })
+        .spawn()
+        .await;
     let (id, token) = app
         .register("Vacuum", "vacuum@example.com", "password-123")
         .await;

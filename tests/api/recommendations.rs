@@ -541,7 +541,11 @@ async fn an_update_keeps_the_cold_start_place() {
 /// is a hit with the same body; `/metrics` counts both.
 #[actix_web::test]
 async fn a_repeated_request_is_served_from_the_cache() {
-    let app = spawn_app().await;
+    // The Redis cache alone: the worker micro-cache would answer the second request itself.
+    let app = TestApp::builder()
+        .with(|settings| settings.recommendation_local_ttl_ms = 0)
+        .spawn()
+        .await;
     let shopper = Shopper::new(&app).await;
     let toy = product(&app, "Toy", "2.50", Some("toys")).await;
     shopper.does(&app, "cart_add", &toy, 1).await;
@@ -872,11 +876,13 @@ async fn wrong_method_on_a_recommendation_route_is_json_405() {
 /// hit, without reaching the query actor; with the TTL at 0 (the other tests) every read does.
 #[actix_web::test]
 async fn the_micro_cache_reuses_an_answer_for_its_ttl() {
-    let app = spawn_app_configured(&brokers(), test_logger(), |settings| {
-        settings.recommendation_local_ttl_ms = 60_000;
-        settings.http_workers = 1;
-    })
-    .await;
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.recommendation_local_ttl_ms = 60_000;
+            settings.http_workers = 1;
+        })
+        .spawn()
+        .await;
     let product = app.create_product("Micro", json!(1), Some("micro")).await;
     let path = "/recommendations?category=micro";
     let first = app.get(Service::Recommendations, path, None).await;

@@ -1,38 +1,60 @@
 //! The `recsys` binary itself: `serve --services` hosts a subset, SIGTERM drains and exits 0,
 //! `migrate` applies the schema, and `--help` documents the environment without leaking secrets.
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use recsys::config::Service;
 use serde_json::json;
+use uuid::Uuid;
 
 use crate::helpers::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_recsys");
 
-/// The binary with a fresh database, topic prefix and free ports; answers the child and ports.
-async fn start_binary(services: &str) -> (tokio::process::Child, [u16; 4], String) {
-    let (database_url, prefix) = fresh_database().await;
-    let ports = [free_port(), free_port(), free_port(), free_port()];
-    let child = tokio::process::Command::new(BIN)
-        .args(["serve", "--services", services])
-        .env("DATABASE_URL", &database_url)
-        .env("KAFKA_ADDRESS", brokers())
-        .env("KAFKA_TOPIC_PREFIX", prefix)
-        .env("KAFKA_REPLICATION_FACTOR", "1")
-        .env("JWT_SECRET", "binary-test-secret-of-at-least-32-bytes")
-        .env("BIND_ADDRESS", "127.0.0.1")
-        .env("USERS_PORT", ports[0].to_string())
-        .env("PRODUCTS_PORT", ports[1].to_string())
-        .env("RECOMMENDATIONS_PORT", ports[2].to_string())
-        .env("ANALYTICS_PORT", ports[3].to_string())
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("binary starts");
-    (child, ports, database_url)
+/// The binary serving `services` with a fresh database and topic prefix, on the ports it picks
+/// and reports, logging (JSON) to a file of its own.
+struct Binary {
+    child: tokio::process::Child,
+    ports: BTreeMap<Service, u16>,
+    database_url: String,
+    log: std::path::PathBuf,
+}
+
+impl Binary {
+    /// Starts it; answers once it has reported a port for each of `services`.
+    async fn start(services: &[Service]) -> Self {
+        let (database_url, prefix) = fresh_database().await;
+        let log = std::env::temp_dir().join(format!("recsys-binary-{}.log", Uuid::new_v4()));
+        let output = std::fs::File::create(&log).unwrap();
+        let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
+        let child = tokio::process::Command::new(BIN)
+            .args(["serve", "--services", &names.join(",")])
+            .env("DATABASE_URL", &database_url)
+            .env("KAFKA_ADDRESS", brokers())
+            .env("KAFKA_TOPIC_PREFIX", prefix)
+            .env("KAFKA_REPLICATION_FACTOR", "1")
+            .env("JWT_SECRET", "binary-test-secret-of-at-least-32-bytes")
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("USERS_PORT", "0")
+            .env("PRODUCTS_PORT", "0")
+            .env("RECOMMENDATIONS_PORT", "0")
+            .env("ANALYTICS_PORT", "0")
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(output)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("binary starts");
+        let ports = reported_ports(&log, 0, services).await;
+        Self {
+            child,
+            ports,
+            database_url,
+            log,
+        }
+    }
 }
 
 async fn healthy(client: &reqwest::Client, port: u16) -> bool {
@@ -43,32 +65,36 @@ async fn healthy(client: &reqwest::Client, port: u16) -> bool {
         .is_ok_and(|r| r.status() == 200)
 }
 
-/// `serve --services users` serves the users port and leaves the others closed.
+/// `serve --services users` serves the users port and no other.
 #[actix_web::test]
 async fn serve_hosts_only_the_named_services() {
-    let (_child, ports, _) = start_binary("users").await;
+    let binary = Binary::start(&[Service::Users]).await;
     let client = reqwest::Client::new();
+    let users = binary.ports[&Service::Users];
     eventually(Duration::from_secs(60), "users to answer", || async {
-        healthy(&client, ports[0]).await.then_some(())
+        healthy(&client, users).await.then_some(())
     })
     .await;
-    for port in &ports[1..] {
-        assert!(client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_err());
-    }
+    let log = std::fs::read_to_string(&binary.log).unwrap();
+    assert_eq!(
+        listening_ports(&log).into_keys().collect::<Vec<_>>(),
+        [Service::Users],
+        "{log}"
+    );
 }
 
 /// On SIGTERM the runtime stops serving, publishes its outbox and exits 0.
 #[actix_web::test]
 async fn sigterm_drains_the_outbox_and_exits_zero() {
-    let (mut child, ports, database_url) =
-        start_binary("users,products,recommendations,analytics").await;
+    let Binary {
+        mut child,
+        ports,
+        database_url,
+        log,
+    } = Binary::start(&Service::ALL).await;
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(60), "all ports to answer", || async {
-        for port in ports {
+        for &port in ports.values() {
             if !healthy(&client, port).await {
                 return None;
             }
@@ -77,7 +103,10 @@ async fn sigterm_drains_the_outbox_and_exits_zero() {
     })
     .await;
     let reply = client
-        .post(format!("http://127.0.0.1:{}/users/register", ports[0]))
+        .post(format!(
+            "http://127.0.0.1:{}/users/register",
+            ports[&Service::Users]
+        ))
         .json(&json!({"name": "Term", "email": "term@example.com"}))
         .send()
         .await
@@ -96,10 +125,7 @@ async fn sigterm_drains_the_outbox_and_exits_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
-        .await
-        .unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(stderr.contains("outbox drained"), "{stderr}");
     assert!(
         !stderr.contains("binary-test-secret-of-at-least-32-bytes"),
@@ -108,6 +134,42 @@ async fn sigterm_drains_the_outbox_and_exits_zero() {
     let app_db = TestDb(database_url);
     assert_eq!(app_db.count("outbox").await, 0);
     assert_eq!(app_db.count("users").await, 1);
+}
+
+/// A runtime hosting recommendations does not start on ranking settings it cannot read: it
+/// exits 1 without serving, and its last log line names the variable.
+#[actix_web::test]
+async fn unreadable_ranking_settings_stop_the_start() {
+    for (var, value) in [("RANKING_WEIGHTS", "like=1"), ("RANKING_HALF_LIFE", "soon")] {
+        let (database_url, prefix) = fresh_database().await;
+        let run = tokio::process::Command::new(BIN)
+            .args(["serve", "--services", "recommendations"])
+            .env("DATABASE_URL", &database_url)
+            .env("KAFKA_ADDRESS", brokers())
+            .env("KAFKA_TOPIC_PREFIX", prefix)
+            .env("JWT_SECRET", "binary-test-secret-of-at-least-32-bytes")
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("RECOMMENDATIONS_PORT", "0")
+            .env("LOG_FORMAT", "json")
+            .env(var, value)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("exits")
+            .unwrap();
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{var}={value}: {log}");
+        let last: serde_json::Value =
+            serde_json::from_str(log.lines().last().expect("a log line")).unwrap();
+        assert_eq!(last["msg"], "fatal", "{log}");
+        assert!(
+            last["error"].as_str().unwrap().starts_with(var),
+            "{var}={value}: {log}"
+        );
+        assert!(listening_ports(&log).is_empty(), "{log}");
+    }
 }
 
 /// A fresh database that `recsys migrate` (exiting 0) gave the schema.
