@@ -283,6 +283,7 @@ impl diesel::query_dsl::RunQueryDslSupport for Prepared<'_> {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use diesel::result::DatabaseErrorKind;
     use diesel::sql_types::{Integer, Text};
 
     #[test]
@@ -305,5 +306,40 @@ mod tests {
             .bind::<Integer, _>(1)
             .bind::<Integer, _>(2);
         assert!(to_sql(&unused).is_err());
+    }
+
+    fn database_error(kind: DatabaseErrorKind, message: &str) -> diesel::result::Error {
+        diesel::result::Error::DatabaseError(kind, Box::new(message.to_string()))
+    }
+
+    #[test]
+    /// A lost connection or a broken transaction state is unavailable, whatever the message
+    /// says; a constraint or a missing row is a failure even when its message names a
+    /// connection.
+    fn errors_are_classified_by_kind_not_text() {
+        let unavailable = [
+            database_error(DatabaseErrorKind::ClosedConnection, "gone"),
+            database_error(DatabaseErrorKind::UnableToSendCommand, "broken pipe"),
+            diesel::result::Error::BrokenTransactionManager,
+        ];
+        for e in unavailable {
+            let text = e.to_string();
+            assert!(
+                matches!(DbError::from(e), DbError::Unavailable(_)),
+                "{text}"
+            );
+        }
+        let failed = [
+            database_error(
+                DatabaseErrorKind::UniqueViolation,
+                "duplicate key value violates unique constraint \"connection_pkey\"",
+            ),
+            database_error(DatabaseErrorKind::Unknown, "connection string typo: a bug"),
+            diesel::result::Error::NotFound,
+        ];
+        for e in failed {
+            let text = e.to_string();
+            assert!(matches!(DbError::from(e), DbError::Failed(_)), "{text}");
+        }
     }
 }

@@ -1,12 +1,12 @@
-//! The transactional outbox on Postgres: [`enqueue`] writes an event in the caller's
-//! transaction; [`PgOutbox`] is the store the generic relay actor publishes from. Before a row
+//! The transactional outbox on Postgres: [`enqueue`] writes events in the caller's
+//! transaction, [`Events`] in the caller's own statement; [`PgOutbox`] is the store the generic relay actor publishes from. Before a row
 //! is first sent it gets its publication stamp: the next number of its (topic, stream) from
 //! `outbox_sequences`, recorded per batch and stream in `outbox_stamps` until the row is
 //! acknowledged.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,39 +30,89 @@ use crate::db::Pool;
 const RELAY_LOCK: i64 = 0x7265_6373_7973; // "recsys"
 
 /// Writes `envelopes` to the outbox, in their order, in one statement; call inside the
-/// transaction that makes the change. Every event recsys publishes is written here.
+/// transaction that makes the change. Every event recsys publishes is written by this module,
+/// here or through [`Events`].
 pub async fn enqueue<'a>(
     conn: &mut AsyncPgConnection,
     envelopes: impl IntoIterator<Item = &'a Envelope>,
 ) -> diesel::QueryResult<()> {
-    let (mut topics, mut keys, mut ids, mut payloads, mut times) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for envelope in envelopes {
-        topics.push(envelope.event.topic());
-        keys.push(envelope.key.as_str());
-        ids.push(envelope.event_id);
-        payloads.push(envelope.to_json());
-        times.push(envelope.occurred_at);
-    }
-    if ids.is_empty() {
+    static INSERT: LazyLock<String> = LazyLock::new(|| Events::insert(1, None));
+    let events = Events::of(envelopes);
+    if events.is_empty() {
         return Ok(());
     }
-    // Rows are inserted in the order given, so their ids (the relay's order) follow it.
-    crate::db::prepared(
-        "INSERT INTO outbox (topic, key, event_id, payload, created_at) \
-         SELECT topic, key, event_id, payload, created_at \
-         FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[]) \
-           WITH ORDINALITY AS e(topic, key, event_id, payload, created_at, ord) \
-         ORDER BY ord",
-    )
-    .bind::<Array<Text>, _>(topics)
-    .bind::<Array<Text>, _>(keys)
-    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
-    .bind::<Array<Text>, _>(payloads)
-    .bind::<Array<diesel::sql_types::Timestamptz>, _>(times)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    events
+        .bind(crate::db::prepared(INSERT.as_str()))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// The outbox rows of some events, as the five arrays a statement binds (in the events'
+/// order). [`enqueue`] inserts them on their own; a statement that makes a change and writes
+/// its events at once (one round trip, one implicit transaction) appends
+/// [`Events::insert`] to its own SQL and binds them after its own parameters.
+pub struct Events<'a> {
+    topics: Vec<&'static str>,
+    keys: Vec<&'a str>,
+    ids: Vec<uuid::Uuid>,
+    payloads: Vec<String>,
+    times: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Events<'a> {
+    /// The rows of `envelopes`.
+    pub fn of(envelopes: impl IntoIterator<Item = &'a Envelope>) -> Self {
+        let mut events = Events {
+            topics: Vec::new(),
+            keys: Vec::new(),
+            ids: Vec::new(),
+            payloads: Vec::new(),
+            times: Vec::new(),
+        };
+        for envelope in envelopes {
+            events.topics.push(envelope.event.topic());
+            events.keys.push(envelope.key.as_str());
+            events.ids.push(envelope.event_id);
+            events.payloads.push(envelope.to_json());
+            events.times.push(envelope.occurred_at);
+        }
+        events
+    }
+
+    /// Whether there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The `INSERT` of the rows, its five placeholders numbered from `first`. With `written`,
+    /// the name of a common table expression of the same statement with a column `id`, only
+    /// the events whose id it returns are inserted (the changes the statement really made).
+    /// Rows are inserted in the order given, so their ids (the relay's order) follow it.
+    pub fn insert(first: usize, written: Option<&str>) -> String {
+        let [t, k, i, p, c] = [first, first + 1, first + 2, first + 3, first + 4];
+        let only_written = written
+            .map(|cte| format!("WHERE e.event_id IN (SELECT id FROM {cte}) "))
+            .unwrap_or_default();
+        format!(
+            "INSERT INTO outbox (topic, key, event_id, payload, created_at) \
+             SELECT topic, key, event_id, payload, created_at \
+             FROM unnest(${t}::text[], ${k}::text[], ${i}::uuid[], ${p}::text[], \
+                         ${c}::timestamptz[]) \
+               WITH ORDINALITY AS e(topic, key, event_id, payload, created_at, ord) \
+             {only_written}ORDER BY ord"
+        )
+    }
+
+    /// Binds the rows to the next five placeholders of `query`.
+    pub fn bind(self, query: crate::db::Prepared<'a>) -> crate::db::Prepared<'a> {
+        query
+            .bind::<Array<Text>, _>(self.topics)
+            .bind::<Array<Text>, _>(self.keys)
+            .bind::<Array<diesel::sql_types::Uuid>, _>(self.ids)
+            .bind::<Array<Text>, _>(self.payloads)
+            .bind::<Array<diesel::sql_types::Timestamptz>, _>(self.times)
+    }
 }
 
 /// The outbox table as seen by the relay.

@@ -446,30 +446,24 @@ impl Ctx {
         }
     }
 
-    /// One transaction for `actions`: the activity rows of the users that exist, then their
-    /// events in the outbox, in the given order. A foreign-key violation is `NotFound`.
+    /// One statement for `actions` and their events; a foreign-key violation is
+    /// [`UsersError::UserNotFound`].
     async fn record_batch(
         &self,
         actions: &[(ActivityRow, Envelope)],
     ) -> Result<HashSet<Uuid>, UsersError> {
         let rows: Vec<&ActivityRow> = actions.iter().map(|(row, _)| row).collect();
+        let events = outbox::Events::of(actions.iter().map(|(_, envelope)| envelope));
         let mut conn = self.pool.get().await?;
-        conn.transaction(async |conn| -> Result<_, UsersError> {
-            let written = store::insert_activities(conn, &rows).await.map_err(|e| {
+        store::record_activities(&mut conn, &rows, events)
+            .await
+            .map_err(|e| {
                 if db::is_foreign_key_violation(&e) {
                     UsersError::UserNotFound
                 } else {
                     e.into()
                 }
-            })?;
-            let events = actions
-                .iter()
-                .filter(|(row, _)| written.contains(&row.id))
-                .map(|(_, envelope)| envelope);
-            outbox::enqueue(conn, events).await?;
-            Ok(written)
-        })
-        .await
+            })
     }
 }
 

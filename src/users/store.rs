@@ -2,13 +2,16 @@
 //! transaction with the outbox write.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Integer, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use recsys_schema::tables::{user_activity, users};
+use recsys_schema::tables::{outbox as outbox_table, users};
 use uuid::Uuid;
+
+use crate::outbox;
 
 /// A row of `users`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -95,16 +98,33 @@ pub async fn update(
         .await
 }
 
-/// Inserts the `user_activity` rows of users that exist, in one statement; answers the ids
-/// written. A user removed while the statement runs fails it with a foreign-key violation.
-pub async fn insert_activities(
+/// Records actions and their `user.activity` events in one statement (so atomically, without a
+/// transaction around it, in one round trip): the `user_activity` rows of the users that exist,
+/// and the outbox rows of those (`events`, in the order of `rows`). Answers the ids written. A
+/// user removed while the statement runs fails it with a foreign-key violation.
+pub async fn record_activities(
     conn: &mut AsyncPgConnection,
     rows: &[&ActivityRow],
+    events: outbox::Events<'_>,
 ) -> QueryResult<HashSet<Uuid>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH activity AS ( \
+                INSERT INTO user_activity (id, user_id, product_id, action, quantity, occurred_at) \
+                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], \
+                                     $5::int4[], $6::timestamptz[]) \
+                  AS input(id, user_id, product_id, action, quantity, occurred_at) \
+                WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = input.user_id) \
+                RETURNING id) \
+             {} \
+             RETURNING event_id",
+            outbox::Events::insert(7, Some("activity"))
+        )
+    });
     #[derive(QueryableByName)]
-    #[diesel(table_name = user_activity)]
+    #[diesel(table_name = outbox_table)]
     struct Written {
-        id: Uuid,
+        event_id: Uuid,
     }
     let column =
         |f: &dyn Fn(&ActivityRow) -> Uuid| -> Vec<Uuid> { rows.iter().map(|r| f(r)).collect() };
@@ -116,21 +136,13 @@ pub async fn insert_activities(
     let kinds: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
     let quantities: Vec<i32> = rows.iter().map(|r| r.quantity).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
-    let written: Vec<Written> = crate::db::prepared(
-        "INSERT INTO user_activity (id, user_id, product_id, action, quantity, occurred_at) \
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[], \
-                              $6::timestamptz[]) \
-           AS input(id, user_id, product_id, action, quantity, occurred_at) \
-         WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = input.user_id) \
-         RETURNING id",
-    )
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<SqlUuid>, _>(&user_ids)
-    .bind::<Array<SqlUuid>, _>(&product_ids)
-    .bind::<Array<Text>, _>(&kinds)
-    .bind::<Array<Integer>, _>(&quantities)
-    .bind::<Array<Timestamptz>, _>(&times)
-    .load(conn)
-    .await?;
-    Ok(written.into_iter().map(|w| w.id).collect())
+    let query = crate::db::prepared(SQL.as_str())
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Array<SqlUuid>, _>(user_ids)
+        .bind::<Array<SqlUuid>, _>(product_ids)
+        .bind::<Array<Text>, _>(kinds)
+        .bind::<Array<Integer>, _>(quantities)
+        .bind::<Array<Timestamptz>, _>(times);
+    let written: Vec<Written> = events.bind(query).load(conn).await?;
+    Ok(written.into_iter().map(|w| w.event_id).collect())
 }

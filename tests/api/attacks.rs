@@ -257,14 +257,7 @@ async fn injection_strings_are_data_or_refused_never_code() {
             )
             .await;
         email_as_hostile.assert_error(400, "invalid_request");
-        let login = app
-            .post(
-                Service::Users,
-                "/users/login",
-                json!({"email": hostile, "password": hostile}),
-                None,
-            )
-            .await;
+        let login = app.login(hostile, hostile).await;
         login.assert_error(401, "unauthorized");
         let renamed = app
             .request(
@@ -417,12 +410,7 @@ async fn passwords_reach_no_log_line_and_no_event() {
     assert_eq!(app.login(&email, &wrong).await.status, 401);
     assert_eq!(app.login(&email, &second).await.status, 200);
     let admin = app
-        .post(
-            Service::Users,
-            "/users/login",
-            json!({"email": app.settings.admin_email, "password": ADMIN_PASSWORD}),
-            None,
-        )
+        .login(app.settings.admin_email.as_deref().unwrap(), ADMIN_PASSWORD)
         .await;
     assert_eq!(admin.status, 200);
 

@@ -1,5 +1,6 @@
 //! The shared HTTP surface: every failure answers the JSON error shape; health, readiness and
-//! metrics on every port; injection strings are plain data.
+//! metrics on every port; injection strings are plain data; database failures are classified
+//! by their kind (what decides between a 503 and a 500).
 
 use std::time::Duration;
 
@@ -348,14 +349,7 @@ async fn injection_strings_elsewhere_never_cause_a_server_error() {
                 None,
             )
             .await;
-        let login = app
-            .post(
-                Service::Users,
-                "/users/login",
-                json!({"email": text, "password": text}),
-                None,
-            )
-            .await;
+        let login = app.login(text, text).await;
         let product = app
             .post(
                 Service::Products,
@@ -449,4 +443,50 @@ async fn control_characters_are_rejected_not_stored() {
     assert_json_error(&listed, 400, "invalid_request");
     assert_json_error(&login, 401, "unauthorized");
     assert_eq!(app.count("products").await, 0);
+}
+
+/// Real Postgres failures are classified by their kind: a statement cancelled by the server's
+/// timeout and a connection the server terminated are `Unavailable` (a retry may succeed); a
+/// syntax error and a unique violation, whatever their text says, are `Failed`.
+#[actix_web::test]
+async fn database_failures_are_classified_by_kind() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use recsys::db::DbError;
+
+    let (url, _) = fresh_database().await;
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    let run = async |conn: &mut AsyncPgConnection, sql: &str| {
+        DbError::from(diesel::sql_query(sql).execute(conn).await.unwrap_err())
+    };
+
+    diesel::sql_query("SET statement_timeout = 10")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let cancelled = run(&mut conn, "SELECT pg_sleep(5)").await;
+    assert!(
+        matches!(cancelled, DbError::Unavailable(_)),
+        "{cancelled:?}"
+    );
+    diesel::sql_query("SET statement_timeout = 0")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let syntax = run(&mut conn, "SELEC 1").await;
+    assert!(matches!(syntax, DbError::Failed(_)), "{syntax:?}");
+    diesel::sql_query("CREATE TABLE connection_names (name text PRIMARY KEY)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let insert = "INSERT INTO connection_names VALUES ('connection')";
+    diesel::sql_query(insert).execute(&mut conn).await.unwrap();
+    let duplicate = run(&mut conn, insert).await;
+    assert!(matches!(duplicate, DbError::Failed(_)), "{duplicate:?}");
+
+    let terminated = run(&mut conn, "SELECT pg_terminate_backend(pg_backend_pid())").await;
+    assert!(
+        matches!(terminated, DbError::Unavailable(_)),
+        "{terminated:?}"
+    );
 }

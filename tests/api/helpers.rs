@@ -218,14 +218,7 @@ impl TestApp {
     /// Logs the configured admin in; answers the token.
     pub async fn admin_login(&self) -> String {
         let email = self.settings.admin_email.clone().unwrap();
-        let response = self
-            .post(
-                Service::Users,
-                "/users/login",
-                json!({"email": email, "password": ADMIN_PASSWORD}),
-                None,
-            )
-            .await;
+        let response = self.login(&email, ADMIN_PASSWORD).await;
         assert_eq!(
             response.status,
             StatusCode::OK,
@@ -760,4 +753,16 @@ where
         }
     }
     panic!("{what}: exited at start on five free ports in a row");
+}
+
+/// The sorted keys of a JSON object.
+pub fn keys(body: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {body}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
 }

@@ -342,27 +342,13 @@ async fn a_killed_actor_is_restarted_and_counted() {
     assert_eq!(restarts(&before, "UsersActor"), Some(0.0));
     assert_eq!(restarts(&before, "ProductsActor"), Some(0.0));
 
-    app.runtime()
-        .users()
-        .unwrap()
-        .actor
-        .send(Fail)
-        .await
-        .unwrap();
-    app.runtime()
-        .users()
-        .unwrap()
-        .actor
-        .send(Fail)
-        .await
-        .unwrap();
-    app.runtime()
-        .products()
-        .unwrap()
-        .actor
-        .send(Fail)
-        .await
-        .unwrap();
+    let (users, products) = (
+        app.runtime().users().unwrap().actor,
+        app.runtime().products().unwrap().actor,
+    );
+    users.send(Fail).await.unwrap();
+    users.send(Fail).await.unwrap();
+    products.send(Fail).await.unwrap();
 
     let after = eventually(Duration::from_secs(10), "restarts counted", || async {
         let samples = samples(&app, Service::Users).await;

@@ -11,18 +11,6 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-/// The sorted keys of a JSON object.
-fn keys(body: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = body
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {body}"))
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    keys
-}
-
 /// The id of a product JSON.
 fn id_of(product: &Value) -> String {
     product["id"].as_str().expect("product id").to_string()

@@ -13,6 +13,27 @@ use crate::helpers::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_recsys");
 
+/// `recsys serve` of `services` on `database_url` and topic `prefix`, every port 0 (picked by
+/// the OS and reported in the JSON log on stderr).
+fn serve(services: &[Service], database_url: &str, prefix: &str) -> tokio::process::Command {
+    let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(["serve", "--services", &names.join(",")])
+        .env("DATABASE_URL", database_url)
+        .env("KAFKA_ADDRESS", brokers())
+        .env("KAFKA_TOPIC_PREFIX", prefix)
+        .env("KAFKA_REPLICATION_FACTOR", "1")
+        .env("JWT_SECRET", "binary-test-secret-of-at-least-32-bytes")
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("USERS_PORT", "0")
+        .env("PRODUCTS_PORT", "0")
+        .env("RECOMMENDATIONS_PORT", "0")
+        .env("ANALYTICS_PORT", "0")
+        .env("LOG_FORMAT", "json");
+    command
+}
+
 /// The binary serving `services` with a fresh database and topic prefix, on the ports it picks
 /// and reports, logging (JSON) to a file of its own.
 struct Binary {
@@ -28,20 +49,7 @@ impl Binary {
         let (database_url, prefix) = fresh_database().await;
         let log = std::env::temp_dir().join(format!("recsys-binary-{}.log", Uuid::new_v4()));
         let output = std::fs::File::create(&log).unwrap();
-        let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
-        let child = tokio::process::Command::new(BIN)
-            .args(["serve", "--services", &names.join(",")])
-            .env("DATABASE_URL", &database_url)
-            .env("KAFKA_ADDRESS", brokers())
-            .env("KAFKA_TOPIC_PREFIX", prefix)
-            .env("KAFKA_REPLICATION_FACTOR", "1")
-            .env("JWT_SECRET", "binary-test-secret-of-at-least-32-bytes")
-            .env("BIND_ADDRESS", "127.0.0.1")
-            .env("USERS_PORT", "0")
-            .env("PRODUCTS_PORT", "0")
-            .env("RECOMMENDATIONS_PORT", "0")
-            .env("ANALYTICS_PORT", "0")
-            .env("LOG_FORMAT", "json")
+        let child = serve(services, &database_url, &prefix)
             .stdout(Stdio::null())
             .stderr(output)
             .kill_on_drop(true)
@@ -142,15 +150,7 @@ async fn sigterm_drains_the_outbox_and_exits_zero() {
 async fn unreadable_ranking_settings_stop_the_start() {
     for (var, value) in [("RANKING_WEIGHTS", "like=1"), ("RANKING_HALF_LIFE", "soon")] {
         let (database_url, prefix) = fresh_database().await;
-        let run = tokio::process::Command::new(BIN)
-            .args(["serve", "--services", "recommendations"])
-            .env("DATABASE_URL", &database_url)
-            .env("KAFKA_ADDRESS", brokers())
-            .env("KAFKA_TOPIC_PREFIX", prefix)
-            .env("JWT_SECRET", "binary-test-secret-of-at-least-32-bytes")
-            .env("BIND_ADDRESS", "127.0.0.1")
-            .env("RECOMMENDATIONS_PORT", "0")
-            .env("LOG_FORMAT", "json")
+        let run = serve(&[Service::Recommendations], &database_url, &prefix)
             .env(var, value)
             .stdout(Stdio::null())
             .kill_on_drop(true)

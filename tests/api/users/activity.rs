@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{assert_rejected, keys, outbox_high_water, FORBIDDEN, INVALID};
+use super::{assert_rejected, outbox_high_water, FORBIDDEN, INVALID};
 use crate::helpers::*;
 
 /// A row of `user_activity`, read back by its id.

@@ -4,7 +4,7 @@ use recsys::config::Service;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use super::{keys, timestamp, user_path};
+use super::{timestamp, user_path};
 use crate::helpers::*;
 
 /// A password given at registration logs in, and the login token reads the profile, which
@@ -14,14 +14,7 @@ async fn registered_password_logs_in_and_reads_the_profile() {
     let app = spawn_app().await;
     let (id, _) = app.register("Ann", "ann@example.com", "ann-password").await;
 
-    let login = app
-        .post(
-            Service::Users,
-            "/users/login",
-            json!({"email": "ann@example.com", "password": "ann-password"}),
-            None,
-        )
-        .await;
+    let login = app.login("ann@example.com", "ann-password").await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.text);
     assert_eq!(keys(&login.body), ["token"]);
     let profile = app
@@ -50,22 +43,8 @@ async fn login_failures_are_indistinguishable() {
     let app = spawn_app().await;
     app.register("Ann", "ann@example.com", "ann-password").await;
 
-    let wrong_password = app
-        .post(
-            Service::Users,
-            "/users/login",
-            json!({"email": "ann@example.com", "password": "not-ann-password"}),
-            None,
-        )
-        .await;
-    let unknown_email = app
-        .post(
-            Service::Users,
-            "/users/login",
-            json!({"email": "nobody@example.com", "password": "ann-password"}),
-            None,
-        )
-        .await;
+    let wrong_password = app.login("ann@example.com", "not-ann-password").await;
+    let unknown_email = app.login("nobody@example.com", "ann-password").await;
 
     wrong_password.assert_error(401, "unauthorized");
     unknown_email.assert_error(401, "unauthorized");
@@ -78,14 +57,7 @@ async fn login_email_is_case_insensitive() {
     let app = spawn_app().await;
     let (id, _) = app.register("Ann", "ann@example.com", "ann-password").await;
 
-    let login = app
-        .post(
-            Service::Users,
-            "/users/login",
-            json!({"email": " ANN@Example.Com ", "password": "ann-password"}),
-            None,
-        )
-        .await;
+    let login = app.login(" ANN@Example.Com ", "ann-password").await;
 
     assert_eq!(login.status, StatusCode::OK, "{}", login.text);
     let profile = app
@@ -108,14 +80,7 @@ async fn account_without_password_cannot_log_in() {
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
 
-    let login = app
-        .post(
-            Service::Users,
-            "/users/login",
-            json!({"email": "john@example.com", "password": "any-password"}),
-            None,
-        )
-        .await;
+    let login = app.login("john@example.com", "any-password").await;
 
     login.assert_error(401, "unauthorized");
 }

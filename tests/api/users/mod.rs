@@ -43,18 +43,6 @@ pub fn sign(secret: &str, sub: Uuid, role: &str, exp_offset: i64) -> String {
     format!("{header}.{payload}.{}", b64(&mac.finalize().into_bytes()))
 }
 
-/// The sorted keys of a JSON object.
-fn keys(body: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = body
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {body}"))
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    keys
-}
-
 /// A timestamp field of a JSON body.
 fn timestamp(body: &Value, field: &str) -> DateTime<Utc> {
     serde_json::from_value(body[field].clone())

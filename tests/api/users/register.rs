@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{assert_rejected, keys, outbox_high_water, user_path, INVALID};
+use super::{assert_rejected, outbox_high_water, user_path, INVALID};
 use crate::helpers::*;
 
 /// Posts each case's body to `/users/register` and asserts its rejection, and that it wrote no

@@ -2,10 +2,23 @@
 
 use recsys::config::Service;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
+use uuid::Uuid;
 
 use super::{assert_rejected, timestamp, user_path, FORBIDDEN, INVALID};
 use crate::helpers::*;
+
+/// `method` (PUT or PATCH) with `body` on the profile of the user `id`, as the holder of `token`.
+async fn change(app: &TestApp, method: Method, id: Uuid, body: Value, token: &str) -> Reply {
+    app.request(
+        method,
+        Service::Users,
+        &user_path(id),
+        Some(body),
+        Some(token),
+    )
+    .await
+}
 
 /// PUT and PATCH both change the name, answer the new profile and advance `updated_at`.
 #[actix_web::test]
@@ -17,24 +30,15 @@ async fn update_changes_the_name_and_advances_updated_at() {
         .await
         .body;
 
-    let put = app
-        .request(
-            Method::PUT,
-            Service::Users,
-            &user_path(id),
-            Some(json!({"name": "Put Name"})),
-            Some(&token),
-        )
-        .await;
-    let patch = app
-        .request(
-            Method::PATCH,
-            Service::Users,
-            &user_path(id),
-            Some(json!({"name": "Patch Name"})),
-            Some(&token),
-        )
-        .await;
+    let put = change(&app, Method::PUT, id, json!({"name": "Put Name"}), &token).await;
+    let patch = change(
+        &app,
+        Method::PATCH,
+        id,
+        json!({"name": "Patch Name"}),
+        &token,
+    )
+    .await;
 
     assert_eq!(put.status, StatusCode::OK, "{}", put.text);
     assert_eq!(put.body["name"], "Put Name");
@@ -72,15 +76,7 @@ async fn update_to_a_taken_email_is_a_conflict() {
     ];
 
     for (case, method, email, expected) in cases {
-        let reply = app
-            .request(
-                method,
-                Service::Users,
-                &user_path(id),
-                Some(json!({"email": email})),
-                Some(&token),
-            )
-            .await;
+        let reply = change(&app, method, id, json!({"email": email}), &token).await;
 
         assert_rejected(case, &reply, expected);
     }
@@ -94,35 +90,20 @@ async fn update_password_replaces_the_old_one() {
     let app = spawn_app().await;
     let (id, token, email) = app.new_user().await;
 
-    let reply = app
-        .request(
-            Method::PATCH,
-            Service::Users,
-            &user_path(id),
-            Some(json!({"password": "brand-new-password"})),
-            Some(&token),
-        )
-        .await;
+    let reply = change(
+        &app,
+        Method::PATCH,
+        id,
+        json!({"password": "brand-new-password"}),
+        &token,
+    )
+    .await;
 
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert!(!reply.text.contains("password"), "{}", reply.text);
-    let old = app
-        .post(
-            Service::Users,
-            "/users/login",
-            json!({"email": email, "password": "user-password"}),
-            None,
-        )
-        .await;
+    let old = app.login(&email, "user-password").await;
     old.assert_error(401, "unauthorized");
-    let new = app
-        .post(
-            Service::Users,
-            "/users/login",
-            json!({"email": email, "password": "brand-new-password"}),
-            None,
-        )
-        .await;
+    let new = app.login(&email, "brand-new-password").await;
     assert_eq!(new.status, StatusCode::OK, "{}", new.text);
 }
 
@@ -133,15 +114,7 @@ async fn empty_update_is_bad_request() {
     let (id, token, _) = app.new_user().await;
 
     for method in [Method::PUT, Method::PATCH] {
-        let reply = app
-            .request(
-                method.clone(),
-                Service::Users,
-                &user_path(id),
-                Some(json!({})),
-                Some(&token),
-            )
-            .await;
+        let reply = change(&app, method.clone(), id, json!({}), &token).await;
 
         assert_rejected(method.as_str(), &reply, INVALID);
     }
@@ -185,15 +158,7 @@ async fn update_with_invalid_values_is_bad_request() {
     ];
 
     for (case, body, expected) in cases {
-        let reply = app
-            .request(
-                Method::PATCH,
-                Service::Users,
-                &user_path(id),
-                Some(body.clone()),
-                Some(&token),
-            )
-            .await;
+        let reply = change(&app, Method::PATCH, id, body.clone(), &token).await;
 
         assert_rejected(&format!("{case} ({body})"), &reply, expected);
         let after = app
@@ -215,15 +180,14 @@ async fn update_with_another_users_token_is_forbidden() {
     let (_, bob_token, _) = app.new_user().await;
 
     for method in [Method::PUT, Method::PATCH] {
-        let reply = app
-            .request(
-                method.clone(),
-                Service::Users,
-                &user_path(alice),
-                Some(json!({"name": "Hijacked"})),
-                Some(&bob_token),
-            )
-            .await;
+        let reply = change(
+            &app,
+            method.clone(),
+            alice,
+            json!({"name": "Hijacked"}),
+            &bob_token,
+        )
+        .await;
 
         assert_rejected(method.as_str(), &reply, FORBIDDEN);
     }
@@ -239,15 +203,14 @@ async fn admin_updates_any_user() {
     let app = spawn_app().await;
     let (id, token, _) = app.new_user().await;
 
-    let reply = app
-        .request(
-            Method::PUT,
-            Service::Users,
-            &user_path(id),
-            Some(json!({"name": "Renamed", "email": "Renamed@Example.com"})),
-            Some(&app.admin_token),
-        )
-        .await;
+    let reply = change(
+        &app,
+        Method::PUT,
+        id,
+        json!({"name": "Renamed", "email": "Renamed@Example.com"}),
+        &app.admin_token,
+    )
+    .await;
 
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(reply.body["name"], "Renamed");
