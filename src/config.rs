@@ -158,6 +158,12 @@ pub struct Settings {
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: String,
 
+    /// Origins (`https://shop.example`, comma separated) whose pages may call recsys from a
+    /// browser: they get the CORS headers on every port and their preflight is answered. Empty
+    /// (the default): no CORS headers at all.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', value_parser = origin)]
+    pub cors_origins: Vec<String>,
+
     /// Port of the users service (0 picks a free one).
     #[arg(long, env = "USERS_PORT", default_value_t = 8080)]
     pub users_port: u16,
@@ -377,6 +383,39 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// An origin as browsers send it: `http` or `https`, `://`, a host and maybe a port, nothing
+/// after (no path, not even `/`). Lower-cased, as browsers send them.
+fn origin(text: &str) -> Result<String, String> {
+    let origin = text.trim().to_ascii_lowercase();
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("an origin starts with http:// or https://")?;
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (host, Some(port))
+        }
+        _ => (rest, None),
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ipv6) => !ipv6.is_empty() && ipv6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':'),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if host_ok && port_ok {
+        Ok(origin)
+    } else {
+        Err(format!(
+            "{text:?} is not an origin (scheme://host[:port], no path)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +437,36 @@ mod tests {
             pg.url().expose(),
             "postgres://app:p%40ss%2Fword@db:5433/recsys"
         );
+    }
+
+    #[test]
+    /// CORS origins are scheme, host and port; anything more or less is refused at startup.
+    fn origins_are_scheme_host_and_port() {
+        for good in [
+            "https://shop.example",
+            "http://127.0.0.1:8000",
+            "HTTPS://Shop.Example",
+            "http://[::1]:3000",
+        ] {
+            assert!(origin(good).is_ok(), "{good}");
+        }
+        assert_eq!(
+            origin("HTTPS://Shop.Example").unwrap(),
+            "https://shop.example"
+        );
+        for bad in [
+            "shop.example",
+            "https://",
+            "https://shop.example/",
+            "https://shop.example/path",
+            "ftp://shop.example",
+            "https://shop.example:0",
+            "https://shop.example:99999",
+            "https://shop.example:",
+            "*",
+        ] {
+            assert!(origin(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

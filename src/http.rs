@@ -40,6 +40,49 @@ pub struct Readiness {
     pub kafka: FutureProducer<SlogContext>,
 }
 
+/// The query string's parameters in order, a repeated one (`?category=a&category=b`) as often
+/// as it is given: what `web::Query` (one value per name) cannot read. Unknown names are
+/// ignored, as `web::Query` ignores them.
+pub struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    /// Every value of `name`.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `name` given at most once, parsed; a 400 names it when it is given twice
+    /// or does not parse.
+    pub fn one<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        let mut values = self.all(name);
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(ApiError::invalid(format!("{name} is given more than once")));
+        }
+        value
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::invalid(format!("invalid query string: {name}={value:?}")))
+    }
+}
+
+impl actix_web::FromRequest for QueryParams {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let pairs = form_urlencoded::parse(req.query_string().as_bytes())
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        std::future::ready(Ok(QueryParams(pairs)))
+    }
+}
+
 /// Registers (and documents) `/healthz`, `/readyz` and `/metrics`.
 pub fn common_routes(api: &mut Api) {
     api.add_plain(__path_healthz, healthz)

@@ -13,6 +13,7 @@
 //!   the actors (one file each, messages beside them), `store.rs` (the SQL).
 //! - [`host`]: what the runtime hands a service when it starts it, and what it hands back.
 //! - [`http`]: health, readiness, metrics and JSON errors shared by every port.
+//! - [`cors`]: CORS headers and preflights for the origins `CORS_ORIGINS` allows.
 //! - [`openapi`]: registers each route and documents it in the service's `/openapi.json`.
 //! - [`auth`]: JWTs, password hashing, the [`auth::Caller`] extractor.
 //! - [`db`], [`outbox`]: the Postgres pool and migrations; the transactional outbox.
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consumption;
+pub mod cors;
 pub mod db;
 pub mod error;
 pub mod host;

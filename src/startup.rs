@@ -23,6 +23,7 @@ use slog::{info, o, warn, Logger};
 use crate::analytics::Analytics;
 use crate::auth::{self, JwtKeys};
 use crate::config::{Service, Settings};
+use crate::cors::{self, Origins};
 use crate::db::{self, Pool};
 use crate::host::{Host, Hosted};
 use crate::http::{self, Readiness, ServiceInfo};
@@ -131,6 +132,7 @@ impl Application {
                 logger: app.logger.new(o!("service" => service.name())),
             };
             let (keys, readiness) = (keys.clone(), readiness.clone());
+            let origins = Origins::new(&settings.cors_origins);
             let server = HttpServer::new(move || {
                 let mut api = Api::new(service.name());
                 http::common_routes(&mut api);
@@ -139,8 +141,10 @@ impl Application {
                     .app_data(web::Data::new(info.clone()))
                     .app_data(web::Data::new(readiness.clone()))
                     .app_data(web::Data::new(keys.clone()))
+                    .app_data(web::Data::new(origins.clone()))
                     .configure(http::extractor_config)
                     .wrap(http::json_error_bodies())
+                    .wrap(from_fn(cors::cors))
                     .wrap(from_fn(http::observe))
                     .default_service(web::to(http::not_found))
                     .configure(move |cfg| {

@@ -76,6 +76,30 @@ pub fn limit(value: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError
     }
 }
 
+/// Most categories one query may name.
+pub const MAX_CATEGORIES: usize = 20;
+
+/// The categories of a query (`?category=a&category=b`), each at most `max` characters, at most
+/// [`MAX_CATEGORIES`]; empty values are ignored, duplicates kept once, sorted (so one set of
+/// categories is one query). Empty: every category.
+pub fn categories<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+    max: usize,
+) -> Result<Vec<String>, ApiError> {
+    let mut categories = std::collections::BTreeSet::new();
+    for value in values {
+        if let Some(category) = optional_text("category", Some(value), max)? {
+            categories.insert(category);
+        }
+        if categories.len() > MAX_CATEGORIES {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_CATEGORIES} categories per query"
+            )));
+        }
+    }
+    Ok(categories.into_iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,7 +198,8 @@ impl Handler<GetProduct> for ProductsActor {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Page, ProductsError>")]
 pub struct ListProducts {
-    pub category: Option<String>,
+    /// Only products of any of these categories; empty: every product.
+    pub categories: Vec<String>,
     /// 1..=100.
     pub limit: i64,
     pub after: Option<Uuid>,
@@ -213,7 +214,7 @@ impl Handler<ListProducts> for ProductsActor {
         Box::pin(async move {
             let mut conn = pool.get().await?;
             let mut rows =
-                store::list(&mut conn, msg.category.as_deref(), msg.after, msg.limit + 1).await?;
+                store::list(&mut conn, &msg.categories, msg.after, msg.limit + 1).await?;
             let more = rows.len() as i64 > msg.limit;
             rows.truncate(msg.limit as usize);
             let next = if more {

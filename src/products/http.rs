@@ -23,6 +23,7 @@ use super::error::ProductsError;
 use super::store::ProductChanges;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::QueryParams;
 use crate::openapi::Api;
 use crate::validate;
 
@@ -193,13 +194,17 @@ async fn get_product(
     Ok(HttpResponse::Ok().json(product))
 }
 
-/// `GET /products?category=&limit=&after=`.
-#[derive(Debug, Deserialize, IntoParams)]
+/// `GET /products?category=&limit=&after=`, as documented; read with [`QueryParams`] (a
+/// repeated `category` is more than `web::Query` reads).
+#[allow(dead_code)]
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
-    /// Only products of this category (at most 100 characters; empty means all).
-    #[param(max_length = 100)]
-    category: Option<String>,
+    /// Only products of any of these categories (repeat the parameter: `?category=a&category=b`;
+    /// at most 20, each at most 100 characters; none or only empty ones: every product). An
+    /// unknown category matches nothing.
+    #[param(style = Form, explode, max_items = 20)]
+    category: Option<Vec<String>>,
     /// Page size, 1 to 100; default 20.
     #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
@@ -207,7 +212,7 @@ struct ListQuery {
     after: Option<Uuid>,
 }
 
-/// The catalog page by page, in creation order, optionally of one category.
+/// The catalog page by page, in creation order, optionally of some categories.
 #[utoipa::path(
     get,
     path = "/products",
@@ -219,13 +224,12 @@ struct ListQuery {
 )]
 async fn list_products(
     products: web::Data<ObservedAddr<ProductsActor>>,
-    query: web::Query<ListQuery>,
+    query: QueryParams,
 ) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
     let msg = ListProducts {
-        category: validate::optional_text("category", query.category.as_deref(), MAX_CATEGORY)?,
-        limit: validate::limit(query.limit, 20, 100)?,
-        after: query.after,
+        categories: validate::categories(query.all("category"), MAX_CATEGORY)?,
+        limit: validate::limit(query.one("limit")?, 20, 100)?,
+        after: query.one("after")?,
     };
     let page = products.send(msg).await??;
     Ok(HttpResponse::Ok().json(page))

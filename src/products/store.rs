@@ -53,11 +53,11 @@ pub async fn find_live(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Op
         .optional()
 }
 
-/// Up to `limit` live products with ids after `after`, in id (= creation) order, optionally of
-/// one `category`.
+/// Up to `limit` live products with ids after `after`, in id (= creation) order, only of
+/// `categories` unless it is empty.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    category: Option<&str>,
+    categories: &[String],
     after: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Vec<ProductRow>> {
@@ -67,8 +67,8 @@ pub async fn list(
         .order(products::id.asc())
         .limit(limit)
         .into_boxed();
-    if let Some(category) = category {
-        query = query.filter(products::category.eq(category));
+    if !categories.is_empty() {
+        query = query.filter(products::category.eq_any(categories));
     }
     if let Some(after) = after {
         query = query.filter(products::id.gt(after));

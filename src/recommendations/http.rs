@@ -4,7 +4,6 @@
 
 use actix_web::{web, HttpResponse};
 use recsys_actors::observe::ObservedAddr;
-use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -13,6 +12,7 @@ use super::micro::MicroCache;
 use super::query::{CacheResult, Item, Query, Recommend, RecommendationsActor};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::QueryParams;
 use crate::openapi::{string_enum_schema, Api};
 use crate::validate;
 
@@ -23,27 +23,28 @@ pub fn routes(api: &mut Api) {
         .add(__path_similar, similar);
 }
 
-/// `?limit=&category=`: every route reads it; only the global ranking uses `category`.
-#[derive(Debug, Deserialize, IntoParams)]
+/// `?limit=&category=&category=`, as every route documents it; read with [`QueryParams`] (a
+/// repeated `category` is more than `web::Query` reads). Schema only.
+#[allow(dead_code)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 struct Params {
     /// How many products at most, 1 to 100.
     #[param(minimum = 1, maximum = 100, default = 10)]
     limit: Option<i64>,
-    /// Only products of exactly this category (at most 100 characters); empty means all.
-    #[param(max_length = 100)]
-    category: Option<String>,
+    /// Only products of any of these categories (repeat the parameter: `?category=a&category=b`;
+    /// at most 20, each at most 100 characters; none or only empty ones: every category). An
+    /// unknown category matches nothing.
+    #[param(style = Form, explode, max_items = 20)]
+    category: Option<Vec<String>>,
 }
 
-/// `?limit=` as the per-user and similar routes document it (they read [`Params`] and ignore
-/// its `category`). Schema only.
-#[allow(dead_code)]
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-struct LimitParams {
-    /// How many products at most, 1 to 100.
-    #[param(minimum = 1, maximum = 100, default = 10)]
-    limit: Option<i64>,
+/// The `limit` and `category` of a request.
+fn limit_and_categories(params: &QueryParams) -> Result<(i64, Vec<String>), ApiError> {
+    Ok((
+        validate::limit(params.one("limit")?, 10, 100)?,
+        validate::categories(params.all("category"), 100)?,
+    ))
 }
 
 string_enum_schema!(
@@ -58,9 +59,8 @@ async fn answer(
     actor: &ObservedAddr<RecommendationsActor>,
     micro: &MicroCache,
     query: Query,
-    limit: Option<i64>,
+    limit: i64,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = validate::limit(limit, 10, 100)?;
     let key = query.key(limit);
     let (body, cache) = match micro.get(&key) {
         Some(body) => (body, CacheResult::Hit),
@@ -93,11 +93,10 @@ async fn answer(
 async fn global(
     actor: web::Data<ObservedAddr<RecommendationsActor>>,
     micro: web::Data<MicroCache>,
-    params: web::Query<Params>,
+    params: QueryParams,
 ) -> Result<HttpResponse, ApiError> {
-    let params = params.into_inner();
-    let category = validate::optional_text("category", params.category.as_deref(), 100)?;
-    answer(&actor, &micro, Query::Global { category }, params.limit).await
+    let (limit, categories) = limit_and_categories(&params)?;
+    answer(&actor, &micro, Query::Global { categories }, limit).await
 }
 
 /// The ranking personalised for a user: the user themself or an admin.
@@ -106,7 +105,7 @@ async fn global(
     path = "/recommendations/users/{user_id}",
     tag = "recommendations",
     params(("user_id" = Uuid, Path, description = "The user's id (not checked: an unknown \
-        user, like one without activity, gets the global ranking)"), LimitParams),
+        user, like one without activity, gets the global ranking)"), Params),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "At most `limit` products the user has not purchased, \
@@ -120,11 +119,16 @@ async fn for_user(
     micro: web::Data<MicroCache>,
     caller: Caller,
     user_id: web::Path<Uuid>,
-    params: web::Query<Params>,
+    params: QueryParams,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = user_id.into_inner();
     caller.require_self_or_admin(user_id)?;
-    answer(&actor, &micro, Query::ForUser { user_id }, params.limit).await
+    let (limit, categories) = limit_and_categories(&params)?;
+    let query = Query::ForUser {
+        user_id,
+        categories,
+    };
+    answer(&actor, &micro, query, limit).await
 }
 
 /// Products bought or carted together with this one, by the users who bought or carted it.
@@ -132,7 +136,7 @@ async fn for_user(
     get,
     path = "/recommendations/products/{product_id}/similar",
     tag = "recommendations",
-    params(("product_id" = Uuid, Path, description = "The product's id"), LimitParams),
+    params(("product_id" = Uuid, Path, description = "The product's id"), Params),
     responses(
         (status = 200, description = "At most `limit` other products, by co-occurrence weight \
             (not decayed) descending",
@@ -145,10 +149,15 @@ async fn similar(
     actor: web::Data<ObservedAddr<RecommendationsActor>>,
     micro: web::Data<MicroCache>,
     product_id: web::Path<Uuid>,
-    params: web::Query<Params>,
+    params: QueryParams,
 ) -> Result<HttpResponse, ApiError> {
     let product_id = product_id.into_inner();
-    answer(&actor, &micro, Query::Similar { product_id }, params.limit).await
+    let (limit, categories) = limit_and_categories(&params)?;
+    let query = Query::Similar {
+        product_id,
+        categories,
+    };
+    answer(&actor, &micro, query, limit).await
 }
 
 /// What a client sees of each query failure.

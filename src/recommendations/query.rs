@@ -46,27 +46,40 @@ pub struct Item {
     pub score: f64,
 }
 
-/// What to recommend.
+/// What to recommend. `categories` (sorted, without duplicates; see
+/// [`crate::validate::categories`]) keeps only products of those categories; empty keeps all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
-    /// The global ranking, optionally of one category.
-    Global { category: Option<String> },
+    /// The global ranking.
+    Global { categories: Vec<String> },
     /// The ranking personalised for a user.
-    ForUser { user_id: Uuid },
+    ForUser {
+        user_id: Uuid,
+        categories: Vec<String>,
+    },
     /// Products bought or carted together with this one.
-    Similar { product_id: Uuid },
+    Similar {
+        product_id: Uuid,
+        categories: Vec<String>,
+    },
 }
 
 impl Query {
     /// The cache key part naming this query and `limit`.
     pub fn key(&self, limit: i64) -> String {
+        let json = |categories: &Vec<String>| {
+            serde_json::to_string(categories).expect("strings serialize")
+        };
         match self {
-            Query::Global { category } => format!(
-                "global:{limit}:{}",
-                serde_json::to_string(category).expect("strings serialize")
-            ),
-            Query::ForUser { user_id } => format!("user:{user_id}:{limit}"),
-            Query::Similar { product_id } => format!("similar:{product_id}:{limit}"),
+            Query::Global { categories } => format!("global:{limit}:{}", json(categories)),
+            Query::ForUser {
+                user_id,
+                categories,
+            } => format!("user:{user_id}:{limit}:{}", json(categories)),
+            Query::Similar {
+                product_id,
+                categories,
+            } => format!("similar:{product_id}:{limit}:{}", json(categories)),
         }
     }
 }
@@ -228,17 +241,21 @@ async fn query(
     };
     let decayed = |rows: Vec<Ranked>| items(rows, &|w| decay.score(w, now));
     match &msg.query {
-        Query::Global { category } => Ok(decayed(
-            store::top(&mut conn, category.as_deref(), msg.limit).await?,
-        )),
-        Query::ForUser { user_id } => {
-            match store::for_user(&mut conn, *user_id, weights, msg.limit).await? {
-                Some(rows) => Ok(decayed(rows)),
-                None => Ok(decayed(store::top(&mut conn, None, msg.limit).await?)),
-            }
+        Query::Global { categories } => {
+            Ok(decayed(store::top(&mut conn, categories, msg.limit).await?))
         }
-        Query::Similar { product_id } => {
-            let rows = store::similar(&mut conn, *product_id, weights, msg.limit)
+        Query::ForUser {
+            user_id,
+            categories,
+        } => match store::for_user(&mut conn, *user_id, categories, weights, msg.limit).await? {
+            Some(rows) => Ok(decayed(rows)),
+            None => Ok(decayed(store::top(&mut conn, categories, msg.limit).await?)),
+        },
+        Query::Similar {
+            product_id,
+            categories,
+        } => {
+            let rows = store::similar(&mut conn, *product_id, categories, weights, msg.limit)
                 .await?
                 .ok_or_else(|| RecommendationsError::ProductNotFound)?;
             // Co-occurrence weights are counts, not decayed.

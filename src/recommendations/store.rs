@@ -179,22 +179,23 @@ pub struct Ranked {
     pub weight: Option<f64>,
 }
 
-/// Live products of the catalog (optionally of `category`), scored first by accumulator, then
-/// products without activity, newest first; ties by id.
+/// Live products of the catalog (only of `categories` unless it is empty), scored first by
+/// accumulator, then products without activity, newest first; ties by id.
 pub async fn top(
     conn: &mut AsyncPgConnection,
-    category: Option<&str>,
+    categories: &[String],
     limit: i64,
 ) -> diesel::QueryResult<Vec<Ranked>> {
     crate::db::prepared(
         "SELECT c.product_id, c.name, c.price, c.category, s.acc AS weight \
          FROM rec_catalog c LEFT JOIN rec_scores s ON s.product_id = c.product_id \
-         WHERE NOT c.deleted AND c.name IS NOT NULL AND ($1::text IS NULL OR c.category = $1) \
+         WHERE NOT c.deleted AND c.name IS NOT NULL \
+           AND (cardinality($1::text[]) = 0 OR c.category = ANY($1::text[])) \
          ORDER BY (s.acc IS NULL), s.acc DESC, \
                   CASE WHEN s.acc IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
          LIMIT $2",
     )
-    .bind::<Nullable<Text>, _>(category)
+    .bind::<Array<Text>, _>(categories)
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await
@@ -209,10 +210,12 @@ struct Flag {
 
 /// Personal ranking: the global order with purchased products removed and each product's
 /// accumulator multiplied by (1 + the user's weighted activity share in its category).
-/// `None` when the user has no history (callers fall back to the global ranking).
+/// Only products of `categories` unless it is empty. `None` when the user has no history
+/// (callers fall back to the global ranking).
 pub async fn for_user(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
+    categories: &[String],
     weights: &Weights,
     limit: i64,
 ) -> diesel::QueryResult<Option<Vec<Ranked>>> {
@@ -241,6 +244,7 @@ pub async fn for_user(
          LEFT JOIN shares sh ON sh.category = c.category \
          WHERE NOT c.deleted AND c.name IS NOT NULL \
            AND c.product_id NOT IN (SELECT product_id FROM mine WHERE purchases > 0) \
+           AND (cardinality($7::text[]) = 0 OR c.category = ANY($7::text[])) \
          ORDER BY (s.acc IS NULL), weight DESC, \
                   CASE WHEN s.acc IS NULL THEN COALESCE(sh.share, 0) END DESC, \
                   CASE WHEN s.acc IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
@@ -252,6 +256,7 @@ pub async fn for_user(
     .bind::<Double, _>(weights.cart_remove)
     .bind::<Double, _>(weights.purchase)
     .bind::<BigInt, _>(limit)
+    .bind::<Array<Text>, _>(categories)
     .load(conn)
     .await
     .map(Some)
@@ -259,10 +264,11 @@ pub async fn for_user(
 
 /// "Users who bought or carted this also bought or carted": other live products, weighted by
 /// purchases and cart adds of the users who purchased or carted `product_id`. `None` when the
-/// product is unknown or deleted.
+/// product is unknown or deleted. Only products of `categories` unless it is empty.
 pub async fn similar(
     conn: &mut AsyncPgConnection,
     product_id: Uuid,
+    categories: &[String],
     weights: &Weights,
     limit: i64,
 ) -> diesel::QueryResult<Option<Vec<Ranked>>> {
@@ -285,6 +291,7 @@ pub async fn similar(
          JOIN buyers b ON b.user_id = q.user_id \
          JOIN rec_catalog c ON c.product_id = q.product_id AND NOT c.deleted AND c.name IS NOT NULL \
          WHERE q.product_id <> $1 AND (q.purchases > 0 OR q.cart_adds > 0) \
+           AND (cardinality($5::text[]) = 0 OR c.category = ANY($5::text[])) \
          GROUP BY c.product_id, c.name, c.price, c.category \
          ORDER BY weight DESC, c.product_id \
          LIMIT $4",
@@ -293,6 +300,7 @@ pub async fn similar(
     .bind::<Double, _>(weights.purchase)
     .bind::<Double, _>(weights.cart_add)
     .bind::<BigInt, _>(limit)
+    .bind::<Array<Text>, _>(categories)
     .load(conn)
     .await
     .map(Some)

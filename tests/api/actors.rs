@@ -130,7 +130,7 @@ async fn products_actor_answers_typed_messages() {
     assert_eq!((updated.version, updated.name.as_str()), (2, "Big mug"));
     let page = products
         .send(ListProducts {
-            category: Some("kitchen".into()),
+            categories: vec!["kitchen".into()],
             limit: 10,
             after: None,
         })
@@ -184,7 +184,7 @@ async fn a_failed_actor_is_restarted_and_serves_the_next_message() {
     assert_eq!(reply.status, 200, "{}", reply.text);
     let page = products
         .send(ListProducts {
-            category: None,
+            categories: Vec::new(),
             limit: 1,
             after: None,
         })

@@ -398,7 +398,7 @@ async fn ranking_query_and_cache_actors_answer_typed_messages() {
         .query
         .send(Recommend {
             query: Query::Global {
-                category: Some("direct".into()),
+                categories: vec!["direct".into()],
             },
             limit: 5,
         })

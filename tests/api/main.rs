@@ -8,6 +8,7 @@ mod actors;
 mod analytics;
 mod attacks;
 mod consumer;
+mod cors;
 mod dashboards;
 mod deploy;
 mod errors;

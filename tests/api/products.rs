@@ -434,6 +434,44 @@ async fn listing_filters_by_category() {
         .all(|item| item["category"] == "books"));
 }
 
+/// A repeated `category` lists the products of any of them (across pages, in creation order);
+/// an unknown one among them matches nothing; 21 categories are a 400.
+#[actix_web::test]
+async fn listing_filters_by_several_categories() {
+    let app = spawn_app().await;
+    let mut wanted = Vec::new();
+    for i in 0..3 {
+        wanted.push(id_of(
+            &app.create_product(&format!("Book {i}"), json!(i), Some("books"))
+                .await,
+        ));
+        app.create_product(&format!("Game {i}"), json!(i), Some("games"))
+            .await;
+        wanted.push(id_of(
+            &app.create_product(&format!("Tool {i}"), json!(i), Some("tools"))
+                .await,
+        ));
+    }
+    app.create_product("Loose", json!(1), None).await;
+
+    let pages = all_pages(
+        &app,
+        "category=books&category=tools&category=nowhere&limit=2",
+    )
+    .await;
+
+    let listed: Vec<String> = pages.iter().flat_map(item_ids).collect();
+    assert_eq!(listed, wanted);
+    let too_many: Vec<String> = (0..21).map(|i| format!("category=c{i}")).collect();
+    app.get(
+        Service::Products,
+        &format!("/products?{}", too_many.join("&")),
+        None,
+    )
+    .await
+    .assert_error(400, "invalid_request");
+}
+
 /// `limit` of 0, 101, -1 or a non-number is 400; `after` that is not a UUID too.
 #[actix_web::test]
 async fn listing_rejects_bad_limits() {

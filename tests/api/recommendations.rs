@@ -359,6 +359,124 @@ async fn category_filter_returns_only_that_category() {
     assert_eq!(ids(&empty), [&ball, &atlas, &novel, &plain]);
 }
 
+/// A repeated `category` keeps the products of any of them, on every route: the global, the
+/// personal and the similar ranking (each in its own order); the same set in another order
+/// or with a duplicate is the same answer; an unknown category among them matches nothing.
+#[actix_web::test]
+async fn several_categories_filter_every_route() {
+    let app = spawn_app().await;
+    let (shopper, other) = (Shopper::new(&app).await, Shopper::new(&app).await);
+    let novel = product(&app, "Novel", "12.00", Some("books")).await;
+    let ball = product(&app, "Ball", "3.00", Some("toys")).await;
+    let rake = product(&app, "Rake", "20.00", Some("garden")).await;
+    let plain = product(&app, "Plain", "1.00", None).await;
+    // The shopper and the other buyer both buy the novel, then each of the others.
+    for buyer in [&shopper, &other] {
+        buyer.does(&app, "purchase", &novel, 1).await;
+    }
+    other.does(&app, "purchase", &ball, 1).await;
+    other.does(&app, "cart_add", &rake, 1).await;
+    other.does(&app, "purchase", &plain, 1).await;
+    shopper.does(&app, "view", &ball, 1).await;
+    settled(
+        &app,
+        "/recommendations",
+        None,
+        &[(&novel, 20.0), (&plain, 10.0), (&ball, 11.0), (&rake, 3.0)],
+    )
+    .await;
+    let two = "category=toys&category=garden";
+
+    let global = items(&recommend(&app, &format!("/recommendations?{two}"), None).await);
+    let reordered = recommend(
+        &app,
+        "/recommendations?category=garden&category=toys&category=toys",
+        None,
+    )
+    .await;
+    let with_unknown = recommend(
+        &app,
+        &format!("/recommendations?{two}&category=nowhere"),
+        None,
+    )
+    .await;
+    let personal = items(
+        &recommend(
+            &app,
+            &format!("{}?{two}", shopper.path()),
+            Some(&shopper.token),
+        )
+        .await,
+    );
+    let similar = items(
+        &recommend(
+            &app,
+            &format!("/recommendations/products/{novel}/similar?{two}"),
+            None,
+        )
+        .await,
+    );
+    let similar_books = items(
+        &recommend(
+            &app,
+            &format!("/recommendations/products/{novel}/similar?category=books"),
+            None,
+        )
+        .await,
+    );
+
+    assert_eq!(ids(&global), [&ball, &rake]);
+    assert_eq!(
+        reordered.text,
+        recommend(&app, &format!("/recommendations?{two}"), None)
+            .await
+            .text
+    );
+    assert_eq!(ids(&items(&with_unknown)), [&ball, &rake]);
+    assert!(personal
+        .iter()
+        .all(|i| ["toys", "garden"].contains(&i["category"].as_str().unwrap())));
+    assert_eq!(ids(&personal), [&ball, &rake], "{personal:#?}");
+    assert_eq!(ids(&similar), [&ball, &rake]);
+    assert_eq!(similar_books, Vec::<Value>::new());
+}
+
+/// At most 20 categories per query: 21 distinct ones are a JSON 400 on every route; 20, or
+/// 21 values naming 20 categories, are answered.
+#[actix_web::test]
+async fn more_than_20_categories_are_rejected() {
+    let app = spawn_app().await;
+    let shopper = Shopper::new(&app).await;
+    let item = product(&app, "Item", "1.00", Some("c0")).await;
+    // The similar route knows the product once the catalog has it.
+    settled(&app, "/recommendations", None, &[(&item, 0.0)]).await;
+    let query = |n: usize| {
+        (0..n)
+            .map(|i| format!("category=c{i}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    for path in [
+        "/recommendations".to_string(),
+        shopper.path(),
+        format!("/recommendations/products/{item}/similar"),
+    ] {
+        let too_many =
+            recommend(&app, &format!("{path}?{}", query(21)), Some(&shopper.token)).await;
+        too_many.assert_error(400, "invalid_request");
+        assert!(too_many.text.contains("20"), "{}", too_many.text);
+        let twenty = recommend(&app, &format!("{path}?{}", query(20)), Some(&shopper.token)).await;
+        assert_eq!(twenty.status, StatusCode::OK, "{path}: {}", twenty.text);
+        let repeated = recommend(
+            &app,
+            &format!("{path}?{}&category=c0", query(20)),
+            Some(&shopper.token),
+        )
+        .await;
+        assert_eq!(repeated.status, StatusCode::OK, "{path}: {}", repeated.text);
+    }
+}
+
 /// A `category` longer than 100 characters is a JSON 400.
 #[actix_web::test]
 async fn category_longer_than_100_characters_is_rejected() {
