@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::error::RecommendationsError;
 use super::micro::MicroCache;
-use super::query::{CacheResult, Item, Query, Recommend, RecommendationsActor};
+use super::query::{CacheResult, Exclude, Item, Query, Recommend, RecommendationsActor};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::QueryParams;
@@ -38,6 +38,30 @@ struct Params {
     #[param(style = Form, explode, max_items = 20)]
     category: Option<Vec<String>>,
 }
+
+/// `?limit=&category=&exclude=` of the personal ranking, as documented. Schema only.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PersonalParams {
+    /// How many products at most, 1 to 100.
+    #[param(minimum = 1, maximum = 100, default = 10)]
+    limit: Option<i64>,
+    /// As for the global ranking.
+    #[param(style = Form, explode, max_items = 20)]
+    category: Option<Vec<String>>,
+    /// Which of the user's own products to leave out: `purchased` (the default), `interacted`
+    /// (everything the user viewed, carted or bought) or `none`.
+    #[param(value_type = Option<ExcludeValue>, inline)]
+    exclude: Option<String>,
+}
+
+string_enum_schema!(
+    /// The `exclude` values, from [`Exclude::as_str`].
+    ExcludeValue,
+    Exclude::ALL.map(Exclude::as_str),
+    Some(Exclude::Purchased.as_str())
+);
 
 /// The `limit` and `category` of a request.
 fn limit_and_categories(params: &QueryParams) -> Result<(i64, Vec<String>), ApiError> {
@@ -105,11 +129,12 @@ async fn global(
     path = "/recommendations/users/{user_id}",
     tag = "recommendations",
     params(("user_id" = Uuid, Path, description = "The user's id (not checked: an unknown \
-        user, like one without activity, gets the global ranking)"), Params),
+        user, like one without activity, gets the global ranking)"), PersonalParams),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "At most `limit` products the user has not purchased, \
-            best first: popularity boosted by the user's share of activity in each category",
+        (status = 200, description = "At most `limit` products, without those of the user's \
+            own that `exclude` names (purchased ones by default), best first: popularity \
+            boosted by the user's share of activity in each category",
             body = Vec<Item>,
             headers(("X-Cache" = inline(XCache), description = "`hit`: answered from the cache; `miss`: computed from Postgres"))),
     )
@@ -124,9 +149,18 @@ async fn for_user(
     let user_id = user_id.into_inner();
     caller.require_self_or_admin(user_id)?;
     let (limit, categories) = limit_and_categories(&params)?;
+    let exclude = params
+        .one::<String>("exclude")?
+        .map(|value| {
+            value.parse::<Exclude>().map_err(|()| {
+                ApiError::invalid("exclude must be one of purchased, interacted, none")
+            })
+        })
+        .transpose()?;
     let query = Query::ForUser {
         user_id,
         categories,
+        exclude: exclude.unwrap_or_default(),
     };
     answer(&actor, &micro, query, limit).await
 }

@@ -46,6 +46,40 @@ pub struct Item {
     pub score: f64,
 }
 
+/// Which of the user's own products the personal ranking leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Exclude {
+    /// What the user bought (the default).
+    #[default]
+    Purchased,
+    /// Everything the user viewed, carted or bought.
+    Interacted,
+    /// Nothing.
+    Nothing,
+}
+
+impl Exclude {
+    /// Every choice, in the order the API documents them.
+    pub const ALL: [Exclude; 3] = [Exclude::Purchased, Exclude::Interacted, Exclude::Nothing];
+
+    /// The `exclude` value naming it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exclude::Purchased => "purchased",
+            Exclude::Interacted => "interacted",
+            Exclude::Nothing => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Exclude {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Exclude::ALL.into_iter().find(|e| e.as_str() == s).ok_or(())
+    }
+}
+
 /// What to recommend. `categories` (sorted, without duplicates; see
 /// [`crate::validate::categories`]) keeps only products of those categories; empty keeps all.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +90,7 @@ pub enum Query {
     ForUser {
         user_id: Uuid,
         categories: Vec<String>,
+        exclude: Exclude,
     },
     /// Products bought or carted together with this one.
     Similar {
@@ -75,7 +110,12 @@ impl Query {
             Query::ForUser {
                 user_id,
                 categories,
-            } => format!("user:{user_id}:{limit}:{}", json(categories)),
+                exclude,
+            } => format!(
+                "user:{user_id}:{limit}:{}:{}",
+                exclude.as_str(),
+                json(categories)
+            ),
             Query::Similar {
                 product_id,
                 categories,
@@ -247,7 +287,12 @@ async fn query(
         Query::ForUser {
             user_id,
             categories,
-        } => match store::for_user(&mut conn, *user_id, categories, weights, msg.limit).await? {
+            exclude,
+        } => match store::for_user(
+            &mut conn, *user_id, categories, *exclude, weights, msg.limit,
+        )
+        .await?
+        {
             Some(rows) => Ok(decayed(rows)),
             None => Ok(decayed(store::top(&mut conn, categories, msg.limit).await?)),
         },

@@ -13,6 +13,7 @@ use recsys_schema::tables::{rec_scores, rec_state};
 use uuid::Uuid;
 
 use super::fold::{CatalogChange, Fold};
+use super::query::Exclude;
 use super::score::Weights;
 
 /// The ranking state row.
@@ -208,14 +209,15 @@ struct Flag {
     flag: bool,
 }
 
-/// Personal ranking: the global order with purchased products removed and each product's
-/// accumulator multiplied by (1 + the user's weighted activity share in its category).
-/// Only products of `categories` unless it is empty. `None` when the user has no history
-/// (callers fall back to the global ranking).
+/// Personal ranking: the global order without the user's products that `exclude` names
+/// (purchased ones by default) and each product's accumulator multiplied by (1 + the user's
+/// weighted activity share in its category). Only products of `categories` unless it is
+/// empty. `None` when the user has no history (callers fall back to the global ranking).
 pub async fn for_user(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     categories: &[String],
+    exclude: Exclude,
     weights: &Weights,
     limit: i64,
 ) -> diesel::QueryResult<Option<Vec<Ranked>>> {
@@ -230,7 +232,7 @@ pub async fn for_user(
     }
     crate::db::prepared(
         "WITH mine AS ( \
-            SELECT p.product_id, c.category, p.purchases, \
+            SELECT p.product_id, c.category, p.purchases, p.views, p.cart_adds, \
                    GREATEST(p.views * $2 + p.cart_adds * $3 + p.cart_removes * $4 + p.purchases * $5, 0) AS w \
             FROM rec_user_products p LEFT JOIN rec_catalog c ON c.product_id = p.product_id \
             WHERE p.user_id = $1), \
@@ -243,7 +245,11 @@ pub async fn for_user(
          LEFT JOIN rec_scores s ON s.product_id = c.product_id \
          LEFT JOIN shares sh ON sh.category = c.category \
          WHERE NOT c.deleted AND c.name IS NOT NULL \
-           AND c.product_id NOT IN (SELECT product_id FROM mine WHERE purchases > 0) \
+           AND c.product_id NOT IN ( \
+               SELECT product_id FROM mine \
+               WHERE CASE $8 WHEN 'purchased' THEN purchases > 0 \
+                             WHEN 'interacted' THEN purchases > 0 OR views > 0 OR cart_adds > 0 \
+                             ELSE false END) \
            AND (cardinality($7::text[]) = 0 OR c.category = ANY($7::text[])) \
          ORDER BY (s.acc IS NULL), weight DESC, \
                   CASE WHEN s.acc IS NULL THEN COALESCE(sh.share, 0) END DESC, \
@@ -257,6 +263,7 @@ pub async fn for_user(
     .bind::<Double, _>(weights.purchase)
     .bind::<BigInt, _>(limit)
     .bind::<Array<Text>, _>(categories)
+    .bind::<Text, _>(exclude.as_str())
     .load(conn)
     .await
     .map(Some)

@@ -359,6 +359,58 @@ async fn category_filter_returns_only_that_category() {
     assert_eq!(ids(&empty), [&ball, &atlas, &novel, &plain]);
 }
 
+/// `exclude` chooses what the personal ranking leaves out of the user's own products:
+/// `purchased` (the default, the same answer as without it), `interacted` (also what the user
+/// viewed or carted), `none`; any other value is a JSON 400.
+#[actix_web::test]
+async fn exclude_chooses_which_of_the_users_products_are_left_out() {
+    let app = spawn_app().await;
+    let (shopper, other) = (Shopper::new(&app).await, Shopper::new(&app).await);
+    let bought = product(&app, "Bought", "10.00", None).await;
+    let carted = product(&app, "Carted", "10.00", None).await;
+    let seen = product(&app, "Seen", "10.00", None).await;
+    let removed = product(&app, "Removed", "10.00", None).await;
+    let fresh = product(&app, "Fresh", "10.00", None).await;
+    shopper.does(&app, "purchase", &bought, 1).await;
+    shopper.does(&app, "cart_add", &carted, 1).await;
+    shopper.does(&app, "view", &seen, 1).await;
+    other.does(&app, "purchase", &fresh, 2).await;
+    other.does(&app, "cart_add", &removed, 1).await;
+    other.does(&app, "cart_add", &removed, 1).await;
+    settled(
+        &app,
+        "/recommendations",
+        None,
+        &[
+            (&fresh, 20.0),
+            (&bought, 10.0),
+            (&removed, 6.0),
+            (&carted, 3.0),
+            (&seen, 1.0),
+        ],
+    )
+    .await;
+    let ask = |exclude: &str| {
+        let path = format!("{}{exclude}", shopper.path());
+        let app = &app;
+        let token = shopper.token.clone();
+        async move { recommend(app, &path, Some(&token)).await }
+    };
+
+    let default = ask("").await;
+    let purchased = ask("?exclude=purchased").await;
+    let interacted = items(&ask("?exclude=interacted").await);
+    let none = items(&ask("?exclude=none").await);
+
+    assert_eq!(ids(&items(&default)), [&fresh, &removed, &carted, &seen]);
+    assert_eq!(purchased.text, default.text);
+    assert_eq!(ids(&interacted), [&fresh, &removed]);
+    assert_eq!(ids(&none), [&fresh, &bought, &removed, &carted, &seen]);
+    for bad in ["?exclude=viewed", "?exclude=", "?exclude=none&exclude=none"] {
+        ask(bad).await.assert_error(400, "invalid_request");
+    }
+}
+
 /// A repeated `category` keeps the products of any of them, on every route: the global, the
 /// personal and the similar ranking (each in its own order); the same set in another order
 /// or with a duplicate is the same answer; an unknown category among them matches nothing.
