@@ -159,9 +159,21 @@ redis_up() {
   have redis-cli && [[ $(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]
 }
 
+# A cache, not a store: bounded memory, the least recently used keys evicted first.
+REDIS_MAXMEMORY=256mb
+REDIS_POLICY=allkeys-lru
+
+# redis_bound — applies the memory bound to the running server (also to one an earlier run
+# started without it).
+redis_bound() {
+  redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" config set maxmemory "$REDIS_MAXMEMORY" >/dev/null &&
+    redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" config set maxmemory-policy "$REDIS_POLICY" >/dev/null
+}
+
 ensure_redis() {
   if redis_up; then
-    info "redis: up on $REDIS_HOST:$REDIS_PORT"
+    redis_bound || die "redis: could not set maxmemory"
+    info "redis: up on $REDIS_HOST:$REDIS_PORT (maxmemory $REDIS_MAXMEMORY, $REDIS_POLICY)"
     return 0
   fi
   if ! have redis-server || ! have redis-cli; then
@@ -170,10 +182,11 @@ ensure_redis() {
   info "redis: starting"
   as_root mkdir -p /var/lib/redis /var/log/redis
   as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" \
-    --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log </dev/null 9>&-
+    --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log \
+    --maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy "$REDIS_POLICY" </dev/null 9>&-
   wait_until "$SERVICE_TIMEOUT" "redis" redis_up ||
     die "redis is not answering on $REDIS_HOST:$REDIS_PORT (see /var/log/redis/ci.log)"
-  info "redis: up on $REDIS_HOST:$REDIS_PORT"
+  info "redis: up on $REDIS_HOST:$REDIS_PORT (maxmemory $REDIS_MAXMEMORY, $REDIS_POLICY)"
 }
 
 # ------------------------------------------------------------- kafka jars ---

@@ -38,7 +38,8 @@ const WARN_INTERVAL: Duration = Duration::from_secs(1);
 /// Sets `KEYS[1]` to `ARGV[1]` only when that is greater than the current value or the key is
 /// missing (a current value that is not a decimal number counts as missing). Answers 1 when it
 /// wrote, 0 otherwise. Numbers are compared as decimal strings, so every `u64` compares exactly
-/// (Lua numbers are doubles). The key gets no expiry.
+/// (Lua numbers are doubles). Either way the key expires `ARGV[2]` milliseconds from now: a key
+/// raised again and again lives on, a forgotten one goes.
 const RAISE_SCRIPT: &str = r"
 local new = ARGV[1]
 local cur = redis.call('GET', KEYS[1])
@@ -47,10 +48,11 @@ if cur and string.match(cur, '^%d+$') then
   if cur == '' then cur = '0' end
   if string.len(cur) > string.len(new)
     or (string.len(cur) == string.len(new) and cur >= new) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return 0
   end
 end
-redis.call('SET', KEYS[1], new)
+redis.call('SET', KEYS[1], new, 'PX', ARGV[2])
 return 1
 ";
 
@@ -83,7 +85,8 @@ pub struct CacheSet {
 ///
 /// Answers `true` when this call wrote `value`; `false` when the stored number was already
 /// greater than or equal to `value` (nothing changed), and also on any Redis failure or timeout.
-/// To learn the current number, read it with [`CacheGet`]. The key never expires.
+/// To learn the current number, read it with [`CacheGet`]. Written or not, the key expires
+/// `ttl` from now: raised regularly, it never does.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "bool")]
 pub struct CacheRaise {
@@ -91,6 +94,8 @@ pub struct CacheRaise {
     pub key: String,
     /// The number to raise it to.
     pub value: u64,
+    /// How long the key lives after this call.
+    pub ttl: Duration,
 }
 
 /// The cache actor. Start it under a supervisor; it keeps no state beyond its connection pool.
@@ -342,9 +347,13 @@ impl Handler<CacheRaise> for CacheActor {
         Box::pin(async move {
             shared
                 .run("raise", |mut conn| async move {
+                    let ttl_ms = u64::try_from(msg.ttl.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
                     RAISE
                         .key(&msg.key)
                         .arg(msg.value)
+                        .arg(ttl_ms)
                         .invoke_async::<i64>(&mut *conn)
                         .await
                 })

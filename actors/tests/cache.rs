@@ -71,6 +71,29 @@ fn failures(operation: &str) -> u64 {
         .sum()
 }
 
+/// The milliseconds `key` has left to live (`-1`: no expiry, `-2`: no key).
+async fn pttl(key: &str) -> i64 {
+    let client = redis::Client::open(format!("redis://{}/", redis_address())).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Sets `key` to expire in `ms` milliseconds.
+async fn redis_expire(key: &str, ms: u64) {
+    let client = redis::Client::open(format!("redis://{}/", redis_address())).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("PEXPIRE")
+        .arg(key)
+        .arg(ms)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
 /// Removes the keys a test left behind without expiry.
 async fn delete(keys: &[&str]) {
     let client = redis::Client::open(format!("redis://{}/", redis_address())).unwrap();
@@ -142,7 +165,7 @@ async fn a_value_expires_after_its_ttl() {
 }
 
 /// `CacheRaise` writes a missing key and any greater number, never a smaller one, and answers
-/// whether it wrote.
+/// whether it wrote; written or not, the key expires its `ttl` after the call.
 #[actix_rt::test]
 async fn raise_never_goes_backwards() {
     let cache = start(&redis_address());
@@ -151,6 +174,7 @@ async fn raise_never_goes_backwards() {
         cache.send(CacheRaise {
             key: key.clone(),
             value,
+            ttl: Duration::from_secs(60),
         })
     };
     let get = || cache.send(CacheGet { key: key.clone() });
@@ -161,7 +185,15 @@ async fn raise_never_goes_backwards() {
     assert!(!raise(3).await.unwrap(), "a smaller number is refused");
     assert_eq!(get().await.unwrap().as_deref(), Some("5"));
 
+    assert!((1..=60_000).contains(&pttl(&key).await), "the key expires");
+    delete(&[&key]).await;
+    assert!(raise(5).await.unwrap());
+    redis_expire(&key, 1_000).await;
     assert!(!raise(5).await.unwrap(), "the same number is refused");
+    assert!(
+        pttl(&key).await > 1_000,
+        "a refused raise still renews the expiry"
+    );
     assert!(raise(7).await.unwrap(), "a greater number is raised");
     assert_eq!(get().await.unwrap().as_deref(), Some("7"));
 

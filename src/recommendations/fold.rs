@@ -44,6 +44,11 @@ pub struct Fold {
 }
 
 impl Fold {
+    /// Whether the batch changes nothing a query reads.
+    pub fn is_empty(&self) -> bool {
+        self.scores.is_empty() && self.user_products.is_empty() && self.catalog.is_empty()
+    }
+
     /// Folds one event.
     pub fn add(&mut self, fact: &Fact, decay: &Decay, weights: &Weights) {
         match &fact.what {

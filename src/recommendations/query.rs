@@ -191,6 +191,16 @@ impl RecommendationsActor {
     }
 }
 
+/// The Redis key of an answer: the generation it was computed at, and a digest of the query
+/// (`query` may name 20 categories of 100 characters; the digest keeps every key within 57
+/// bytes plus the prefix, whatever a client asks).
+fn answer_key(prefix: &str, generation: u64, query: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(query.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}rec:{generation}:{hex}")
+}
+
 /// The Redis key holding the current ranking generation under `prefix`.
 pub fn generation_key(prefix: &str) -> String {
     format!("{prefix}rec:generation")
@@ -226,7 +236,7 @@ impl Handler<Recommend> for RecommendationsActor {
                 .ok()
                 .flatten()
                 .and_then(|g| g.parse::<u64>().ok());
-            let key = generation.map(|g| format!("{prefix}rec:{g}:{}", msg.query.key(msg.limit)));
+            let key = generation.map(|g| answer_key(&prefix, g, &msg.query.key(msg.limit)));
             if let Some(key) = &key {
                 if let Ok(Some(json)) = cache.send(CacheGet { key: key.clone() }).await {
                     CACHE_REQUESTS.with_label_values(&["hit"]).inc();

@@ -21,6 +21,10 @@ use super::store;
 use crate::consumption::{self, Fact};
 use crate::db::Pool;
 
+/// How long the published generation lives in Redis unless published again: it is every 2 s
+/// while this actor runs, so only the key of a deployment that stopped expires.
+const GENERATION_TTL: Duration = Duration::from_secs(3600);
+
 /// `ranking_flush_duration_seconds`: one batch written.
 pub static FLUSH_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
@@ -90,6 +94,7 @@ impl RankingActor {
                     .send(CacheRaise {
                         key,
                         value: state.generation as u64,
+                        ttl: GENERATION_TTL,
                     })
                     .await
                     .ok()
@@ -139,36 +144,46 @@ impl Handler<ApplyBatch<Fact>> for RankingActor {
             let batch = msg.0;
             let mut conn = pool.get().await?;
             let (applied, generation) = conn
-                .transaction(async move |conn| -> anyhow::Result<(Vec<bool>, i64)> {
-                    let applied = consumption::claim(conn, &group, &batch).await?;
-                    let state = store::state_for_update(conn).await?;
-                    let now = Utc::now();
-                    let mut decay = Decay {
-                        half_life,
-                        t0: state.t0,
-                    };
-                    if let Some(factor) = decay.rebase_factor(now) {
-                        store::rebase(conn, factor, now).await?;
-                        decay.t0 = now;
-                    }
-                    let mut fold = Fold::default();
-                    for (record, applied) in batch.records.iter().zip(&applied) {
-                        if *applied {
-                            fold.add(&record.item, &decay, &weights);
+                .transaction(
+                    async move |conn| -> anyhow::Result<(Vec<bool>, Option<i64>)> {
+                        let applied = consumption::claim(conn, &group, &batch).await?;
+                        let state = store::state_for_update(conn).await?;
+                        let now = Utc::now();
+                        let mut decay = Decay {
+                            half_life,
+                            t0: state.t0,
+                        };
+                        if let Some(factor) = decay.rebase_factor(now) {
+                            store::rebase(conn, factor, now).await?;
+                            decay.t0 = now;
                         }
-                    }
-                    store::apply(conn, &fold).await?;
-                    let generation = store::bump_generation(conn).await?;
-                    Ok((applied, generation))
-                })
+                        let mut fold = Fold::default();
+                        for (record, applied) in batch.records.iter().zip(&applied) {
+                            if *applied {
+                                fold.add(&record.item, &decay, &weights);
+                            }
+                        }
+                        // A batch that changes nothing a query reads (duplicates, registrations,
+                        // profile updates) keeps the generation, and so every cached answer.
+                        if fold.is_empty() {
+                            return Ok((applied, None));
+                        }
+                        store::apply(conn, &fold).await?;
+                        let generation = store::bump_generation(conn).await?;
+                        Ok((applied, Some(generation)))
+                    },
+                )
                 .await?;
             FLUSH_DURATION.observe(started.elapsed().as_secs_f64());
             BATCH_SIZE.observe(applied.len() as f64);
             debug!(logger, "ranking batch flushed"; "records" => applied.len(), "generation" => generation);
-            cache.do_send(CacheRaise {
-                key,
-                value: generation as u64,
-            });
+            if let Some(generation) = generation {
+                cache.do_send(CacheRaise {
+                    key,
+                    value: generation as u64,
+                    ttl: GENERATION_TTL,
+                });
+            }
             Ok(applied)
         })
     }

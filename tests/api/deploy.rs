@@ -263,3 +263,34 @@ fn compose_runs_the_kafka_version_of_the_local_stack() {
     let expected = format!("apache/kafka:{version}");
     assert_eq!(images, [expected.as_str(); 3]);
 }
+
+/// Redis is a bounded cache in both the deployment and the local stack: the same `maxmemory`
+/// and eviction policy, and nothing written to disk in the deployment.
+#[test]
+fn redis_is_a_bounded_cache_in_compose_and_the_stack() {
+    let compose = resolved();
+    let command: Vec<&str> = compose["services"]["redis"]["command"]
+        .as_sequence()
+        .expect("redis has a command")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let value_of = |flag: &str| {
+        let at = command.iter().position(|w| *w == flag);
+        at.and_then(|i| command.get(i + 1)).copied()
+    };
+    let stack = std::fs::read_to_string(root().join("scripts/stack.sh")).unwrap();
+    let stack_value = |name: &str| {
+        stack
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        value_of("--maxmemory"),
+        stack_value("REDIS_MAXMEMORY").as_deref()
+    );
+    assert_eq!(value_of("--maxmemory-policy"), Some("allkeys-lru"));
+    assert_eq!(stack_value("REDIS_POLICY").as_deref(), Some("allkeys-lru"));
+    assert_eq!(value_of("--appendonly"), Some("no"));
+}

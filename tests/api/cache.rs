@@ -1,0 +1,195 @@
+//! The Redis cache stays bounded: every key recsys writes expires (the ranking generation too,
+//! renewed while the ranking runs), a query's text never reaches a key whole, and a batch that
+//! changes nothing a query reads keeps the generation, so cached answers stay valid.
+
+use std::time::Duration;
+
+use recsys::config::Service;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// A connection to the stack's Redis (the one the test runtimes use).
+async fn redis(app: &TestApp) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{}/", app.settings.redis_address))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Every key under the app's own prefix, with its remaining life in milliseconds (`-1`: none).
+async fn keys_and_ttls(app: &TestApp) -> Vec<(String, i64)> {
+    let mut conn = redis(app).await;
+    let pattern = format!("{}*", app.settings.redis_key_prefix);
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = Vec::new();
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.push((key, ttl));
+    }
+    out
+}
+
+/// The ranking generation stored in Postgres.
+async fn generation(app: &TestApp) -> i64 {
+    TestDb(app.database_url.clone())
+        .number("SELECT generation FROM rec_state")
+        .await
+}
+
+/// Records the recommendations group has applied from `user-updates` (its stored positions).
+async fn applied_user_updates(app: &TestApp) -> i64 {
+    let topic = app.topic(recsys_schema::topics::USER_UPDATES);
+    TestDb(app.database_url.clone())
+        .number(&format!(
+            "SELECT sum(next_offset) FROM consumer_offsets \
+             WHERE consumer_group = '{}recommendations' AND topic = '{topic}'",
+            app.prefix
+        ))
+        .await
+}
+
+/// After a workload touching every kind of recommendation query (global, categories, a long
+/// category list, personal with each `exclude`, similar), every key the runtime left in Redis
+/// has an expiry, and no key holds a query's text.
+#[actix_web::test]
+async fn every_key_recsys_writes_expires() {
+    let app = TestApp::builder()
+        .with(|settings| settings.recommendation_local_ttl_ms = 0)
+        .spawn()
+        .await;
+    let (user, token, _) = app.new_user().await;
+    let product = app
+        .create_product("Kept", json!("5.00"), Some("keys"))
+        .await;
+    let product = product["id"].as_str().unwrap().to_string();
+    app.post_activity(user, &token, &product, "purchase", 1)
+        .await;
+    let long: Vec<String> = (0..20)
+        .map(|i| format!("category={}{i}", "x".repeat(98)))
+        .collect();
+    let paths = [
+        "/recommendations".to_string(),
+        "/recommendations?category=keys".to_string(),
+        format!("/recommendations?{}", long.join("&")),
+        format!("/recommendations/users/{user}"),
+        format!("/recommendations/users/{user}?exclude=interacted"),
+        format!("/recommendations/users/{user}?exclude=none&category=keys"),
+        format!("/recommendations/products/{product}/similar"),
+    ];
+    eventually(
+        Duration::from_secs(30),
+        "every query answered from the cache",
+        || async {
+            let mut hits = 0;
+            for path in &paths {
+                let reply = app.get(Service::Recommendations, path, Some(&token)).await;
+                if reply.headers.get("x-cache").is_some_and(|v| v == "hit") {
+                    hits += 1;
+                }
+            }
+            (hits == paths.len()).then_some(())
+        },
+    )
+    .await;
+
+    let keys = keys_and_ttls(&app).await;
+
+    // The generation and one answer per query at least.
+    assert!(keys.len() > paths.len(), "{keys:?}");
+    for (key, ttl) in &keys {
+        assert!(*ttl > 0, "{key} does not expire (PTTL {ttl})");
+        assert!(
+            key.len() <= app.settings.redis_key_prefix.len() + 57,
+            "{key} is longer than a digest"
+        );
+        assert!(!key.contains("keys") && !key.contains("xxxx"), "{key}");
+    }
+}
+
+/// A batch of registrations and profile updates changes nothing a query reads: once the
+/// recommendations group has applied it, the generation is the same and the cached answer is
+/// still served from Redis. An action then moves the generation on.
+#[actix_web::test]
+async fn a_batch_that_changes_nothing_keeps_the_generation() {
+    let app = TestApp::builder()
+        .with(|settings| settings.recommendation_local_ttl_ms = 0)
+        .spawn()
+        .await;
+    let (user, token, _) = app.new_user().await;
+    let product = app.create_product("Steady", json!("5.00"), None).await;
+    let product = product["id"].as_str().unwrap().to_string();
+    app.post_activity(user, &token, &product, "view", 1).await;
+    eventually(Duration::from_secs(30), "a cached answer", || async {
+        let reply = app
+            .get(Service::Recommendations, "/recommendations", None)
+            .await;
+        let scored = reply.body[0]["score"].as_f64().is_some_and(|s| s > 0.0);
+        (scored && reply.headers["x-cache"] == "hit").then_some(())
+    })
+    .await;
+    let (before, applied) = (generation(&app).await, applied_user_updates(&app).await);
+
+    for i in 0..5 {
+        app.register(
+            "Quiet",
+            &format!("quiet-{i}-{}@example.com", Uuid::new_v4().simple()),
+            "quiet-password",
+        )
+        .await;
+    }
+    app.request(
+        reqwest::Method::PATCH,
+        Service::Users,
+        &format!("/users/{user}"),
+        Some(json!({"name": "Renamed"})),
+        Some(&token),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the recommendations group to apply the six events",
+        || async { (applied_user_updates(&app).await >= applied + 6).then_some(()) },
+    )
+    .await;
+
+    assert_eq!(generation(&app).await, before);
+    let again = app
+        .get(Service::Recommendations, "/recommendations", None)
+        .await;
+    assert_eq!(again.headers["x-cache"], "hit", "{}", again.text);
+
+    app.post_activity(user, &token, &product, "view", 1).await;
+    eventually(Duration::from_secs(30), "a new generation", || async {
+        (generation(&app).await > before).then_some(())
+    })
+    .await;
+    let fresh: Value = app
+        .get(Service::Recommendations, "/recommendations", None)
+        .await
+        .body;
+    assert!(fresh[0]["score"].as_f64().unwrap() > 1.5, "{fresh}");
+}
