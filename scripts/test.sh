@@ -10,7 +10,8 @@
 # failed):
 #   1. scripts/stack.sh up (also installs and starts Prometheus), then the
 #      tools the deployment tests call: docker-compose (Debian package; it only
-#      validates the compose file, no Docker engine is needed) and promtool
+#      validates the compose file, no Docker engine is needed), promtool and Chromium (the
+#      browser test's real CORS preflight)
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #   4. drop leftover recsys_test_% databases (not those in use right now), then
@@ -72,10 +73,12 @@ start_stack() {
   bash "$STACK" status || true
 }
 
-# The deployment and dashboard tests run these programs; install them if missing.
+# The deployment, dashboard and browser tests run these programs; install them if missing
+# (the browser test drives headless Chromium through a real CORS preflight).
 ensure_test_tools() {
   have docker-compose || apt_install docker-compose
   { have prometheus && have promtool; } || apt_install prometheus
+  have chromium || apt_install chromium
 }
 
 stop_stack_in_ci() {

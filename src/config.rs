@@ -205,6 +205,11 @@ pub struct Settings {
     #[arg(long, env = "RANKING_HALF_LIFE", default_value = "24h")]
     pub ranking_half_life: String,
 
+    /// Half-life of the trending score (`GET /recommendations?sort=trending`), in the same
+    /// format; read by the recommendations service.
+    #[arg(long, env = "RANKING_TRENDING_HALF_LIFE", default_value = "1h")]
+    pub ranking_trending_half_life: String,
+
     /// Prefix of every Redis key (tests use it to isolate themselves).
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "recsys:")]
     pub redis_key_prefix: String,

@@ -138,6 +138,8 @@ diesel::table! {
     rec_scores (product_id) {
         product_id -> Uuid,
         acc -> Float8,
+        /// The trending accumulator: like `acc`, with the trending half-life and `trend_t0`.
+        trend -> Float8,
     }
 }
 
@@ -161,6 +163,8 @@ diesel::table! {
         id -> Int4,
         t0 -> Timestamptz,
         generation -> Int8,
+        /// The base time of the trending accumulators.
+        trend_t0 -> Timestamptz,
     }
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use recsys_schema::events::ProductSnapshot;
 use uuid::Uuid;
 
-use super::score::{Decay, Weights};
+use super::score::{Decays, Weights};
 use crate::consumption::{Fact, ProductChange, What};
 
 /// A catalog change, the newest version per product in a batch.
@@ -32,11 +32,20 @@ impl CatalogChange {
     }
 }
 
+/// What a batch adds to one product's two accumulators.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ScoreDelta {
+    /// To `acc` (popularity half-life, base time `t0`).
+    pub popular: f64,
+    /// To `trend` (trending half-life, base time `trend_t0`).
+    pub trending: f64,
+}
+
 /// One batch folded in memory: what to add and upsert.
 #[derive(Debug, Default)]
 pub struct Fold {
-    /// Accumulator delta per product.
-    pub scores: HashMap<Uuid, f64>,
+    /// Accumulator deltas per product.
+    pub scores: HashMap<Uuid, ScoreDelta>,
     /// (user, product) → [views, cart_adds, cart_removes, purchases] deltas (quantities).
     pub user_products: HashMap<(Uuid, Uuid), [i64; 4]>,
     /// The newest change per product.
@@ -49,12 +58,19 @@ impl Fold {
         self.scores.is_empty() && self.user_products.is_empty() && self.catalog.is_empty()
     }
 
-    /// Folds one event.
-    pub fn add(&mut self, fact: &Fact, decay: &Decay, weights: &Weights) {
+    /// Folds one event: `decays` are the popularity and the trending decay.
+    pub fn add(&mut self, fact: &Fact, decays: &Decays, weights: &Weights) {
         match &fact.what {
             What::Activity(a) => {
-                *self.scores.entry(a.product_id).or_default() +=
-                    decay.contribution(weights.of(a.action), a.quantity, fact.occurred_at);
+                let weight = weights.of(a.action);
+                let delta = self.scores.entry(a.product_id).or_default();
+                delta.popular += decays
+                    .popular
+                    .contribution(weight, a.quantity, fact.occurred_at);
+                delta.trending +=
+                    decays
+                        .trending
+                        .contribution(weight, a.quantity, fact.occurred_at);
                 let counters = self
                     .user_products
                     .entry((a.user_id, a.product_id))
@@ -127,6 +143,7 @@ fn snapshot_of(change: &ProductChange) -> ProductSnapshot {
 mod tests {
     use super::*;
     use crate::recommendations::score::tests::decay;
+    use crate::recommendations::score::Decay;
     use bigdecimal::BigDecimal;
     use recsys_schema::events::{
         Action, Envelope, Event, ProductDeleted, UserActivity, UserRegistered,
@@ -182,12 +199,21 @@ mod tests {
                 0,
             ),
         ];
+        let decays = Decays {
+            popular: decay(),
+            trending: Decay {
+                half_life: std::time::Duration::from_secs(1800),
+                ..decay()
+            },
+        };
         let mut fold = Fold::default();
         for e in &events {
-            fold.add(e, &decay(), &Weights::default());
+            fold.add(e, &decays, &Weights::default());
         }
-        assert_eq!(fold.scores[&p1], 1.0 + 10.0 * 2.0 * 2.0);
-        assert_eq!(fold.scores[&p2], 0.0);
+        // The purchase an hour after t0: one popularity half-life, two trending ones.
+        assert_eq!(fold.scores[&p1].popular, 1.0 + 10.0 * 2.0 * 2.0);
+        assert_eq!(fold.scores[&p1].trending, 1.0 + 10.0 * 2.0 * 4.0);
+        assert_eq!(fold.scores[&p2], ScoreDelta::default());
         assert_eq!(fold.user_products[&(user, p1)], [1, 0, 0, 2]);
         assert_eq!(fold.user_products[&(user, p2)], [0, 1, 1, 0]);
         match &fold.catalog[&p1] {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::error::RecommendationsError;
 use super::micro::MicroCache;
-use super::query::{CacheResult, Exclude, Item, Query, Recommend, RecommendationsActor};
+use super::query::{CacheResult, Exclude, Item, Query, Recommend, RecommendationsActor, Sort};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::QueryParams;
@@ -38,6 +38,30 @@ struct Params {
     #[param(style = Form, explode, max_items = 20)]
     category: Option<Vec<String>>,
 }
+
+/// `?limit=&category=&sort=` of the global ranking, as documented. Schema only.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct GlobalParams {
+    /// How many products at most, 1 to 100.
+    #[param(minimum = 1, maximum = 100, default = 10)]
+    limit: Option<i64>,
+    /// As for every route: products of any of these categories.
+    #[param(style = Form, explode, max_items = 20)]
+    category: Option<Vec<String>>,
+    /// `popular` (the default: decayed with `RANKING_HALF_LIFE`) or `trending` (decayed with
+    /// `RANKING_TRENDING_HALF_LIFE`, 1 h by default: what is popular now).
+    #[param(value_type = Option<SortValue>, inline)]
+    sort: Option<String>,
+}
+
+string_enum_schema!(
+    /// The `sort` values, from [`Sort::as_str`].
+    SortValue,
+    Sort::ALL.map(Sort::as_str),
+    Some(Sort::Popular.as_str())
+);
 
 /// `?limit=&category=&exclude=` of the personal ranking, as documented. Schema only.
 #[allow(dead_code)]
@@ -106,10 +130,11 @@ async fn answer(
     get,
     path = "/recommendations",
     tag = "recommendations",
-    params(Params),
+    params(GlobalParams),
     responses(
         (status = 200, description = "At most `limit` products, best first: by decayed \
-            popularity, then the products without activity (score 0), newest first",
+            popularity (or, with `sort=trending`, by the trending score), then the products \
+            without activity (score 0), newest first",
             body = Vec<Item>,
             headers(("X-Cache" = inline(XCache), description = "`hit`: answered from the cache; `miss`: computed from Postgres"))),
     )
@@ -120,7 +145,16 @@ async fn global(
     params: QueryParams,
 ) -> Result<HttpResponse, ApiError> {
     let (limit, categories) = limit_and_categories(&params)?;
-    answer(&actor, &micro, Query::Global { categories }, limit).await
+    let sort = params
+        .one::<String>("sort")?
+        .map(|value| {
+            value
+                .parse::<Sort>()
+                .map_err(|()| ApiError::invalid("sort must be popular or trending"))
+        })
+        .transpose()?
+        .unwrap_or_default();
+    answer(&actor, &micro, Query::Global { categories, sort }, limit).await
 }
 
 /// The ranking personalised for a user: the user themself or an admin.

@@ -43,7 +43,7 @@ use crate::openapi::Api;
 use micro::MicroCache;
 use query::RecommendationsActor;
 use ranking::RankingActor;
-use score::{HalfLife, Weights};
+use score::{HalfLife, HalfLives, Weights};
 
 /// The `service` label of the recommendations service's actors and metrics, and its group's
 /// name.
@@ -68,7 +68,8 @@ pub struct Recommendations {
 
 impl Recommendations {
     /// Starts the cache, ranking, query and consumer actors under supervisors. Fails on
-    /// `RANKING_WEIGHTS` or `RANKING_HALF_LIFE` it cannot read, or a bad Redis address.
+    /// `RANKING_WEIGHTS`, `RANKING_HALF_LIFE` or `RANKING_TRENDING_HALF_LIFE` it cannot read,
+    /// or a bad Redis address.
     pub fn start(host: &Host<'_>) -> anyhow::Result<Self> {
         let settings = host.settings;
         let weights: Weights = settings
@@ -76,11 +77,17 @@ impl Recommendations {
             .parse()
             .map_err(anyhow::Error::msg)
             .context("RANKING_WEIGHTS")?;
-        let HalfLife(half_life) = settings
-            .ranking_half_life
-            .parse()
-            .map_err(anyhow::Error::msg)
-            .context("RANKING_HALF_LIFE")?;
+        let half_life = |text: &str, name: &'static str| -> anyhow::Result<Duration> {
+            let HalfLife(half_life) = text.parse().map_err(anyhow::Error::msg).context(name)?;
+            Ok(half_life)
+        };
+        let half_lives = HalfLives {
+            popular: half_life(&settings.ranking_half_life, "RANKING_HALF_LIFE")?,
+            trending: half_life(
+                &settings.ranking_trending_half_life,
+                "RANKING_TRENDING_HALF_LIFE",
+            )?,
+        };
         ranking::init_metrics();
         query::init_metrics();
         let logger = host.logger.new(o!("service" => NAME));
@@ -101,7 +108,7 @@ impl Recommendations {
                 host.pool.clone(),
                 group.clone(),
                 weights,
-                half_life,
+                half_lives,
                 cache.clone(),
                 query::generation_key(&settings.redis_key_prefix),
                 logger.new(o!("actor" => "ranking")),
@@ -116,7 +123,7 @@ impl Recommendations {
                 cache.clone(),
                 settings.redis_key_prefix.clone(),
                 weights,
-                half_life,
+                half_lives,
                 Duration::from_secs(settings.recommendation_cache_ttl_secs.max(1)),
                 logger.new(o!("actor" => "query")),
             ),

@@ -17,7 +17,7 @@ use slog::{warn, Logger};
 use uuid::Uuid;
 
 use super::error::RecommendationsError;
-use super::score::{Decay, Weights};
+use super::score::{HalfLives, Weights};
 use super::store::{self, Ranked};
 use crate::db::Pool;
 
@@ -44,6 +44,37 @@ pub struct Item {
     /// Decayed popularity (global), boosted popularity (personal) or co-occurrence weight
     /// (similar); 0 for products without activity.
     pub score: f64,
+}
+
+/// How the global ranking orders products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    /// By popularity: the accumulator with `RANKING_HALF_LIFE` (the default).
+    #[default]
+    Popular,
+    /// By what is popular now: the accumulator with `RANKING_TRENDING_HALF_LIFE`.
+    Trending,
+}
+
+impl Sort {
+    /// Every order, in the order the API documents them.
+    pub const ALL: [Sort; 2] = [Sort::Popular, Sort::Trending];
+
+    /// The `sort` value naming it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sort::Popular => "popular",
+            Sort::Trending => "trending",
+        }
+    }
+}
+
+impl std::str::FromStr for Sort {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Sort::ALL.into_iter().find(|e| e.as_str() == s).ok_or(())
+    }
 }
 
 /// Which of the user's own products the personal ranking leaves out.
@@ -84,8 +115,8 @@ impl std::str::FromStr for Exclude {
 /// [`crate::validate::categories`]) keeps only products of those categories; empty keeps all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
-    /// The global ranking.
-    Global { categories: Vec<String> },
+    /// The global ranking, by popularity or trending.
+    Global { categories: Vec<String>, sort: Sort },
     /// The ranking personalised for a user.
     ForUser {
         user_id: Uuid,
@@ -106,7 +137,9 @@ impl Query {
             serde_json::to_string(categories).expect("strings serialize")
         };
         match self {
-            Query::Global { categories } => format!("global:{limit}:{}", json(categories)),
+            Query::Global { categories, sort } => {
+                format!("global:{}:{limit}:{}", sort.as_str(), json(categories))
+            }
             Query::ForUser {
                 user_id,
                 categories,
@@ -163,7 +196,7 @@ pub struct RecommendationsActor {
     /// Prefix of every Redis key of this deployment.
     key_prefix: String,
     weights: Weights,
-    half_life: Duration,
+    half_lives: HalfLives,
     ttl: Duration,
     logger: Logger,
 }
@@ -175,7 +208,7 @@ impl RecommendationsActor {
         cache: ObservedAddr<CacheActor>,
         key_prefix: String,
         weights: Weights,
-        half_life: Duration,
+        half_lives: HalfLives,
         ttl: Duration,
         logger: Logger,
     ) -> Self {
@@ -184,7 +217,7 @@ impl RecommendationsActor {
             cache,
             key_prefix,
             weights,
-            half_life,
+            half_lives,
             ttl,
             logger,
         }
@@ -226,7 +259,7 @@ impl Handler<Recommend> for RecommendationsActor {
             self.cache.clone(),
             self.key_prefix.clone(),
         );
-        let (weights, half_life, ttl) = (self.weights, self.half_life, self.ttl);
+        let (weights, half_lives, ttl) = (self.weights, self.half_lives, self.ttl);
         Box::pin(async move {
             let generation = cache
                 .send(CacheGet {
@@ -246,7 +279,7 @@ impl Handler<Recommend> for RecommendationsActor {
                     });
                 }
             }
-            let items = query(&pool, &msg, &weights, half_life).await?;
+            let items = query(&pool, &msg, &weights, half_lives).await?;
             let json = serde_json::to_string(&items)
                 .map_err(|e| RecommendationsError::Encoding(e.into()))?;
             if let Some(key) = key {
@@ -269,14 +302,12 @@ async fn query(
     pool: &Pool,
     msg: &Recommend,
     weights: &Weights,
-    half_life: Duration,
+    half_lives: HalfLives,
 ) -> Result<Vec<Item>, RecommendationsError> {
     let mut conn = pool.get().await?;
     let state = store::state(&mut conn).await?;
-    let decay = Decay {
-        half_life,
-        t0: state.t0,
-    };
+    let decays = half_lives.decays(state.t0, state.trend_t0);
+    let decay = decays.popular;
     let now = Utc::now();
     let items = |rows: Vec<Ranked>, score: &dyn Fn(f64) -> f64| -> Vec<Item> {
         rows.into_iter()
@@ -291,8 +322,18 @@ async fn query(
     };
     let decayed = |rows: Vec<Ranked>| items(rows, &|w| decay.score(w, now));
     match &msg.query {
-        Query::Global { categories } => {
-            Ok(decayed(store::top(&mut conn, categories, msg.limit).await?))
+        Query::Global {
+            categories,
+            sort: Sort::Popular,
+        } => Ok(decayed(
+            store::top(&mut conn, categories, false, msg.limit).await?,
+        )),
+        Query::Global {
+            categories,
+            sort: Sort::Trending,
+        } => {
+            let rows = store::top(&mut conn, categories, true, msg.limit).await?;
+            Ok(items(rows, &|w| decays.trending.score(w, now)))
         }
         Query::ForUser {
             user_id,
@@ -304,7 +345,9 @@ async fn query(
         .await?
         {
             Some(rows) => Ok(decayed(rows)),
-            None => Ok(decayed(store::top(&mut conn, categories, msg.limit).await?)),
+            None => Ok(decayed(
+                store::top(&mut conn, categories, false, msg.limit).await?,
+            )),
         },
         Query::Similar {
             product_id,

@@ -16,7 +16,7 @@ use slog::{debug, info, warn, Logger};
 use std::sync::LazyLock;
 
 use super::fold::Fold;
-use super::score::{Decay, Weights};
+use super::score::{HalfLives, Weights};
 use super::store;
 use crate::consumption::{self, Fact};
 use crate::db::Pool;
@@ -51,7 +51,7 @@ pub struct RankingActor {
     /// Consumer group whose positions and seen sequences this actor keeps.
     group: String,
     weights: Weights,
-    half_life: Duration,
+    half_lives: HalfLives,
     cache: ObservedAddr<CacheActor>,
     /// Redis key of the published generation.
     generation_key: String,
@@ -64,7 +64,7 @@ impl RankingActor {
         pool: Pool,
         group: String,
         weights: Weights,
-        half_life: Duration,
+        half_lives: HalfLives,
         cache: ObservedAddr<CacheActor>,
         generation_key: String,
         logger: Logger,
@@ -73,7 +73,7 @@ impl RankingActor {
             pool,
             group,
             weights,
-            half_life,
+            half_lives,
             cache,
             generation_key,
             logger,
@@ -109,7 +109,7 @@ impl Actor for RankingActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        info!(self.logger, "ranking actor started"; "weights" => self.weights.to_string(), "half_life_s" => self.half_life.as_secs_f64());
+        info!(self.logger, "ranking actor started"; "weights" => self.weights.to_string(), "half_life_s" => self.half_lives.popular.as_secs_f64(), "trending_half_life_s" => self.half_lives.trending.as_secs_f64());
         self.publish_generation(ctx);
         ctx.run_interval(Duration::from_secs(2), |act, ctx| {
             act.publish_generation(ctx)
@@ -128,11 +128,11 @@ impl Handler<ApplyBatch<Fact>> for RankingActor {
     type Result = ResponseFuture<anyhow::Result<Vec<bool>>>;
 
     fn handle(&mut self, msg: ApplyBatch<Fact>, _: &mut Self::Context) -> Self::Result {
-        let (pool, group, weights, half_life) = (
+        let (pool, group, weights, half_lives) = (
             self.pool.clone(),
             self.group.clone(),
             self.weights,
-            self.half_life,
+            self.half_lives,
         );
         let (cache, key, logger) = (
             self.cache.clone(),
@@ -149,18 +149,19 @@ impl Handler<ApplyBatch<Fact>> for RankingActor {
                         let applied = consumption::claim(conn, &group, &batch).await?;
                         let state = store::state_for_update(conn).await?;
                         let now = Utc::now();
-                        let mut decay = Decay {
-                            half_life,
-                            t0: state.t0,
-                        };
-                        if let Some(factor) = decay.rebase_factor(now) {
+                        let mut decays = half_lives.decays(state.t0, state.trend_t0);
+                        if let Some(factor) = decays.popular.rebase_factor(now) {
                             store::rebase(conn, factor, now).await?;
-                            decay.t0 = now;
+                            decays.popular.t0 = now;
+                        }
+                        if let Some(factor) = decays.trending.rebase_factor(now) {
+                            store::rebase_trend(conn, factor, now).await?;
+                            decays.trending.t0 = now;
                         }
                         let mut fold = Fold::default();
                         for (record, applied) in batch.records.iter().zip(&applied) {
                             if *applied {
-                                fold.add(&record.item, &decay, &weights);
+                                fold.add(&record.item, &decays, &weights);
                             }
                         }
                         // A batch that changes nothing a query reads (duplicates, registrations,

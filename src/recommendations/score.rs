@@ -126,6 +126,36 @@ impl fmt::Display for HalfLife {
     }
 }
 
+/// The half-lives of the two rankings (`RANKING_HALF_LIFE`, `RANKING_TRENDING_HALF_LIFE`).
+#[derive(Debug, Clone, Copy)]
+pub struct HalfLives {
+    pub popular: Duration,
+    pub trending: Duration,
+}
+
+impl HalfLives {
+    /// The two decays from their base times.
+    pub fn decays(&self, t0: DateTime<Utc>, trend_t0: DateTime<Utc>) -> Decays {
+        Decays {
+            popular: Decay {
+                half_life: self.popular,
+                t0,
+            },
+            trending: Decay {
+                half_life: self.trending,
+                t0: trend_t0,
+            },
+        }
+    }
+}
+
+/// The two decays a ranking keeps: popularity and trending (a shorter half-life).
+#[derive(Debug, Clone, Copy)]
+pub struct Decays {
+    pub popular: Decay,
+    pub trending: Decay,
+}
+
 /// Forward decay with base time `t0`.
 #[derive(Debug, Clone, Copy)]
 pub struct Decay {

@@ -22,6 +22,8 @@ use super::score::Weights;
 pub struct State {
     pub t0: DateTime<Utc>,
     pub generation: i64,
+    /// The base time of the trending accumulators.
+    pub trend_t0: DateTime<Utc>,
 }
 
 /// Reads and locks the ranking state (serializes flushes across processes).
@@ -41,6 +43,23 @@ pub async fn state(conn: &mut AsyncPgConnection) -> diesel::QueryResult<State> {
         .select(State::as_select())
         .first(conn)
         .await
+}
+
+/// Multiplies every trending accumulator by `factor` and moves `trend_t0` to `t0`.
+pub async fn rebase_trend(
+    conn: &mut AsyncPgConnection,
+    factor: f64,
+    t0: DateTime<Utc>,
+) -> diesel::QueryResult<()> {
+    diesel::update(rec_scores::table)
+        .set(rec_scores::trend.eq(rec_scores::trend * factor))
+        .execute(conn)
+        .await?;
+    diesel::update(rec_state::table.find(1))
+        .set(rec_state::trend_t0.eq(t0))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Multiplies every accumulator by `factor` and moves t0 to `t0`.
@@ -72,14 +91,18 @@ pub async fn bump_generation(conn: &mut AsyncPgConnection) -> diesel::QueryResul
 /// Writes one folded batch: score deltas, user-product counters, catalog changes.
 pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryResult<()> {
     if !fold.scores.is_empty() {
-        let (ids, deltas): (Vec<Uuid>, Vec<f64>) =
-            fold.scores.iter().map(|(k, v)| (*k, *v)).unzip();
+        let ids: Vec<Uuid> = fold.scores.keys().copied().collect();
+        let popular: Vec<f64> = fold.scores.values().map(|d| d.popular).collect();
+        let trending: Vec<f64> = fold.scores.values().map(|d| d.trending).collect();
         crate::db::prepared(
-            "INSERT INTO rec_scores (product_id, acc) SELECT * FROM unnest($1::uuid[], $2::float8[]) \
-             ON CONFLICT (product_id) DO UPDATE SET acc = rec_scores.acc + EXCLUDED.acc",
+            "INSERT INTO rec_scores (product_id, acc, trend) \
+             SELECT * FROM unnest($1::uuid[], $2::float8[], $3::float8[]) \
+             ON CONFLICT (product_id) DO UPDATE SET acc = rec_scores.acc + EXCLUDED.acc, \
+               trend = rec_scores.trend + EXCLUDED.trend",
         )
         .bind::<Array<SqlUuid>, _>(&ids)
-        .bind::<Array<Double>, _>(&deltas)
+        .bind::<Array<Double>, _>(&popular)
+        .bind::<Array<Double>, _>(&trending)
         .execute(conn)
         .await?;
     }
@@ -181,25 +204,37 @@ pub struct Ranked {
 }
 
 /// Live products of the catalog (only of `categories` unless it is empty), scored first by
-/// accumulator, then products without activity, newest first; ties by id.
+/// accumulator (the popularity one, or with `trending` the trending one), then products without
+/// activity, newest first; ties by id.
 pub async fn top(
     conn: &mut AsyncPgConnection,
     categories: &[String],
+    trending: bool,
     limit: i64,
 ) -> diesel::QueryResult<Vec<Ranked>> {
-    crate::db::prepared(
+    // Two texts, each prepared once: the column is part of the plan.
+    let sql = if trending {
+        "SELECT c.product_id, c.name, c.price, c.category, s.trend AS weight \
+         FROM rec_catalog c LEFT JOIN rec_scores s ON s.product_id = c.product_id \
+         WHERE NOT c.deleted AND c.name IS NOT NULL \
+           AND (cardinality($1::text[]) = 0 OR c.category = ANY($1::text[])) \
+         ORDER BY (s.trend IS NULL), s.trend DESC, \
+                  CASE WHEN s.trend IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
+         LIMIT $2"
+    } else {
         "SELECT c.product_id, c.name, c.price, c.category, s.acc AS weight \
          FROM rec_catalog c LEFT JOIN rec_scores s ON s.product_id = c.product_id \
          WHERE NOT c.deleted AND c.name IS NOT NULL \
            AND (cardinality($1::text[]) = 0 OR c.category = ANY($1::text[])) \
          ORDER BY (s.acc IS NULL), s.acc DESC, \
                   CASE WHEN s.acc IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
-         LIMIT $2",
-    )
-    .bind::<Array<Text>, _>(categories)
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await
+         LIMIT $2"
+    };
+    crate::db::prepared(sql)
+        .bind::<Array<Text>, _>(categories)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await
 }
 
 /// Whether the user has any recorded activity.

@@ -399,6 +399,7 @@ async fn ranking_query_and_cache_actors_answer_typed_messages() {
         .send(Recommend {
             query: Query::Global {
                 categories: vec!["direct".into()],
+                sort: Default::default(),
             },
             limit: 5,
         })

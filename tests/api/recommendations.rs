@@ -411,6 +411,57 @@ async fn exclude_chooses_which_of_the_users_products_are_left_out() {
     }
 }
 
+/// `sort=trending` ranks by the trending score, whose half-life is short: a product bought
+/// once just now outranks one bought three times a few half-lives ago, while the popularity
+/// ranking (the default, `sort=popular`) still puts the older purchases first. It takes
+/// `category` too; another `sort` is a JSON 400.
+#[actix_web::test]
+async fn trending_ranks_what_is_bought_now() {
+    const TRENDING: Duration = Duration::from_millis(50);
+    let app = TestApp::builder()
+        .with(|settings| settings.ranking_trending_half_life = "50ms".into())
+        .spawn()
+        .await;
+    let shopper = Shopper::new(&app).await;
+    let before = product(&app, "Before", "5.00", Some("now")).await;
+    let after = product(&app, "After", "5.00", Some("now")).await;
+    let elsewhere = product(&app, "Elsewhere", "5.00", Some("other")).await;
+    shopper.does(&app, "purchase", &before, 3).await;
+    settled(&app, "/recommendations", None, &[(&before, 30.0)]).await;
+    // Four trending half-lives after the first purchases, the second one outweighs them
+    // (1 against 3 / 16); the popularity half-life is a day.
+    let first = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "four half-lives to pass",
+        || async { (first.elapsed() >= 4 * TRENDING).then_some(()) },
+    )
+    .await;
+    shopper.does(&app, "purchase", &after, 1).await;
+    shopper.does(&app, "view", &elsewhere, 1).await;
+    settled(
+        &app,
+        "/recommendations",
+        None,
+        &[(&after, 10.0), (&elsewhere, 1.0)],
+    )
+    .await;
+
+    let trending =
+        items(&recommend(&app, "/recommendations?sort=trending&category=now", None).await);
+    let popular = items(&recommend(&app, "/recommendations?sort=popular&category=now", None).await);
+    let default = items(&recommend(&app, "/recommendations?category=now", None).await);
+
+    assert_eq!(ids(&trending), [&after, &before]);
+    assert_eq!(ids(&popular), [&before, &after]);
+    assert_eq!(ids(&default), ids(&popular));
+    for bad in ["sort=new", "sort=", "sort=trending&sort=trending"] {
+        recommend(&app, &format!("/recommendations?{bad}"), None)
+            .await
+            .assert_error(400, "invalid_request");
+    }
+}
+
 /// A repeated `category` keeps the products of any of them, on every route: the global, the
 /// personal and the similar ranking (each in its own order); the same set in another order
 /// or with a duplicate is the same answer; an unknown category among them matches nothing.
