@@ -208,6 +208,95 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     keys.verify(token).map(Caller)
 }
 
+/// The header a storefront back end authenticates with.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// The key storefront back ends send in `X-API-Key` (`API_KEY`); `None`: nobody is accepted by
+/// key.
+#[derive(Clone, Default)]
+pub struct ApiKey(Option<std::sync::Arc<[u8]>>);
+
+impl ApiKey {
+    /// Shortest accepted key, as for `JWT_SECRET`.
+    pub const MIN_BYTES: usize = 32;
+
+    /// The configured key; refuses one shorter than [`ApiKey::MIN_BYTES`].
+    pub fn new(key: Option<&Secret>) -> anyhow::Result<Self> {
+        match key {
+            None => Ok(Self(None)),
+            Some(key) if key.expose().len() < Self::MIN_BYTES => Err(anyhow::anyhow!(
+                "API_KEY must be at least {} bytes",
+                Self::MIN_BYTES
+            )),
+            Some(key) => Ok(Self(Some(key.expose().as_bytes().into()))),
+        }
+    }
+
+    /// Whether `given` is the key, compared in constant time (every byte, whatever differs).
+    fn accepts(&self, given: &[u8]) -> bool {
+        let Some(key) = &self.0 else {
+            return false;
+        };
+        let differences = key
+            .iter()
+            .zip(given)
+            .fold(u8::from(key.len() != given.len()), |acc, (a, b)| {
+                acc | (a ^ b)
+            });
+        std::hint::black_box(differences) == 0
+    }
+}
+
+/// Who records an action: the user themself (a token of theirs) or a storefront back end (the
+/// `X-API-Key` header), which may record for any user. A request that sends `X-API-Key` is
+/// judged by its key alone: a wrong one is `401`, whatever token comes with it.
+pub enum Recorder {
+    User(Caller),
+    Backend,
+}
+
+impl FromRequest for Recorder {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(match req.headers().get(API_KEY_HEADER) {
+            Some(_) => Backend::check(req).map(|Backend| Recorder::Backend),
+            None => authenticate(req).map(Recorder::User),
+        })
+    }
+}
+
+/// A storefront back end: extraction fails with `401` unless the request carries the
+/// configured `X-API-Key`.
+pub struct Backend;
+
+impl Backend {
+    fn check(req: &HttpRequest) -> Result<Self, ApiError> {
+        let given = req
+            .headers()
+            .get(API_KEY_HEADER)
+            .ok_or_else(|| ApiError::Unauthorized("missing X-API-Key header".into()))?;
+        let accepted = req
+            .app_data::<web::Data<ApiKey>>()
+            .is_some_and(|key| key.accepts(given.as_bytes()));
+        if accepted {
+            Ok(Backend)
+        } else {
+            Err(ApiError::Unauthorized("invalid API key".into()))
+        }
+    }
+}
+
+impl FromRequest for Backend {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(Backend::check(req))
+    }
+}
+
 /// The working memory of argon2 (19 MiB with the default parameters), kept and reused by
 /// whoever hashes: each call of the crate's allocating API takes a fresh block of that size,
 /// and glibc keeps such blocks in its per-thread arenas once its mmap threshold has grown past

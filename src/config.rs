@@ -146,6 +146,12 @@ pub struct Settings {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 
+    /// Key a storefront back end sends in `X-API-Key` to record actions for any user
+    /// (`POST /users/{id}/activity`, `POST /activity/batch`), at least 32 bytes. Unset: no
+    /// request is accepted by key.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+
     /// Email of the admin account ensured at startup (with ADMIN_PASSWORD).
     #[arg(long, env = "ADMIN_EMAIL")]
     pub admin_email: Option<String>,

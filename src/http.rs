@@ -90,16 +90,19 @@ pub fn common_routes(api: &mut Api) {
         .add_plain(__path_metrics_text, metrics_text);
 }
 
+/// JSON bodies of at most `limit` bytes, every malformed one a JSON 4xx.
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(|err, _| json_error(err).into())
+}
+
 /// Extractor settings turning every malformed input into a JSON 4xx.
 pub fn extractor_config(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(MAX_BODY_BYTES)
-            .error_handler(|err, _| json_error(err).into()),
-    )
-    .app_data(web::PayloadConfig::default().limit(MAX_BODY_BYTES))
-    .app_data(web::PathConfig::default().error_handler(|err, _| path_error(err).into()))
-    .app_data(web::QueryConfig::default().error_handler(|err, _| query_error(err).into()));
+    cfg.app_data(json_config(MAX_BODY_BYTES))
+        .app_data(web::PayloadConfig::default().limit(MAX_BODY_BYTES))
+        .app_data(web::PathConfig::default().error_handler(|err, _| path_error(err).into()))
+        .app_data(web::QueryConfig::default().error_handler(|err, _| query_error(err).into()));
 }
 
 fn json_error(err: JsonPayloadError) -> ApiError {

@@ -22,6 +22,9 @@ use crate::error::ErrorBody;
 /// The name of the bearer-token security scheme operations refer to.
 pub const BEARER: &str = "bearer";
 
+/// The name of the `X-API-Key` security scheme (storefront back ends).
+pub const API_KEY: &str = "api_key";
+
 /// Routes under construction: actix resources grouped by path (in registration order, which is
 /// the order actix matches them in) and the document describing them.
 pub struct Api {
@@ -68,6 +71,17 @@ impl Api {
                     .build(),
             )),
         );
+        components.security_schemes.insert(
+            API_KEY.to_string(),
+            RefOr::T(SecurityScheme::ApiKey(
+                utoipa::openapi::security::ApiKey::Header(
+                    utoipa::openapi::security::ApiKeyValue::with_description(
+                        "X-API-Key",
+                        "API_KEY: storefront back ends recording actions for their users",
+                    ),
+                ),
+            )),
+        );
         let doc = OpenApiBuilder::new()
             .info(info)
             .components(Some(components))
@@ -106,6 +120,19 @@ impl Api {
         F::Output: Responder + 'static,
     {
         self.add_at(path, doc, handler, Some(operation_id))
+    }
+
+    /// Lets the JSON bodies of the routes at `path` (registered before) be up to `bytes` long,
+    /// instead of the app's [`crate::http::MAX_BODY_BYTES`].
+    pub fn body_limit(&mut self, path: &str, bytes: usize) -> &mut Self {
+        let entry = self
+            .resources
+            .iter_mut()
+            .find(|r| r.path == path)
+            .expect("body_limit names a registered path");
+        let resource = std::mem::replace(&mut entry.resource, web::resource(path));
+        entry.resource = resource.app_data(crate::http::json_config(bytes));
+        self
     }
 
     /// Registers a route that carries no shared error answers (health, metrics, the document

@@ -76,6 +76,10 @@ pub fn idempotent_producer(
             "message.timeout.ms",
             delivery_timeout.as_millis().to_string(),
         )
+        // After a broker comes back from a long pause, librdkafka can lose track of a
+        // partition's leader ("new leader-1 not found in cache") and hold its records until the
+        // next full metadata refresh: every 10 s, not librdkafka's 5 minutes.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         .create_with_context(SlogContext::new(logger))
 }
 

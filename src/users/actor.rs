@@ -467,6 +467,90 @@ impl Ctx {
     }
 }
 
+/// One action of a batch sent by a storefront back end (already validated).
+#[derive(Debug, Clone)]
+pub struct BatchAction {
+    pub user_id: Uuid,
+    pub product_id: Uuid,
+    pub action: Action,
+    /// 1..=1000.
+    pub quantity: u32,
+    /// When the user did it (a backfilled action counts at that time).
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Records a batch of actions all or nothing (`POST /activity/batch`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<Uuid>, UsersError>")]
+pub struct RecordBatch(pub Vec<BatchAction>);
+
+/// Writes every action and its event in one transaction, in the given order, and answers their
+/// event ids; [`UsersError::UnknownUsers`] (and nothing written) when any names a user that does
+/// not exist.
+impl Handler<RecordBatch> for UsersActor {
+    type Result = ResponseFuture<Result<Vec<Uuid>, UsersError>>;
+
+    fn handle(&mut self, msg: RecordBatch, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        Box::pin(async move {
+            let actions: Vec<(ActivityRow, Envelope)> = msg
+                .0
+                .iter()
+                .map(|a| {
+                    let envelope = Envelope::at(
+                        Event::UserActivity(UserActivity {
+                            user_id: a.user_id,
+                            product_id: a.product_id,
+                            action: a.action,
+                            quantity: a.quantity,
+                        }),
+                        a.occurred_at,
+                    );
+                    let row = ActivityRow {
+                        id: envelope.event_id,
+                        user_id: a.user_id,
+                        product_id: a.product_id,
+                        action: a.action.as_str().to_string(),
+                        quantity: a.quantity as i32,
+                        occurred_at: envelope.occurred_at,
+                    };
+                    (row, envelope)
+                })
+                .collect();
+            let rows: Vec<&ActivityRow> = actions.iter().map(|(row, _)| row).collect();
+            let mut conn = ctx.pool.get().await?;
+            conn.transaction(async |conn| -> Result<_, UsersError> {
+                let events = outbox::Events::of(actions.iter().map(|(_, envelope)| envelope));
+                let written = store::record_activities(conn, &rows, events)
+                    .await
+                    .map_err(|e| {
+                        if db::is_foreign_key_violation(&e) {
+                            UsersError::UnknownUsers(Vec::new())
+                        } else {
+                            e.into()
+                        }
+                    })?;
+                let unknown: Vec<usize> = rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, row)| !written.contains(&row.id))
+                    .map(|(i, _)| i)
+                    .collect();
+                if unknown.is_empty() {
+                    Ok(())
+                } else {
+                    // Rolls the transaction back: all or nothing.
+                    Err(UsersError::UnknownUsers(unknown))
+                }
+            })
+            .await?;
+            ctx.wake_relay();
+            info!(ctx.logger, "activity batch recorded"; "actions" => rows.len());
+            Ok(rows.iter().map(|row| row.id).collect())
+        })
+    }
+}
+
 /// One outcome per action of a written batch: its event id if the statement wrote it,
 /// [`UsersError::UserNotFound`] if its user does not exist, or the batch's failure.
 fn answers(
@@ -566,5 +650,5 @@ impl Handler<EnsureAdmin> for UsersActor {
     }
 }
 
-recsys_actors::observed_handlers!(UsersActor => RegisterUser, Login, GetUser, UpdateUser, RecordActivity, EnsureAdmin);
+recsys_actors::observed_handlers!(UsersActor => RecordBatch, RegisterUser, Login, GetUser, UpdateUser, RecordActivity, EnsureAdmin);
 recsys_actors::restart_on_fail!(UsersActor);

@@ -28,6 +28,10 @@ pub enum UsersError {
         /// How long until the next attempt is admitted.
         retry_after: Duration,
     },
+    /// Actions of a batch name users that do not exist (their indexes in the batch); nothing
+    /// of the batch was written.
+    #[error("no such user")]
+    UnknownUsers(Vec<usize>),
     /// The actor restarted while the request waited in a group commit; nothing was written.
     #[error("service restarting; retry later")]
     Restarting,

@@ -9,10 +9,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::actor::{
-    GetUser, Login, RecordActivity, RegisterUser, Registered, UpdateUser, UserView, UsersActor,
+    BatchAction, GetUser, Login, RecordActivity, RecordBatch, RegisterUser, Registered, UpdateUser,
+    UserView, UsersActor,
 };
 use super::error::UsersError;
-use crate::auth::Caller;
+use crate::auth::{Backend, Caller, Recorder};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::Api;
 use crate::validate;
@@ -27,8 +28,13 @@ pub fn routes(api: &mut Api) {
         .add(__path_login, login)
         .add(__path_get_user, get_user)
         .add(__path_update_user, update_user)
-        .add(__path_record_activity, record_activity);
+        .add(__path_record_activity, record_activity)
+        .add(__path_record_batch, record_batch)
+        .body_limit("/activity/batch", MAX_BATCH_BYTES);
 }
+
+/// Largest `POST /activity/batch` body: 1000 actions of about 200 bytes, with room to spare.
+const MAX_BATCH_BYTES: usize = 512 * 1024;
 
 /// `POST /users/register` and `POST /users`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -221,31 +227,35 @@ struct Accepted {
     event_id: Uuid,
 }
 
-/// Records what the user did with a product (only the user themself); the event is on
-/// `user-updates` once the outbox relays it.
+/// Records what the user did with a product: the user themself (a token), or a storefront back
+/// end for any user (`X-API-Key`); the event is on `user-updates` once the outbox relays it.
 #[utoipa::path(
     post,
     path = "/users/{id}/activity",
     tag = "users",
     params(("id" = Uuid, Path, description = "The user's id")),
     request_body = ActivityBody,
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 202, description = "Recorded", body = Accepted),
     )
 )]
 async fn record_activity(
     users: web::Data<ObservedAddr<UsersActor>>,
-    caller: Caller,
+    recorder: Recorder,
     id: web::Path<Uuid>,
     body: web::Json<ActivityBody>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = id.into_inner();
-    if caller.id() != user_id {
-        return Err(ApiError::Forbidden(
-            "only the user may record their own activity".into(),
-        ));
-    }
+    let caller = match recorder {
+        Recorder::User(caller) if caller.id() != user_id => {
+            return Err(ApiError::Forbidden(
+                "only the user may record their own activity".into(),
+            ));
+        }
+        Recorder::User(caller) => Some(caller),
+        Recorder::Backend => None,
+    };
     let body = body.into_inner();
     let quantity = body.quantity.unwrap_or(1);
     if !(1..=1000).contains(&quantity) {
@@ -259,8 +269,185 @@ async fn record_activity(
             quantity,
         })
         .await?
-        .map_err(account_gone(&caller, user_id))?;
+        .map_err(|e| match &caller {
+            Some(caller) => account_gone(caller, user_id)(e),
+            None => e.into(),
+        })?;
     Ok(HttpResponse::Accepted().json(Accepted { event_id }))
+}
+
+/// How far ahead of this server's clock a batch action's `occurred_at` may be (clock skew).
+const MAX_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// How old a batch action may be: 30 days, 30 half-lives of the default popularity decay, where
+/// an action weighs less than a billionth of a fresh one (analytics still counts it exactly).
+const MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);
+
+/// Most actions in one batch.
+const MAX_BATCH: usize = 1000;
+
+/// `POST /activity/batch`: what a storefront back end sends.
+#[derive(Debug, Deserialize, ToSchema)]
+struct BatchBody {
+    /// 1 to 1000 actions, written all or nothing, in this order.
+    #[schema(value_type = Vec<BatchItem>, min_items = 1, max_items = 1000)]
+    actions: Vec<serde_json::Value>,
+}
+
+/// One action of a batch (checked field by field, so that a 400 names every bad one).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+struct BatchItem {
+    user_id: Uuid,
+    #[serde(rename = "type")]
+    action: Action,
+    product_id: Uuid,
+    /// 1 to 1000; default 1.
+    #[schema(minimum = 1, maximum = 1000)]
+    quantity: Option<u32>,
+    /// When the user did it (RFC 3339): at most 5 minutes ahead of the server's clock, at most
+    /// 30 days old; default now. Rankings and analytics count the action at this time.
+    occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What a batch became.
+#[derive(Serialize, ToSchema)]
+struct BatchAccepted {
+    accepted: usize,
+    /// The event id of each action, in the order sent.
+    event_ids: Vec<Uuid>,
+}
+
+/// Records a batch of actions for any users (storefront back ends, `X-API-Key`): all or
+/// nothing; a 400 names the index and the field of every bad action.
+#[utoipa::path(
+    post,
+    path = "/activity/batch",
+    tag = "users",
+    request_body = BatchBody,
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "Every action recorded", body = BatchAccepted),
+    )
+)]
+async fn record_batch(
+    users: web::Data<ObservedAddr<UsersActor>>,
+    _backend: Backend,
+    body: web::Json<BatchBody>,
+) -> Result<HttpResponse, ApiError> {
+    let actions = body.into_inner().actions;
+    if actions.is_empty() || actions.len() > MAX_BATCH {
+        return Err(ApiError::invalid(format!(
+            "actions must hold 1 to {MAX_BATCH} actions"
+        )));
+    }
+    let now = chrono::Utc::now();
+    let mut valid = Vec::with_capacity(actions.len());
+    let mut problems = Vec::new();
+    for (i, action) in actions.iter().enumerate() {
+        match batch_action(action, now) {
+            Ok(action) => valid.push(action),
+            Err(fields) => problems.extend(fields.into_iter().map(|(field, why)| {
+                if field.is_empty() {
+                    format!("actions[{i}]: {why}")
+                } else {
+                    format!("actions[{i}].{field}: {why}")
+                }
+            })),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems.join("; ")));
+    }
+    let event_ids = users.send(RecordBatch(valid)).await?.map_err(|e| match e {
+        UsersError::UnknownUsers(indexes) => ApiError::invalid(
+            indexes
+                .iter()
+                .map(|i| format!("actions[{i}].user_id: no such user"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        other => other.into(),
+    })?;
+    Ok(HttpResponse::Accepted().json(BatchAccepted {
+        accepted: event_ids.len(),
+        event_ids,
+    }))
+}
+
+/// One batch action, or what is wrong with each of its fields.
+fn batch_action(
+    value: &serde_json::Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<BatchAction, Vec<(&'static str, String)>> {
+    let mut problems = Vec::new();
+    let Some(fields) = value.as_object() else {
+        return Err(vec![("", "must be an object".into())]);
+    };
+    let mut uuid = |name: &'static str| -> Option<Uuid> {
+        let parsed = fields
+            .get(name)
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok());
+        if parsed.is_none() {
+            problems.push((name, "must be a UUID".into()));
+        }
+        parsed
+    };
+    let (user_id, product_id) = (uuid("user_id"), uuid("product_id"));
+    let action = match fields.get("type") {
+        Some(v) => serde_json::from_value::<Action>(v.clone()).ok(),
+        None => None,
+    };
+    if action.is_none() {
+        let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        problems.push(("type", format!("must be one of {}", names.join(", "))));
+    }
+    let quantity = match fields.get("quantity") {
+        None | Some(serde_json::Value::Null) => Some(1),
+        Some(v) => v
+            .as_u64()
+            .filter(|q| (1..=1000).contains(q))
+            .map(|q| q as u32),
+    };
+    if quantity.is_none() {
+        problems.push(("quantity", "must be between 1 and 1000".into()));
+    }
+    let occurred_at = match fields.get("occurred_at") {
+        None | Some(serde_json::Value::Null) => Some(now),
+        Some(v) => match v.as_str().map(chrono::DateTime::parse_from_rfc3339) {
+            Some(Ok(at)) => {
+                let at = at.with_timezone(&chrono::Utc);
+                if at > now + MAX_SKEW {
+                    problems.push(("occurred_at", "is more than 5 minutes in the future".into()));
+                    None
+                } else if at < now - MAX_AGE {
+                    problems.push(("occurred_at", "is more than 30 days old".into()));
+                    None
+                } else {
+                    Some(at)
+                }
+            }
+            _ => {
+                problems.push(("occurred_at", "must be an RFC 3339 timestamp".into()));
+                None
+            }
+        },
+    };
+    match (user_id, product_id, action, quantity, occurred_at) {
+        (Some(user_id), Some(product_id), Some(action), Some(quantity), Some(occurred_at))
+            if problems.is_empty() =>
+        {
+            Ok(BatchAction {
+                user_id,
+                product_id,
+                action,
+                quantity,
+                occurred_at,
+            })
+        }
+        _ => Err(problems),
+    }
 }
 
 /// A token whose own account no longer exists authenticates nobody: its holder gets `401`, not
@@ -283,6 +470,7 @@ impl From<UsersError> for ApiError {
             UsersError::UserNotFound => ApiError::NotFound(e.to_string()),
             UsersError::BadCredentials => ApiError::Unauthorized(e.to_string()),
             UsersError::LockedOut { retry_after } => ApiError::TooManyRequests { retry_after },
+            UsersError::UnknownUsers(_) => ApiError::invalid(e.to_string()),
             UsersError::Restarting => ApiError::Unavailable(e.to_string()),
             UsersError::HasherRefused(refused) => refused.into(),
             UsersError::Hashing(_) => ApiError::Unexpected(anyhow::Error::new(e)),

@@ -27,6 +27,7 @@ use recsys_actors::observe::ObservedAddr;
 use recsys_actors::supervision::start_supervised;
 use slog::{info, o};
 
+use crate::auth::ApiKey;
 use crate::host::{Host, Hosted};
 use crate::openapi::Api;
 use crate::validate;
@@ -41,14 +42,18 @@ pub const NAME: &str = "users";
 pub struct Users {
     /// Owns every write; what the handlers message.
     pub actor: ObservedAddr<UsersActor>,
+    /// What `X-API-Key` must be (`API_KEY`), if anything.
+    api_key: ApiKey,
     timeout: Duration,
 }
 
 impl Users {
     /// Starts the users actor under a supervisor and, when `ADMIN_EMAIL` and `ADMIN_PASSWORD`
-    /// are set, makes sure that admin account exists with that password.
+    /// are set, makes sure that admin account exists with that password. Fails on an
+    /// `API_KEY` shorter than 32 bytes.
     pub async fn start(host: &Host<'_>) -> anyhow::Result<Self> {
         let settings = host.settings;
+        let api_key = ApiKey::new(settings.api_key.as_ref())?;
         let logger = host.logger.new(o!("service" => NAME));
         let actor = start_supervised(
             &Arbiter::new().handle(),
@@ -83,6 +88,7 @@ impl Users {
         }
         Ok(Self {
             actor,
+            api_key,
             timeout: host.request_timeout(),
         })
     }
@@ -90,7 +96,8 @@ impl Users {
 
 impl Hosted for Users {
     fn configure(&self, cfg: &mut web::ServiceConfig, api: &mut Api) {
-        cfg.app_data(web::Data::new(self.actor.with_timeout(self.timeout)));
+        cfg.app_data(web::Data::new(self.actor.with_timeout(self.timeout)))
+            .app_data(web::Data::new(self.api_key.clone()));
         http::routes(api);
     }
 }
