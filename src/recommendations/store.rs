@@ -45,35 +45,23 @@ pub async fn state(conn: &mut AsyncPgConnection) -> diesel::QueryResult<State> {
         .await
 }
 
-/// Multiplies every trending accumulator by `factor` and moves `trend_t0` to `t0`.
-pub async fn rebase_trend(
-    conn: &mut AsyncPgConnection,
-    factor: f64,
-    t0: DateTime<Utc>,
-) -> diesel::QueryResult<()> {
-    diesel::update(rec_scores::table)
-        .set(rec_scores::trend.eq(rec_scores::trend * factor))
-        .execute(conn)
-        .await?;
-    diesel::update(rec_state::table.find(1))
-        .set(rec_state::trend_t0.eq(t0))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Multiplies every accumulator by `factor` and moves t0 to `t0`.
+/// Moves the base times to `t0` (popularity) and `trend_t0` (trending), multiplying every
+/// accumulator by its factor (`1.0` for one whose base time stays), so that no score changes.
 pub async fn rebase(
     conn: &mut AsyncPgConnection,
-    factor: f64,
+    [popular, trending]: [f64; 2],
     t0: DateTime<Utc>,
+    trend_t0: DateTime<Utc>,
 ) -> diesel::QueryResult<()> {
     diesel::update(rec_scores::table)
-        .set(rec_scores::acc.eq(rec_scores::acc * factor))
+        .set((
+            rec_scores::acc.eq(rec_scores::acc * popular),
+            rec_scores::trend.eq(rec_scores::trend * trending),
+        ))
         .execute(conn)
         .await?;
     diesel::update(rec_state::table.find(1))
-        .set(rec_state::t0.eq(t0))
+        .set((rec_state::t0.eq(t0), rec_state::trend_t0.eq(trend_t0)))
         .execute(conn)
         .await?;
     Ok(())

@@ -371,6 +371,36 @@ impl Handler<UpdateUser> for UsersActor {
     }
 }
 
+/// The `user_activity` row of an action and its `user.activity` event (the row's id is the
+/// event's), at `occurred_at`, or now.
+fn activity(
+    user_id: Uuid,
+    product_id: Uuid,
+    action: Action,
+    quantity: u32,
+    occurred_at: Option<DateTime<Utc>>,
+) -> (ActivityRow, Envelope) {
+    let event = Event::UserActivity(UserActivity {
+        user_id,
+        product_id,
+        action,
+        quantity,
+    });
+    let envelope = match occurred_at {
+        Some(at) => Envelope::at(event, at),
+        None => Envelope::new(event),
+    };
+    let row = ActivityRow {
+        id: envelope.event_id,
+        user_id,
+        product_id,
+        action: action.as_str().to_string(),
+        quantity: quantity as i32,
+        occurred_at: envelope.occurred_at,
+    };
+    (row, envelope)
+}
+
 /// Records one action of a user on a product (already validated: quantity 1..=1000).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Uuid, UsersError>")]
@@ -387,20 +417,7 @@ impl Handler<RecordActivity> for UsersActor {
     type Result = ResponseFuture<Result<Uuid, UsersError>>;
 
     fn handle(&mut self, msg: RecordActivity, ctx: &mut Self::Context) -> Self::Result {
-        let envelope = Envelope::new(Event::UserActivity(UserActivity {
-            user_id: msg.user_id,
-            product_id: msg.product_id,
-            action: msg.action,
-            quantity: msg.quantity,
-        }));
-        let row = ActivityRow {
-            id: envelope.event_id,
-            user_id: msg.user_id,
-            product_id: msg.product_id,
-            action: msg.action.as_str().to_string(),
-            quantity: msg.quantity as i32,
-            occurred_at: envelope.occurred_at,
-        };
+        let (row, envelope) = activity(msg.user_id, msg.product_id, msg.action, msg.quantity, None);
         let answer = self.activity.push((row, envelope));
         self.write_activity(ctx);
         Box::pin(async move { answer.await.unwrap_or_else(|_| Err(UsersError::Restarting)) })
@@ -497,24 +514,13 @@ impl Handler<RecordBatch> for UsersActor {
                 .0
                 .iter()
                 .map(|a| {
-                    let envelope = Envelope::at(
-                        Event::UserActivity(UserActivity {
-                            user_id: a.user_id,
-                            product_id: a.product_id,
-                            action: a.action,
-                            quantity: a.quantity,
-                        }),
-                        a.occurred_at,
-                    );
-                    let row = ActivityRow {
-                        id: envelope.event_id,
-                        user_id: a.user_id,
-                        product_id: a.product_id,
-                        action: a.action.as_str().to_string(),
-                        quantity: a.quantity as i32,
-                        occurred_at: envelope.occurred_at,
-                    };
-                    (row, envelope)
+                    activity(
+                        a.user_id,
+                        a.product_id,
+                        a.action,
+                        a.quantity,
+                        Some(a.occurred_at),
+                    )
                 })
                 .collect();
             let rows: Vec<&ActivityRow> = actions.iter().map(|(row, _)| row).collect();

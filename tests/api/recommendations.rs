@@ -462,6 +462,53 @@ async fn trending_ranks_what_is_bought_now() {
     }
 }
 
+/// When the base times fall far behind (more than 256 half-lives), the next flush moves them to
+/// now and rescales every accumulator, popularity and trending at once, and no score changes:
+/// here the state is first set back by 300 half-lives of each (accumulators scaled to match,
+/// the same scores), then an action elsewhere is flushed.
+#[actix_web::test]
+async fn a_rebase_changes_no_score() {
+    let app = TestApp::builder()
+        .with(|settings| settings.ranking_trending_half_life = "1h".into())
+        .spawn()
+        .await;
+    let shopper = Shopper::new(&app).await;
+    let kept = product(&app, "Kept", "5.00", Some("rebase")).await;
+    let other = product(&app, "Other", "5.00", Some("elsewhere")).await;
+    shopper.does(&app, "purchase", &kept, 2).await;
+    settled(&app, "/recommendations", None, &[(&kept, 20.0)]).await;
+    let db = TestDb(app.database_url.clone());
+    db.execute("UPDATE rec_scores SET acc = acc * 2 ^ 300, trend = trend * 2 ^ 300")
+        .await;
+    db.execute(
+        "UPDATE rec_state SET t0 = t0 - interval '300 days', \
+                              trend_t0 = trend_t0 - interval '300 hours'",
+    )
+    .await;
+    let before = db
+        .number("SELECT extract(epoch FROM t0)::int8 FROM rec_state")
+        .await;
+
+    shopper.does(&app, "view", &other, 1).await;
+    settled(&app, "/recommendations", None, &[(&other, 1.0)]).await;
+
+    let after = db
+        .number("SELECT extract(epoch FROM t0)::int8 FROM rec_state")
+        .await;
+    assert!(after > before + 299 * 86_400, "t0 moved to now");
+    for sort in ["popular", "trending"] {
+        let kept_only = items(
+            &recommend(
+                &app,
+                &format!("/recommendations?category=rebase&sort={sort}"),
+                None,
+            )
+            .await,
+        );
+        assert_ranking(&kept_only, &[(&kept, 20.0)]);
+    }
+}
+
 /// A repeated `category` keeps the products of any of them, on every route: the global, the
 /// personal and the similar ranking (each in its own order); the same set in another order
 /// or with a duplicate is the same answer; an unknown category among them matches nothing.
