@@ -57,6 +57,26 @@ impl QueryParams {
     /// The value of `name` given at most once, parsed; a 400 names it when it is given twice
     /// or does not parse.
     pub fn one<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        self.parse_one(name, |value| {
+            format!("invalid query string: {name}={value:?}")
+        })
+    }
+
+    /// Like [`QueryParams::one`], answering `invalid` for a value that does not parse (for a
+    /// parameter with a fixed set of values, say which).
+    pub fn one_of<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        invalid: &str,
+    ) -> Result<Option<T>, ApiError> {
+        self.parse_one(name, |_| invalid.to_string())
+    }
+
+    fn parse_one<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        invalid: impl FnOnce(&str) -> String,
+    ) -> Result<Option<T>, ApiError> {
         let mut values = self.all(name);
         let Some(value) = values.next() else {
             return Ok(None);
@@ -67,7 +87,7 @@ impl QueryParams {
         value
             .parse()
             .map(Some)
-            .map_err(|_| ApiError::invalid(format!("invalid query string: {name}={value:?}")))
+            .map_err(|_| ApiError::invalid(invalid(value)))
     }
 }
 

@@ -146,13 +146,7 @@ async fn global(
 ) -> Result<HttpResponse, ApiError> {
     let (limit, categories) = limit_and_categories(&params)?;
     let sort = params
-        .one::<String>("sort")?
-        .map(|value| {
-            value
-                .parse::<Sort>()
-                .map_err(|()| ApiError::invalid("sort must be popular or trending"))
-        })
-        .transpose()?
+        .one_of::<Sort>("sort", "sort must be popular or trending")?
         .unwrap_or_default();
     answer(&actor, &micro, Query::Global { categories, sort }, limit).await
 }
@@ -184,17 +178,15 @@ async fn for_user(
     caller.require_self_or_admin(user_id)?;
     let (limit, categories) = limit_and_categories(&params)?;
     let exclude = params
-        .one::<String>("exclude")?
-        .map(|value| {
-            value.parse::<Exclude>().map_err(|()| {
-                ApiError::invalid("exclude must be one of purchased, interacted, none")
-            })
-        })
-        .transpose()?;
+        .one_of::<Exclude>(
+            "exclude",
+            "exclude must be one of purchased, interacted, none",
+        )?
+        .unwrap_or_default();
     let query = Query::ForUser {
         user_id,
         categories,
-        exclude: exclude.unwrap_or_default(),
+        exclude,
     };
     answer(&actor, &micro, query, limit).await
 }

@@ -322,18 +322,13 @@ async fn query(
     };
     let decayed = |rows: Vec<Ranked>| items(rows, &|w| decay.score(w, now));
     match &msg.query {
-        Query::Global {
-            categories,
-            sort: Sort::Popular,
-        } => Ok(decayed(
-            store::top(&mut conn, categories, false, msg.limit).await?,
-        )),
-        Query::Global {
-            categories,
-            sort: Sort::Trending,
-        } => {
-            let rows = store::top(&mut conn, categories, true, msg.limit).await?;
-            Ok(items(rows, &|w| decays.trending.score(w, now)))
+        Query::Global { categories, sort } => {
+            let decay = match sort {
+                Sort::Popular => decays.popular,
+                Sort::Trending => decays.trending,
+            };
+            let rows = store::top(&mut conn, categories, *sort, msg.limit).await?;
+            Ok(items(rows, &|w| decay.score(w, now)))
         }
         Query::ForUser {
             user_id,
@@ -346,7 +341,7 @@ async fn query(
         {
             Some(rows) => Ok(decayed(rows)),
             None => Ok(decayed(
-                store::top(&mut conn, categories, false, msg.limit).await?,
+                store::top(&mut conn, categories, Sort::Popular, msg.limit).await?,
             )),
         },
         Query::Similar {

@@ -150,15 +150,8 @@ impl Handler<ApplyBatch<Fact>> for RankingActor {
                         let state = store::state_for_update(conn).await?;
                         let now = Utc::now();
                         let mut decays = half_lives.decays(state.t0, state.trend_t0);
-                        let factors =
-                            [decays.popular, decays.trending].map(|d| d.rebase_factor(now));
+                        let factors = [decays.popular.rebase(now), decays.trending.rebase(now)];
                         if factors.iter().any(Option::is_some) {
-                            if factors[0].is_some() {
-                                decays.popular.t0 = now;
-                            }
-                            if factors[1].is_some() {
-                                decays.trending.t0 = now;
-                            }
                             let factors = factors.map(|f| f.unwrap_or(1.0));
                             let (t0, trend_t0) = (decays.popular.t0, decays.trending.t0);
                             store::rebase(conn, factors, t0, trend_t0).await?;

@@ -185,6 +185,14 @@ impl Decay {
         let n = self.half_lives(now);
         (n > REBASE_AFTER_HALF_LIVES).then(|| 2f64.powf(-n))
     }
+
+    /// Moves t0 to `now` when it is due ([`Decay::rebase_factor`]); answers the factor every
+    /// accumulator must then be multiplied by.
+    pub fn rebase(&mut self, now: DateTime<Utc>) -> Option<f64> {
+        let factor = self.rebase_factor(now)?;
+        self.t0 = now;
+        Some(factor)
+    }
 }
 
 #[cfg(test)]

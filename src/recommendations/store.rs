@@ -1,6 +1,8 @@
 //! SQL of the recommendations service: the catalog projection, the forward-decayed scores, what
 //! each user did with each product, and the ranking state (t0, generation).
 
+use std::sync::LazyLock;
+
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -13,7 +15,7 @@ use recsys_schema::tables::{rec_scores, rec_state};
 use uuid::Uuid;
 
 use super::fold::{CatalogChange, Fold};
-use super::query::Exclude;
+use super::query::{Exclude, Sort};
 use super::score::Weights;
 
 /// The ranking state row.
@@ -191,38 +193,41 @@ pub struct Ranked {
     pub weight: Option<f64>,
 }
 
-/// Live products of the catalog (only of `categories` unless it is empty), scored first by
-/// accumulator (the popularity one, or with `trending` the trending one), then products without
-/// activity, newest first; ties by id.
+/// Live products of the catalog (only of `categories` unless it is empty), scored first by the
+/// accumulator `sort` names (`acc` or `trend`), then products without activity, newest first;
+/// ties by id.
 pub async fn top(
     conn: &mut AsyncPgConnection,
     categories: &[String],
-    trending: bool,
+    sort: Sort,
     limit: i64,
 ) -> diesel::QueryResult<Vec<Ranked>> {
-    // Two texts, each prepared once: the column is part of the plan.
-    let sql = if trending {
-        "SELECT c.product_id, c.name, c.price, c.category, s.trend AS weight \
-         FROM rec_catalog c LEFT JOIN rec_scores s ON s.product_id = c.product_id \
-         WHERE NOT c.deleted AND c.name IS NOT NULL \
-           AND (cardinality($1::text[]) = 0 OR c.category = ANY($1::text[])) \
-         ORDER BY (s.trend IS NULL), s.trend DESC, \
-                  CASE WHEN s.trend IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
-         LIMIT $2"
-    } else {
-        "SELECT c.product_id, c.name, c.price, c.category, s.acc AS weight \
-         FROM rec_catalog c LEFT JOIN rec_scores s ON s.product_id = c.product_id \
-         WHERE NOT c.deleted AND c.name IS NOT NULL \
-           AND (cardinality($1::text[]) = 0 OR c.category = ANY($1::text[])) \
-         ORDER BY (s.acc IS NULL), s.acc DESC, \
-                  CASE WHEN s.acc IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
-         LIMIT $2"
+    // One text per accumulator, each prepared once: the column is part of the plan.
+    static POPULAR: LazyLock<String> = LazyLock::new(|| top_sql("acc"));
+    static TRENDING: LazyLock<String> = LazyLock::new(|| top_sql("trend"));
+    let sql = match sort {
+        Sort::Popular => POPULAR.as_str(),
+        Sort::Trending => TRENDING.as_str(),
     };
     crate::db::prepared(sql)
         .bind::<Array<Text>, _>(categories)
         .bind::<BigInt, _>(limit)
         .load(conn)
         .await
+}
+
+/// The statement of [`top`] ordering by the accumulator `column`.
+fn top_sql(column: &str) -> String {
+    format!(
+        "SELECT c.product_id, c.name, c.price, c.category, s.{column} AS weight \
+         FROM rec_catalog c LEFT JOIN rec_scores s ON s.product_id = c.product_id \
+         WHERE NOT c.deleted AND c.name IS NOT NULL \
+           AND (cardinality($1::text[]) = 0 OR c.category = ANY($1::text[])) \
+         ORDER BY (s.{column} IS NULL), s.{column} DESC, \
+                  CASE WHEN s.{column} IS NULL THEN c.created_at END DESC NULLS LAST, \
+                  c.product_id \
+         LIMIT $2"
+    )
 }
 
 /// Whether the user has any recorded activity.

@@ -359,16 +359,7 @@ async fn record_batch(
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems.join("; ")));
     }
-    let event_ids = users.send(RecordBatch(valid)).await?.map_err(|e| match e {
-        UsersError::UnknownUsers(indexes) => ApiError::invalid(
-            indexes
-                .iter()
-                .map(|i| format!("actions[{i}].user_id: no such user"))
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-        other => other.into(),
-    })?;
+    let event_ids = users.send(RecordBatch(valid)).await??;
     Ok(HttpResponse::Accepted().json(BatchAccepted {
         accepted: event_ids.len(),
         event_ids,
@@ -470,6 +461,14 @@ impl From<UsersError> for ApiError {
             UsersError::UserNotFound => ApiError::NotFound(e.to_string()),
             UsersError::BadCredentials => ApiError::Unauthorized(e.to_string()),
             UsersError::LockedOut { retry_after } => ApiError::TooManyRequests { retry_after },
+            // Named the way a batch's bad fields are.
+            UsersError::UnknownUsers(indexes) if !indexes.is_empty() => ApiError::invalid(
+                indexes
+                    .iter()
+                    .map(|i| format!("actions[{i}].user_id: no such user"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
             UsersError::UnknownUsers(_) => ApiError::invalid(e.to_string()),
             UsersError::Restarting => ApiError::Unavailable(e.to_string()),
             UsersError::HasherRefused(refused) => refused.into(),
