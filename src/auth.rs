@@ -96,12 +96,18 @@ impl JwtKeys {
 
     /// A token for `user_id` with `role`, valid for [`TOKEN_TTL_SECS`].
     pub fn issue(&self, user_id: Uuid, role: Role) -> String {
-        let now = Utc::now().timestamp();
+        self.issue_at(user_id, role, Utc::now())
+    }
+
+    /// The token for `user_id` with `role` issued at `at` (to the second), valid for
+    /// [`TOKEN_TTL_SECS`] from then: the same arguments give the same token.
+    pub fn issue_at(&self, user_id: Uuid, role: Role, at: chrono::DateTime<Utc>) -> String {
+        let iat = at.timestamp();
         let claims = Claims {
             sub: user_id,
             role,
-            iat: now,
-            exp: now + TOKEN_TTL_SECS,
+            iat,
+            exp: iat + TOKEN_TTL_SECS,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail")

@@ -35,6 +35,10 @@ pub enum ApiError {
     /// The body is not JSON (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request is well formed but cannot be done as asked, e.g. an `Idempotency-Key`
+    /// reused for another request (422).
+    #[error("{0}")]
+    Unprocessable(String),
     /// Too many failed attempts (logins); retry after the given time (429).
     #[error("too many failed attempts; retry in {} s", retry_after_secs(*.retry_after))]
     TooManyRequests {
@@ -61,6 +65,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unprocessable(_) => "unprocessable",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Unexpected(_) => "internal",
@@ -114,6 +119,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -151,6 +157,19 @@ impl From<recsys_actors::observe::Refused> for ApiError {
             }
             .into(),
         )
+    }
+}
+
+/// A key whose first request is still running is a 409 (retry shortly); a key used for another
+/// request is a 422 (a retry will not help).
+impl From<crate::idempotency::IdempotencyError> for ApiError {
+    fn from(e: crate::idempotency::IdempotencyError) -> Self {
+        use crate::idempotency::IdempotencyError;
+        match e {
+            IdempotencyError::InFlight => ApiError::Conflict(e.to_string()),
+            IdempotencyError::Mismatch => ApiError::Unprocessable(e.to_string()),
+            IdempotencyError::Db(db) => db.into(),
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`openapi`]: registers each route and documents it in the service's `/openapi.json`.
 //! - [`auth`]: JWTs, password hashing, the [`auth::Caller`] extractor.
 //! - [`db`], [`outbox`]: the Postgres pool and migrations; the transactional outbox.
+//! - [`idempotency`]: `Idempotency-Key`: a retried write answered from its first commit.
 //! - [`consumption`]: consumer positions and applied event ids in Postgres; record decoding.
 //! - [`error`]: the one error type and its mapping to HTTP.
 //! - [`metrics`], [`telemetry`]: Prometheus families and slog setup.
@@ -35,6 +36,7 @@ pub mod db;
 pub mod error;
 pub mod host;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;

@@ -135,6 +135,83 @@ impl Api {
         self
     }
 
+    /// Documents that the `POST` at `path` (registered before) takes an `Idempotency-Key`:
+    /// the header, the `Idempotent-Replayed` header of a success given again, `409` (the key's
+    /// first request is still running) and `422` (the key was used for another request).
+    pub fn idempotent(&mut self, path: &str) -> &mut Self {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::Required;
+
+        let operation = self
+            .doc
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.post.as_mut())
+            .expect("idempotent names a registered POST");
+        let key = ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "Makes a retry safe: the same key with the same request within 24 hours gets \
+                 the first answer again (with `Idempotent-Replayed: true`) and writes nothing. \
+                 Keys are per caller; send a new random one (a UUID) per intended write.",
+            ))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(crate::idempotency::MAX_KEY))
+                    .pattern(Some(crate::idempotency::KEY_PATTERN)),
+            ))
+            .build();
+        operation
+            .parameters
+            .get_or_insert_with(Vec::new)
+            .push(RefOr::T(key));
+        let replayed = HeaderBuilder::new()
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["true"])),
+            ))
+            .description(Some(
+                "Present when this is the stored answer of an earlier request with the key",
+            ))
+            .build();
+        for (status, response) in operation.responses.responses.iter_mut() {
+            if let (true, RefOr::T(response)) = (status.starts_with('2'), response) {
+                response
+                    .headers
+                    .insert("Idempotent-Replayed".into(), RefOr::T(replayed.clone()));
+            }
+        }
+        for (status, description) in [
+            (
+                "409",
+                "A request with this Idempotency-Key is still in progress; retry shortly",
+            ),
+            (
+                "422",
+                "This Idempotency-Key was already used for a different request",
+            ),
+        ] {
+            let responses = &mut operation.responses.responses;
+            match responses.get_mut(status) {
+                Some(RefOr::T(existing)) => {
+                    existing.description = format!("{}; or: {description}", existing.description)
+                }
+                _ => {
+                    responses.insert(status.into(), RefOr::T(error_response(description)));
+                }
+            }
+        }
+        self
+    }
+
     /// Registers a route that carries no shared error answers (health, metrics, the document
     /// itself): its attribute says everything it can answer.
     pub fn add_plain<P, F, Args>(&mut self, _doc: P, handler: F) -> &mut Self

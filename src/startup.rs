@@ -27,6 +27,7 @@ use crate::cors::{self, Origins};
 use crate::db::{self, Pool};
 use crate::host::{Host, Hosted};
 use crate::http::{self, Readiness, ServiceInfo};
+use crate::idempotency::Fingerprints;
 use crate::metrics;
 use crate::openapi::Api;
 use crate::outbox::PgOutbox;
@@ -67,11 +68,12 @@ impl Application {
         info!(logger, "database migrated"; "applied" => applied.len());
         let pool = db::pool(&settings.postgres);
 
-        let keys = match &settings.jwt_secret {
-            Some(secret) => JwtKeys::configured(secret)?,
+        let (keys, fingerprints) = match &settings.jwt_secret {
+            Some(secret) => (JwtKeys::configured(secret)?, Fingerprints::new(secret)),
             None => {
                 warn!(logger, "JWT_SECRET is not set: using a random key; every token dies with this process. Set JWT_SECRET in any real deployment!");
-                JwtKeys::new(&auth::random_secret())?
+                let secret = auth::random_secret();
+                (JwtKeys::new(&secret)?, Fingerprints::new(&secret))
             }
         };
 
@@ -131,7 +133,8 @@ impl Application {
                 name: service.name(),
                 logger: app.logger.new(o!("service" => service.name())),
             };
-            let (keys, readiness) = (keys.clone(), readiness.clone());
+            let (keys, fingerprints, readiness) =
+                (keys.clone(), fingerprints.clone(), readiness.clone());
             let origins = Origins::new(&settings.cors_origins);
             let server = HttpServer::new(move || {
                 let mut api = Api::new(service.name());
@@ -141,6 +144,7 @@ impl Application {
                     .app_data(web::Data::new(info.clone()))
                     .app_data(web::Data::new(readiness.clone()))
                     .app_data(web::Data::new(keys.clone()))
+                    .app_data(web::Data::new(fingerprints.clone()))
                     .app_data(web::Data::new(origins.clone()))
                     .configure(http::extractor_config)
                     .wrap(http::json_error_bodies())

@@ -134,6 +134,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// The answers of writes sent with an `Idempotency-Key`, inserted by the write's own
+    /// transaction; a row older than 24 hours is dead (the key may be used again) and purged.
+    idempotency_keys (caller, key) {
+        /// Who sent the key: `anonymous`, `user:<id>` or `api-key` (keys are per caller).
+        caller -> Text,
+        /// The `Idempotency-Key` header, 1 to 255 printable ASCII characters.
+        key -> Text,
+        /// HMAC-SHA-256 of the operation and its request, under a key derived from the token
+        /// secret (a body may hold a password).
+        fingerprint -> Bytea,
+        /// What the write answered, as the service's own JSON (replayed as it was).
+        answer -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     /// Forward-decayed popularity: `acc` = Σ weight × quantity × 2^((t_event − t0) / half_life).
     rec_scores (product_id) {
         product_id -> Uuid,
@@ -222,6 +239,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox,
     outbox_sequences,
     outbox_stamps,
+    idempotency_keys,
     consumer_offsets,
     consumer_sequences,
     rec_catalog,
@@ -235,13 +253,14 @@ diesel::allow_tables_to_appear_in_same_query!(
 
 /// Every table of the schema, by name: what the migrations create (a test holds the two
 /// together).
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
     "users",
     "user_activity",
     "products",
     "outbox",
     "outbox_sequences",
     "outbox_stamps",
+    "idempotency_keys",
     "consumer_offsets",
     "consumer_sequences",
     "rec_catalog",

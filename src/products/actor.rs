@@ -8,13 +8,14 @@ use diesel_async::AsyncConnection;
 use recsys_actors::observe::ObservedRecipient;
 use recsys_actors::outbox_relay::Wake;
 use recsys_schema::events::{price_string, Envelope, Event, ProductDeleted, ProductSnapshot};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 use uuid::Uuid;
 
 use super::error::ProductsError;
 use super::store::{self, ProductChanges, ProductRow};
 use crate::db::Pool;
+use crate::idempotency::{self, Answer, Claim};
 use crate::outbox;
 
 /// The products actor. Stateless apart from its handles, so a restart loses nothing.
@@ -57,8 +58,9 @@ impl ProductsActor {
 impl Actor for ProductsActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         info!(self.logger, "products actor started");
+        idempotency::purge_while_running::<Self>(ctx, self.pool.clone(), self.logger.clone());
     }
 }
 
@@ -69,7 +71,7 @@ impl Supervised for ProductsActor {
 }
 
 /// A product as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductView {
     pub id: Uuid,
     pub name: String,
@@ -128,17 +130,20 @@ pub struct Page {
 
 /// Adds a product (already validated).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<ProductView, ProductsError>")]
+#[rtype(result = "Result<Answer<ProductView>, ProductsError>")]
 pub struct CreateProduct {
     pub name: String,
     pub price: BigDecimal,
     pub category: Option<String>,
     pub description: Option<String>,
+    /// The request's `Idempotency-Key`, if it sent one.
+    pub claim: Option<Claim>,
 }
 
-/// Inserts the product (version 1) and `product.created`.
+/// Inserts the product (version 1) and `product.created`. A keyed creation already made answers
+/// the product as it was created and writes nothing.
 impl Handler<CreateProduct> for ProductsActor {
-    type Result = ResponseFuture<Result<ProductView, ProductsError>>;
+    type Result = ResponseFuture<Result<Answer<ProductView>, ProductsError>>;
 
     fn handle(&mut self, msg: CreateProduct, _: &mut Self::Context) -> Self::Result {
         let logger = self.logger.clone();
@@ -155,18 +160,30 @@ impl Handler<CreateProduct> for ProductsActor {
                 updated_at: now,
                 deleted_at: None,
             };
-            let inserted = row.clone();
-            pool.get()
+            let claim = msg.claim;
+            let answer = pool
+                .get()
                 .await?
                 .transaction(async move |conn| -> Result<_, ProductsError> {
-                    store::insert(conn, &inserted).await?;
-                    let event = Event::ProductCreated(snapshot(&inserted));
+                    let claim = claim.as_ref();
+                    if let Some(product) = idempotency::replay(conn, claim).await? {
+                        return Ok(Answer {
+                            value: product,
+                            replayed: true,
+                        });
+                    }
+                    store::insert(conn, &row).await?;
+                    let event = Event::ProductCreated(snapshot(&row));
                     outbox::enqueue(conn, [&Envelope::at(event, now)]).await?;
-                    Ok(())
+                    let product = ProductView::from(row);
+                    idempotency::record(conn, claim, &product).await?;
+                    Ok(Answer::fresh(product))
                 })
                 .await?;
-            info!(logger, "product created"; "product_id" => %row.id);
-            Ok(ProductView::from(row))
+            if !answer.replayed {
+                info!(logger, "product created"; "product_id" => %answer.value.id);
+            }
+            Ok(answer)
         })
     }
 }

@@ -5,10 +5,11 @@
 
 use std::str::FromStr;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use bigdecimal::{BigDecimal, Signed};
 use recsys_actors::observe::ObservedAddr;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
@@ -24,6 +25,7 @@ use super::store::ProductChanges;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::QueryParams;
+use crate::idempotency::{IdempotencyKey, KeyOwner};
 use crate::openapi::Api;
 use crate::validate;
 
@@ -43,7 +45,9 @@ pub fn routes(api: &mut Api) {
         )
         .add(__path_get_product, get_product)
         .add(__path_update_product, update_product)
-        .add(__path_delete_product, delete_product);
+        .add(__path_delete_product, delete_product)
+        .idempotent("/products")
+        .idempotent("/products/create");
 }
 
 /// The largest price NUMERIC(12, 2) holds.
@@ -125,7 +129,7 @@ where
 }
 
 /// `POST /products` and `POST /products/create`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 struct CreateBody {
     /// 1 to 200 characters (surrounding whitespace is trimmed), no control characters.
     #[schema(min_length = 1, max_length = 200)]
@@ -153,10 +157,12 @@ struct CreateBody {
 )]
 async fn create_product(
     products: web::Data<ObservedAddr<ProductsActor>>,
-    _admin: Admin,
+    admin: Admin,
+    key: IdempotencyKey,
     body: web::Json<CreateBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let claim = key.claim(KeyOwner::User(admin.0.id()), "POST /products", &body)?;
     let msg = CreateProduct {
         name: validate::text("name", &body.name, MAX_NAME)?,
         price: parse_price(&body.price)?,
@@ -166,9 +172,10 @@ async fn create_product(
             body.description.as_deref(),
             MAX_DESCRIPTION,
         )?,
+        claim,
     };
-    let product = products.send(msg).await??;
-    Ok(HttpResponse::Created().json(product))
+    let answer = products.send(msg).await??;
+    Ok(answer.respond(StatusCode::CREATED, |product| product))
 }
 
 /// One product of the catalog.
@@ -339,6 +346,7 @@ impl From<ProductsError> for ApiError {
     fn from(e: ProductsError) -> Self {
         match e {
             ProductsError::ProductNotFound => ApiError::NotFound(e.to_string()),
+            ProductsError::Idempotency(refused) => refused.into(),
             ProductsError::Db(db) => db.into(),
         }
     }

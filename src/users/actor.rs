@@ -15,7 +15,7 @@ use recsys_actors::group_commit::{GroupCommit, Limits};
 use recsys_actors::observe::{ObservedAddr, ObservedRecipient};
 use recsys_actors::outbox_relay::Wake;
 use recsys_schema::events::{Action, Envelope, Event, UserActivity, UserRegistered, UserUpdated};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 use uuid::Uuid;
 
@@ -26,6 +26,7 @@ use super::throttle::{LoginLimits, LoginThrottle};
 use crate::auth::{JwtKeys, Role};
 use crate::config::Secret;
 use crate::db::{self, Pool};
+use crate::idempotency::{self, Answer, Claim};
 use crate::outbox;
 
 /// The users actor. Apart from its handles it holds only the login failure counts, which a
@@ -112,8 +113,9 @@ impl Ctx {
 impl Actor for UsersActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         info!(self.logger, "users actor started");
+        idempotency::purge_while_running::<Self>(ctx, self.pool.clone(), self.logger.clone());
     }
 }
 
@@ -158,6 +160,27 @@ pub struct Registered {
     pub token: String,
 }
 
+/// What a keyed registration records: its answer but the token, which is issued again from
+/// these (the same token: it is issued at `created_at`), so that no token is stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NewAccount {
+    id: Uuid,
+    name: String,
+    email: String,
+    created_at: DateTime<Utc>,
+}
+
+impl NewAccount {
+    fn registered(self, keys: &JwtKeys) -> Registered {
+        Registered {
+            token: keys.issue_at(self.id, Role::User, self.created_at),
+            id: self.id,
+            name: self.name,
+            email: self.email,
+        }
+    }
+}
+
 fn email_taken(e: diesel::result::Error) -> UsersError {
     if db::is_unique_violation(&e) {
         UsersError::EmailTaken
@@ -168,16 +191,19 @@ fn email_taken(e: diesel::result::Error) -> UsersError {
 
 /// Creates an account (already validated: name, lower-case email, 8..=128-char password).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Registered, UsersError>")]
+#[rtype(result = "Result<Answer<Registered>, UsersError>")]
 pub struct RegisterUser {
     pub name: String,
     pub email: String,
     pub password: Option<Secret>,
+    /// The request's `Idempotency-Key`, if it sent one.
+    pub claim: Option<Claim>,
 }
 
 /// Inserts the user and `user.registered`; [`UsersError::EmailTaken`] when the email is taken.
+/// A keyed registration already made answers the same again and writes nothing.
 impl Handler<RegisterUser> for UsersActor {
-    type Result = ResponseFuture<Result<Registered, UsersError>>;
+    type Result = ResponseFuture<Result<Answer<Registered>, UsersError>>;
 
     fn handle(&mut self, msg: RegisterUser, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
@@ -187,28 +213,40 @@ impl Handler<RegisterUser> for UsersActor {
                 None => None,
             };
             let row = new_user(msg.name, msg.email, password_hash, Role::User);
-            let inserted = row.clone();
-            ctx.pool
+            let claim = msg.claim;
+            let answer = ctx
+                .pool
                 .get()
                 .await?
                 .transaction(async move |conn| -> Result<_, UsersError> {
-                    store::insert(conn, &inserted).await.map_err(email_taken)?;
+                    let claim = claim.as_ref();
+                    if let Some(account) = idempotency::replay(conn, claim).await? {
+                        return Ok(Answer {
+                            value: account,
+                            replayed: true,
+                        });
+                    }
+                    store::insert(conn, &row).await.map_err(email_taken)?;
                     let event = Event::UserRegistered(UserRegistered {
-                        user_id: inserted.id,
-                        name: inserted.name.clone(),
+                        user_id: row.id,
+                        name: row.name.clone(),
                     });
-                    outbox::enqueue(conn, [&Envelope::at(event, inserted.created_at)]).await?;
-                    Ok(())
+                    outbox::enqueue(conn, [&Envelope::at(event, row.created_at)]).await?;
+                    let account = NewAccount {
+                        id: row.id,
+                        name: row.name,
+                        email: row.email,
+                        created_at: row.created_at,
+                    };
+                    idempotency::record(conn, claim, &account).await?;
+                    Ok(Answer::fresh(account))
                 })
                 .await?;
-            ctx.wake_relay();
-            info!(ctx.logger, "user registered"; "user_id" => %row.id);
-            Ok(Registered {
-                token: ctx.keys.issue(row.id, Role::User),
-                id: row.id,
-                name: row.name,
-                email: row.email,
-            })
+            if !answer.replayed {
+                ctx.wake_relay();
+                info!(ctx.logger, "user registered"; "user_id" => %answer.value.id);
+            }
+            Ok(answer.map(|account| account.registered(&ctx.keys)))
         })
     }
 }
@@ -403,24 +441,36 @@ fn activity(
 
 /// Records one action of a user on a product (already validated: quantity 1..=1000).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Uuid, UsersError>")]
+#[rtype(result = "Result<Answer<Uuid>, UsersError>")]
 pub struct RecordActivity {
     pub user_id: Uuid,
     pub product_id: Uuid,
     pub action: Action,
     pub quantity: u32,
+    /// The request's `Idempotency-Key`, if it sent one.
+    pub claim: Option<Claim>,
 }
 
 /// Queues the action for the next group commit (see [`UsersActor::write_activity`]); answers
-/// the event id once it is committed; [`UsersError::UserNotFound`] for an unknown user.
+/// the event id once it is committed; [`UsersError::UserNotFound`] for an unknown user. A keyed
+/// action is written in a transaction of its own with its key (see [`Ctx::record_keyed`]).
 impl Handler<RecordActivity> for UsersActor {
-    type Result = ResponseFuture<Result<Uuid, UsersError>>;
+    type Result = ResponseFuture<Result<Answer<Uuid>, UsersError>>;
 
     fn handle(&mut self, msg: RecordActivity, ctx: &mut Self::Context) -> Self::Result {
         let (row, envelope) = activity(msg.user_id, msg.product_id, msg.action, msg.quantity, None);
+        if let Some(claim) = msg.claim {
+            let writer = self.ctx();
+            return Box::pin(async move { writer.record_keyed(row, envelope, claim).await });
+        }
         let answer = self.activity.push((row, envelope));
         self.write_activity(ctx);
-        Box::pin(async move { answer.await.unwrap_or_else(|_| Err(UsersError::Restarting)) })
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(UsersError::Restarting))
+                .map(Answer::fresh)
+        })
     }
 }
 
@@ -463,6 +513,40 @@ impl Ctx {
         }
     }
 
+    /// Writes one keyed action and its key in one transaction, or answers the key's recorded
+    /// event id and writes nothing.
+    async fn record_keyed(
+        &self,
+        row: ActivityRow,
+        envelope: Envelope,
+        claim: Claim,
+    ) -> Result<Answer<Uuid>, UsersError> {
+        let mut conn = self.pool.get().await?;
+        let answer = conn
+            .transaction(async |conn| -> Result<_, UsersError> {
+                if let Some(id) = idempotency::replay(conn, Some(&claim)).await? {
+                    return Ok(Answer {
+                        value: id,
+                        replayed: true,
+                    });
+                }
+                let events = outbox::Events::of([&envelope]);
+                let written = store::record_activities(conn, &[&row], events)
+                    .await
+                    .map_err(user_not_found)?;
+                if !written.contains(&row.id) {
+                    return Err(UsersError::UserNotFound);
+                }
+                idempotency::record(conn, Some(&claim), &row.id).await?;
+                Ok(Answer::fresh(row.id))
+            })
+            .await?;
+        if !answer.replayed {
+            self.wake_relay();
+        }
+        Ok(answer)
+    }
+
     /// One statement for `actions` and their events; a foreign-key violation is
     /// [`UsersError::UserNotFound`].
     async fn record_batch(
@@ -474,13 +558,16 @@ impl Ctx {
         let mut conn = self.pool.get().await?;
         store::record_activities(&mut conn, &rows, events)
             .await
-            .map_err(|e| {
-                if db::is_foreign_key_violation(&e) {
-                    UsersError::UserNotFound
-                } else {
-                    e.into()
-                }
-            })
+            .map_err(user_not_found)
+    }
+}
+
+/// A foreign-key violation of an activity write: its user was removed meanwhile.
+fn user_not_found(e: diesel::result::Error) -> UsersError {
+    if db::is_foreign_key_violation(&e) {
+        UsersError::UserNotFound
+    } else {
+        e.into()
     }
 }
 
@@ -498,20 +585,24 @@ pub struct BatchAction {
 
 /// Records a batch of actions all or nothing (`POST /activity/batch`).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<Uuid>, UsersError>")]
-pub struct RecordBatch(pub Vec<BatchAction>);
+#[rtype(result = "Result<Answer<Vec<Uuid>>, UsersError>")]
+pub struct RecordBatch {
+    pub actions: Vec<BatchAction>,
+    /// The request's `Idempotency-Key`, if it sent one.
+    pub claim: Option<Claim>,
+}
 
 /// Writes every action and its event in one transaction, in the given order, and answers their
 /// event ids; [`UsersError::UnknownUsers`] (and nothing written) when any names a user that does
-/// not exist.
+/// not exist. A keyed batch already written answers the same ids again and writes nothing.
 impl Handler<RecordBatch> for UsersActor {
-    type Result = ResponseFuture<Result<Vec<Uuid>, UsersError>>;
+    type Result = ResponseFuture<Result<Answer<Vec<Uuid>>, UsersError>>;
 
     fn handle(&mut self, msg: RecordBatch, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
         Box::pin(async move {
             let actions: Vec<(ActivityRow, Envelope)> = msg
-                .0
+                .actions
                 .iter()
                 .map(|a| {
                     activity(
@@ -524,35 +615,46 @@ impl Handler<RecordBatch> for UsersActor {
                 })
                 .collect();
             let rows: Vec<&ActivityRow> = actions.iter().map(|(row, _)| row).collect();
+            let claim = msg.claim.as_ref();
             let mut conn = ctx.pool.get().await?;
-            conn.transaction(async |conn| -> Result<_, UsersError> {
-                let events = outbox::Events::of(actions.iter().map(|(_, envelope)| envelope));
-                let written = store::record_activities(conn, &rows, events)
-                    .await
-                    .map_err(|e| {
-                        if db::is_foreign_key_violation(&e) {
-                            UsersError::UnknownUsers(Vec::new())
-                        } else {
-                            e.into()
-                        }
-                    })?;
-                let unknown: Vec<usize> = rows
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, row)| !written.contains(&row.id))
-                    .map(|(i, _)| i)
-                    .collect();
-                if unknown.is_empty() {
-                    Ok(())
-                } else {
-                    // Rolls the transaction back: all or nothing.
-                    Err(UsersError::UnknownUsers(unknown))
-                }
-            })
-            .await?;
-            ctx.wake_relay();
-            info!(ctx.logger, "activity batch recorded"; "actions" => rows.len());
-            Ok(rows.iter().map(|row| row.id).collect())
+            let answer = conn
+                .transaction(async |conn| -> Result<_, UsersError> {
+                    if let Some(ids) = idempotency::replay(conn, claim).await? {
+                        return Ok(Answer {
+                            value: ids,
+                            replayed: true,
+                        });
+                    }
+                    let events = outbox::Events::of(actions.iter().map(|(_, envelope)| envelope));
+                    let written = store::record_activities(conn, &rows, events)
+                        .await
+                        .map_err(|e| {
+                            if db::is_foreign_key_violation(&e) {
+                                UsersError::UnknownUsers(Vec::new())
+                            } else {
+                                e.into()
+                            }
+                        })?;
+                    let unknown: Vec<usize> = rows
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, row)| !written.contains(&row.id))
+                        .map(|(i, _)| i)
+                        .collect();
+                    if !unknown.is_empty() {
+                        // Rolls the transaction back: all or nothing.
+                        return Err(UsersError::UnknownUsers(unknown));
+                    }
+                    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+                    idempotency::record(conn, claim, &ids).await?;
+                    Ok(Answer::fresh(ids))
+                })
+                .await?;
+            if !answer.replayed {
+                ctx.wake_relay();
+                info!(ctx.logger, "activity batch recorded"; "actions" => rows.len());
+            }
+            Ok(answer)
         })
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use recsys_actors::observe::Refused;
 
 use crate::db::DbError;
+use crate::idempotency::IdempotencyError;
 
 /// A users operation that did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -35,6 +36,9 @@ pub enum UsersError {
     /// The actor restarted while the request waited in a group commit; nothing was written.
     #[error("service restarting; retry later")]
     Restarting,
+    /// An `Idempotency-Key` that is in use or was used for another request.
+    #[error(transparent)]
+    Idempotency(#[from] IdempotencyError),
     /// The hashing threads refused the password (overloaded, or restarting).
     #[error("password hashing: {0}")]
     HasherRefused(#[from] Refused),

@@ -1,6 +1,7 @@
 //! Routes of the users service. Handlers authenticate, validate, send one typed message to
 //! [`UsersActor`] and map the reply; a lost message becomes a `503`.
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use recsys_actors::observe::ObservedAddr;
 use recsys_schema::events::Action;
@@ -15,6 +16,7 @@ use super::actor::{
 use super::error::UsersError;
 use crate::auth::{Backend, Caller, Recorder};
 use crate::error::{ApiError, ErrorBody};
+use crate::idempotency::{IdempotencyKey, KeyOwner};
 use crate::openapi::Api;
 use crate::validate;
 
@@ -31,13 +33,21 @@ pub fn routes(api: &mut Api) {
         .add(__path_record_activity, record_activity)
         .add(__path_record_batch, record_batch)
         .body_limit("/activity/batch", MAX_BATCH_BYTES);
+    for path in [
+        "/users/register",
+        "/users",
+        "/users/{id}/activity",
+        "/activity/batch",
+    ] {
+        api.idempotent(path);
+    }
 }
 
 /// Largest `POST /activity/batch` body: 1000 actions of about 200 bytes, with room to spare.
 const MAX_BATCH_BYTES: usize = 512 * 1024;
 
 /// `POST /users/register` and `POST /users`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 struct RegisterBody {
     /// 1 to 100 characters.
     #[schema(min_length = 1, max_length = 100)]
@@ -62,9 +72,11 @@ struct RegisterBody {
 )]
 async fn register(
     users: web::Data<ObservedAddr<UsersActor>>,
+    key: IdempotencyKey,
     body: web::Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let claim = key.claim(KeyOwner::Anonymous, "POST /users/register", &body)?;
     let msg = RegisterUser {
         name: validate::text("name", &body.name, MAX_NAME)?,
         email: validate::email(&body.email)?,
@@ -73,9 +85,10 @@ async fn register(
             .as_deref()
             .map(validate::password)
             .transpose()?,
+        claim,
     };
     let registered = users.send(msg).await??;
-    Ok(HttpResponse::Created().json(registered))
+    Ok(registered.respond(StatusCode::CREATED, |r| r))
 }
 
 /// `POST /users/login`.
@@ -211,7 +224,7 @@ async fn update_user(
 }
 
 /// `POST /users/{id}/activity`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 struct ActivityBody {
     #[serde(rename = "type")]
     action: Action,
@@ -243,6 +256,7 @@ struct Accepted {
 async fn record_activity(
     users: web::Data<ObservedAddr<UsersActor>>,
     recorder: Recorder,
+    key: IdempotencyKey,
     id: web::Path<Uuid>,
     body: web::Json<ActivityBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -261,19 +275,25 @@ async fn record_activity(
     if !(1..=1000).contains(&quantity) {
         return Err(ApiError::invalid("quantity must be between 1 and 1000"));
     }
-    let event_id = users
+    let owner = match &caller {
+        Some(caller) => KeyOwner::User(caller.id()),
+        None => KeyOwner::ApiKey,
+    };
+    let claim = key.claim(owner, &format!("POST /users/{user_id}/activity"), &body)?;
+    let answer = users
         .send(RecordActivity {
             user_id,
             product_id: body.product_id,
             action: body.action,
             quantity,
+            claim,
         })
         .await?
         .map_err(|e| match &caller {
             Some(caller) => account_gone(caller, user_id)(e),
             None => e.into(),
         })?;
-    Ok(HttpResponse::Accepted().json(Accepted { event_id }))
+    Ok(answer.respond(StatusCode::ACCEPTED, |event_id| Accepted { event_id }))
 }
 
 /// How far ahead of this server's clock a batch action's `occurred_at` may be (clock skew).
@@ -287,7 +307,7 @@ const MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);
 const MAX_BATCH: usize = 1000;
 
 /// `POST /activity/batch`: what a storefront back end sends.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 struct BatchBody {
     /// 1 to 1000 actions, written all or nothing, in this order.
     #[schema(value_type = Vec<BatchItem>, min_items = 1, max_items = 1000)]
@@ -333,9 +353,12 @@ struct BatchAccepted {
 async fn record_batch(
     users: web::Data<ObservedAddr<UsersActor>>,
     _backend: Backend,
+    key: IdempotencyKey,
     body: web::Json<BatchBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let actions = body.into_inner().actions;
+    let body = body.into_inner();
+    let claim = key.claim(KeyOwner::ApiKey, "POST /activity/batch", &body)?;
+    let actions = body.actions;
     if actions.is_empty() || actions.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!(
             "actions must hold 1 to {MAX_BATCH} actions"
@@ -359,11 +382,18 @@ async fn record_batch(
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems.join("; ")));
     }
-    let event_ids = users.send(RecordBatch(valid)).await??;
-    Ok(HttpResponse::Accepted().json(BatchAccepted {
-        accepted: event_ids.len(),
-        event_ids,
-    }))
+    let answer = users
+        .send(RecordBatch {
+            actions: valid,
+            claim,
+        })
+        .await??;
+    Ok(
+        answer.respond(StatusCode::ACCEPTED, |event_ids| BatchAccepted {
+            accepted: event_ids.len(),
+            event_ids,
+        }),
+    )
 }
 
 /// One batch action, or what is wrong with each of its fields.
@@ -471,6 +501,7 @@ impl From<UsersError> for ApiError {
             ),
             UsersError::UnknownUsers(_) => ApiError::invalid(e.to_string()),
             UsersError::Restarting => ApiError::Unavailable(e.to_string()),
+            UsersError::Idempotency(refused) => refused.into(),
             UsersError::HasherRefused(refused) => refused.into(),
             UsersError::Hashing(_) => ApiError::Unexpected(anyhow::Error::new(e)),
             UsersError::Db(db) => db.into(),

@@ -29,10 +29,12 @@ async fn users_actor_answers_typed_messages() {
             name: "Actor".into(),
             email: "actor@example.com".into(),
             password: Some(Secret::new("actor-password")),
+            claim: None,
         })
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .value;
     let token = users
         .send(Login {
             email: "actor@example.com".into(),
@@ -78,10 +80,12 @@ async fn users_actor_answers_typed_messages() {
             product_id: Uuid::new_v4(),
             action: Action::CartAdd,
             quantity: 2,
+            claim: None,
         })
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .value;
     assert_ne!(event_id, Uuid::nil());
     let unknown = users
         .send(RecordActivity {
@@ -89,6 +93,7 @@ async fn users_actor_answers_typed_messages() {
             product_id: Uuid::new_v4(),
             action: Action::View,
             quantity: 1,
+            claim: None,
         })
         .await
         .unwrap();
@@ -110,10 +115,12 @@ async fn products_actor_answers_typed_messages() {
             price: BigDecimal::from_str("7.5").unwrap(),
             category: Some("kitchen".into()),
             description: None,
+            claim: None,
         })
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .value;
     assert_eq!(created.version, 1);
     assert_eq!(created.price.to_string(), "7.50");
     let updated = products

@@ -18,6 +18,7 @@ mod events;
 mod exactness;
 mod faults;
 mod helpers;
+mod idempotency;
 mod ingest;
 mod kafka;
 mod limits;

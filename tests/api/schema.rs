@@ -78,6 +78,8 @@ fn postgres_type(diesel: &str) -> String {
         "Bool" => "bool",
         "Numeric" => "numeric",
         "Timestamptz" => "timestamptz",
+        "Bytea" => "bytea",
+        "Jsonb" => "jsonb",
         other => panic!("no Postgres name for the diesel type {other}"),
     }
     .to_string()
