@@ -12,6 +12,11 @@
 //! retry runs again). The lock is taken in a statement of its own: the lookup after it sees
 //! everything committed before the lock was granted.
 //!
+//! A recorded action (`POST /users/{id}/activity`) is written in the group commit's one
+//! statement instead (`users::store::record_activities`): the statement takes the key's lock,
+//! records the key and writes the row together, and a keyed row it did not write is judged
+//! afterwards from the key's record ([`judge`]), so keyed actions keep the group commit.
+//!
 //! Keys belong to a caller ([`KeyOwner`]): the same key from two users is two keys. A request is
 //! identified by its operation and body, as a fingerprint ([`Fingerprints`]).
 
@@ -164,9 +169,24 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// Who sent the key (`caller` of its record).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The fingerprint of the request.
+    pub fn fingerprint(&self) -> &[u8] {
+        &self.fingerprint
+    }
+
     /// The advisory lock of this owner's key: 64 bits of a SHA-256 of both (a collision
     /// only makes one of two unrelated requests wait for a retry).
-    fn lock(&self) -> i64 {
+    pub fn lock(&self) -> i64 {
         let digest = Sha256::new()
             .chain_update(self.owner.as_bytes())
             .chain_update([0])
@@ -277,6 +297,37 @@ impl<T> Answer<T> {
     }
 }
 
+/// The live record of a key, as a lookup reads it.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Recorded {
+    #[diesel(sql_type = Bytea)]
+    pub fingerprint: Vec<u8>,
+    #[diesel(sql_type = Jsonb)]
+    pub answer: serde_json::Value,
+}
+
+/// What a key's live record (if any) means for `claim`: its answer for the same request
+/// (`Some`: answer it again), nothing recorded (`None`), or [`IdempotencyError::Mismatch`].
+pub fn judge<T: DeserializeOwned>(
+    claim: &Claim,
+    recorded: Option<Recorded>,
+) -> Result<Option<T>, IdempotencyError> {
+    match recorded {
+        None => Ok(None),
+        Some(recorded) if recorded.fingerprint != claim.fingerprint => {
+            Err(IdempotencyError::Mismatch)
+        }
+        Some(recorded) => serde_json::from_value(recorded.answer)
+            .map(Some)
+            .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)).into()),
+    }
+}
+
+/// [`RETENTION`] in seconds, as statements bind it (`make_interval(secs => ..)`).
+pub fn retention_secs() -> f64 {
+    RETENTION.as_secs_f64()
+}
+
 /// Call first in the transaction of a keyed write: takes the key's lock and answers the
 /// recorded answer of the same request, if there is one (the write must then not run).
 /// Without a claim, `None` and nothing done.
@@ -299,32 +350,17 @@ pub async fn replay<T: DeserializeOwned>(
     if !locked.locked {
         return Err(IdempotencyError::InFlight);
     }
-    #[derive(QueryableByName)]
-    struct Recorded {
-        #[diesel(sql_type = Bytea)]
-        fingerprint: Vec<u8>,
-        #[diesel(sql_type = Jsonb)]
-        answer: serde_json::Value,
-    }
     let recorded: Option<Recorded> = db::prepared(
         "SELECT fingerprint, answer FROM idempotency_keys \
          WHERE caller = $1 AND key = $2 AND created_at > now() - make_interval(secs => $3)",
     )
     .bind::<Text, _>(claim.owner.as_str())
     .bind::<Text, _>(claim.key.as_str())
-    .bind::<diesel::sql_types::Double, _>(RETENTION.as_secs_f64())
+    .bind::<diesel::sql_types::Double, _>(retention_secs())
     .get_result(conn)
     .await
     .optional()?;
-    match recorded {
-        None => Ok(None),
-        Some(recorded) if recorded.fingerprint != claim.fingerprint => {
-            Err(IdempotencyError::Mismatch)
-        }
-        Some(recorded) => serde_json::from_value(recorded.answer)
-            .map(Some)
-            .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)).into()),
-    }
+    judge(claim, recorded)
 }
 
 /// Call last in the transaction of a keyed write that ran: records `answer` for the key (over
@@ -351,7 +387,7 @@ pub async fn record<T: Serialize>(
     .bind::<Text, _>(claim.key.as_str())
     .bind::<Bytea, _>(claim.fingerprint.as_slice())
     .bind::<Jsonb, _>(answer)
-    .bind::<diesel::sql_types::Double, _>(RETENTION.as_secs_f64())
+    .bind::<diesel::sql_types::Double, _>(retention_secs())
     .execute(conn)
     .await?;
     // A live record the lookup did not see cannot exist while the lock is held; should one
@@ -369,7 +405,7 @@ pub async fn purge(pool: &Pool) -> Result<usize, DbError> {
     Ok(db::prepared(
         "DELETE FROM idempotency_keys WHERE created_at <= now() - make_interval(secs => $1)",
     )
-    .bind::<diesel::sql_types::Double, _>(RETENTION.as_secs_f64())
+    .bind::<diesel::sql_types::Double, _>(retention_secs())
     .execute(&mut conn)
     .await?)
 }

@@ -26,7 +26,7 @@ use super::throttle::{LoginLimits, LoginThrottle};
 use crate::auth::{JwtKeys, Role};
 use crate::config::Secret;
 use crate::db::{self, Pool};
-use crate::idempotency::{self, Answer, Claim};
+use crate::idempotency::{self, Answer, Claim, IdempotencyError};
 use crate::outbox;
 
 /// The users actor. Apart from its handles it holds only the login failure counts, which a
@@ -41,7 +41,7 @@ pub struct UsersActor {
     /// Failed logins per email and per client address.
     throttle: LoginThrottle,
     /// Recorded actions waiting for, or being written in, a group commit.
-    activity: GroupCommit<(ActivityRow, Envelope), Result<Uuid, UsersError>>,
+    activity: GroupCommit<Queued, Result<Answer<Uuid>, UsersError>>,
     logger: Logger,
 }
 
@@ -451,26 +451,28 @@ pub struct RecordActivity {
     pub claim: Option<Claim>,
 }
 
+/// An action waiting for its group commit.
+pub struct Queued {
+    row: ActivityRow,
+    envelope: Envelope,
+    claim: Option<Claim>,
+}
+
 /// Queues the action for the next group commit (see [`UsersActor::write_activity`]); answers
 /// the event id once it is committed; [`UsersError::UserNotFound`] for an unknown user. A keyed
-/// action is written in a transaction of its own with its key (see [`Ctx::record_keyed`]).
+/// action is written in the same statement as the others, with its key.
 impl Handler<RecordActivity> for UsersActor {
     type Result = ResponseFuture<Result<Answer<Uuid>, UsersError>>;
 
     fn handle(&mut self, msg: RecordActivity, ctx: &mut Self::Context) -> Self::Result {
         let (row, envelope) = activity(msg.user_id, msg.product_id, msg.action, msg.quantity, None);
-        if let Some(claim) = msg.claim {
-            let writer = self.ctx();
-            return Box::pin(async move { writer.record_keyed(row, envelope, claim).await });
-        }
-        let answer = self.activity.push((row, envelope));
+        let answer = self.activity.push(Queued {
+            row,
+            envelope,
+            claim: msg.claim,
+        });
         self.write_activity(ctx);
-        Box::pin(async move {
-            answer
-                .await
-                .unwrap_or_else(|_| Err(UsersError::Restarting))
-                .map(Answer::fresh)
-        })
+        Box::pin(async move { answer.await.unwrap_or_else(|_| Err(UsersError::Restarting)) })
     }
 }
 
@@ -496,12 +498,12 @@ impl UsersActor {
 
 impl Ctx {
     /// Writes a batch of actions; one outcome per action. If a user disappears mid-statement
-    /// (the whole statement fails), each action is written on its own.
-    async fn record_activities(
-        &self,
-        actions: &[(ActivityRow, Envelope)],
-    ) -> Vec<Result<Uuid, UsersError>> {
-        match self.record_batch(actions).await {
+    /// (the whole statement fails), each action is written on its own. A keyed action the
+    /// statement did not write is answered from its key's record: the first answer again, or
+    /// [`IdempotencyError::Mismatch`]; without a record, its key is held by a request still
+    /// running ([`IdempotencyError::InFlight`]) or its user does not exist.
+    async fn record_activities(&self, actions: &[Queued]) -> Vec<Result<Answer<Uuid>, UsersError>> {
+        let mut outcomes = match self.record_batch(actions).await {
             Err(UsersError::UserNotFound) if actions.len() > 1 => {
                 let mut outcomes = Vec::with_capacity(actions.len());
                 for action in actions.chunks(1) {
@@ -510,53 +512,53 @@ impl Ctx {
                 outcomes
             }
             result => answers(actions, result),
-        }
-    }
-
-    /// Writes one keyed action and its key in one transaction, or answers the key's recorded
-    /// event id and writes nothing.
-    async fn record_keyed(
-        &self,
-        row: ActivityRow,
-        envelope: Envelope,
-        claim: Claim,
-    ) -> Result<Answer<Uuid>, UsersError> {
-        let mut conn = self.pool.get().await?;
-        let answer = conn
-            .transaction(async |conn| -> Result<_, UsersError> {
-                if let Some(id) = idempotency::replay(conn, Some(&claim)).await? {
-                    return Ok(Answer {
-                        value: id,
-                        replayed: true,
-                    });
-                }
-                let events = outbox::Events::of([&envelope]);
-                let written = store::record_activities(conn, &[&row], events)
-                    .await
-                    .map_err(user_not_found)?;
-                if !written.contains(&row.id) {
-                    return Err(UsersError::UserNotFound);
-                }
-                idempotency::record(conn, Some(&claim), &row.id).await?;
-                Ok(Answer::fresh(row.id))
+        };
+        let unwritten: Vec<usize> = (0..actions.len())
+            .filter(|&i| {
+                actions[i].claim.is_some() && matches!(outcomes[i], Err(UsersError::UserNotFound))
             })
-            .await?;
-        if !answer.replayed {
-            self.wake_relay();
+            .collect();
+        if unwritten.is_empty() {
+            return outcomes;
         }
-        Ok(answer)
+        let keyed: Vec<(Uuid, &Claim)> = unwritten
+            .iter()
+            .filter_map(|&i| Some((actions[i].row.user_id, actions[i].claim.as_ref()?)))
+            .collect();
+        let found = match self.pool.get().await {
+            Ok(mut conn) => store::keyed_lookup(&mut conn, &keyed)
+                .await
+                .map_err(UsersError::from),
+            Err(e) => Err(e.into()),
+        };
+        for (n, &i) in unwritten.iter().enumerate() {
+            outcomes[i] = match &found {
+                Err(e) => Err(e.clone()),
+                Ok(found) => {
+                    let (user_exists, recorded) = &found[n];
+                    match idempotency::judge::<Uuid>(keyed[n].1, recorded.clone()) {
+                        Ok(Some(id)) => Ok(Answer {
+                            value: id,
+                            replayed: true,
+                        }),
+                        Ok(None) if *user_exists => Err(IdempotencyError::InFlight.into()),
+                        Ok(None) => Err(UsersError::UserNotFound),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+            };
+        }
+        outcomes
     }
 
-    /// One statement for `actions` and their events; a foreign-key violation is
+    /// One statement for `actions`, their events and their keys; a foreign-key violation is
     /// [`UsersError::UserNotFound`].
-    async fn record_batch(
-        &self,
-        actions: &[(ActivityRow, Envelope)],
-    ) -> Result<HashSet<Uuid>, UsersError> {
-        let rows: Vec<&ActivityRow> = actions.iter().map(|(row, _)| row).collect();
-        let events = outbox::Events::of(actions.iter().map(|(_, envelope)| envelope));
+    async fn record_batch(&self, actions: &[Queued]) -> Result<HashSet<Uuid>, UsersError> {
+        let rows: Vec<&ActivityRow> = actions.iter().map(|a| &a.row).collect();
+        let claims: Vec<Option<&Claim>> = actions.iter().map(|a| a.claim.as_ref()).collect();
+        let events = outbox::Events::of(actions.iter().map(|a| &a.envelope));
         let mut conn = self.pool.get().await?;
-        store::record_activities(&mut conn, &rows, events)
+        store::record_activities(&mut conn, &rows, &claims, events)
             .await
             .map_err(user_not_found)
     }
@@ -626,7 +628,7 @@ impl Handler<RecordBatch> for UsersActor {
                         });
                     }
                     let events = outbox::Events::of(actions.iter().map(|(_, envelope)| envelope));
-                    let written = store::record_activities(conn, &rows, events)
+                    let written = store::record_activities(conn, &rows, &[], events)
                         .await
                         .map_err(|e| {
                             if db::is_foreign_key_violation(&e) {
@@ -660,15 +662,16 @@ impl Handler<RecordBatch> for UsersActor {
 }
 
 /// One outcome per action of a written batch: its event id if the statement wrote it,
-/// [`UsersError::UserNotFound`] if its user does not exist, or the batch's failure.
+/// [`UsersError::UserNotFound`] if not (its user does not exist, or for a keyed action, see
+/// [`Ctx::record_activities`]), or the batch's failure.
 fn answers(
-    actions: &[(ActivityRow, Envelope)],
+    actions: &[Queued],
     written: Result<HashSet<Uuid>, UsersError>,
-) -> Vec<Result<Uuid, UsersError>> {
+) -> Vec<Result<Answer<Uuid>, UsersError>> {
     actions
         .iter()
-        .map(|(row, _)| match &written {
-            Ok(ids) if ids.contains(&row.id) => Ok(row.id),
+        .map(|Queued { row, .. }| match &written {
+            Ok(ids) if ids.contains(&row.id) => Ok(Answer::fresh(row.id)),
             Ok(_) => Err(UsersError::UserNotFound),
             Err(e) => Err(e.clone()),
         })
