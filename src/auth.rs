@@ -63,22 +63,38 @@ pub struct Claims {
 /// and a short, memorable secret (such as a documented default) lets anyone forge tokens.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// Signing and verification keys derived from `JWT_SECRET`.
+/// Signing and verification keys derived from `JWT_SECRET` (and `JWT_SECRET_PREVIOUS`).
 #[derive(Clone)]
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// The key of `JWT_SECRET_PREVIOUS`: verifies, never signs.
+    previous: Option<DecodingKey>,
     validation: Validation,
 }
 
+/// Refuses a configured secret shorter than [`MIN_SECRET_BYTES`], naming its variable.
+pub fn check_secret(name: &str, secret: &Secret) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        secret.expose().len() >= MIN_SECRET_BYTES,
+        "{name} is shorter than {MIN_SECRET_BYTES} bytes; use a random value (e.g. `openssl rand -hex 32`)"
+    );
+    Ok(())
+}
+
 impl JwtKeys {
-    /// Keys for a configured secret; refuses one shorter than [`MIN_SECRET_BYTES`].
-    pub fn configured(secret: &Secret) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            secret.expose().len() >= MIN_SECRET_BYTES,
-            "JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes; use a random value (e.g. `openssl rand -hex 32`)"
-        );
-        Self::new(secret)
+    /// Keys for the configured secrets; refuses one shorter than [`MIN_SECRET_BYTES`].
+    pub fn configured(secret: &Secret, previous: Option<&Secret>) -> anyhow::Result<Self> {
+        check_secret("JWT_SECRET", secret)?;
+        let mut keys = Self::new(secret)?;
+        if let Some(previous) = previous {
+            check_secret("JWT_SECRET_PREVIOUS", previous)?;
+            keys.previous = Some(
+                DecodingKey::from_secret(previous.expose().as_bytes())
+                    .context("JWT_SECRET_PREVIOUS as a verification key")?,
+            );
+        }
+        Ok(keys)
     }
 
     /// Keys for `secret`.
@@ -90,6 +106,7 @@ impl JwtKeys {
         Ok(Self {
             encoding: EncodingKey::from_secret(key).context("JWT_SECRET as a signing key")?,
             decoding: DecodingKey::from_secret(key).context("JWT_SECRET as a verification key")?,
+            previous: None,
             validation,
         })
     }
@@ -113,15 +130,18 @@ impl JwtKeys {
             .expect("HS256 signing cannot fail")
     }
 
-    /// The claims of a valid, unexpired HS256 token.
+    /// The claims of a valid, unexpired HS256 token signed with the current key or the
+    /// previous one.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        std::iter::once(&self.decoding)
+            .chain(&self.previous)
+            .find_map(|key| jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok())
             .map(|data| data.claims)
-            .map_err(|_| ApiError::Unauthorized("invalid or expired token".into()))
+            .ok_or_else(|| ApiError::Unauthorized("invalid or expired token".into()))
     }
 }
 
-/// A random 256-bit secret, hex encoded (used when `JWT_SECRET` is unset).
+/// A random 256-bit secret, hex encoded (`--dev` without `JWT_SECRET`).
 pub fn random_secret() -> Secret {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the operating system's random source works");

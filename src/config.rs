@@ -141,10 +141,26 @@ pub struct Settings {
     #[arg(long, env = "REDIS_ADDRESS", default_value = "localhost:6379")]
     pub redis_address: String,
 
-    /// HS256 key for JWTs, at least 32 bytes. Unset: a random key per start (tokens die with
-    /// the process).
+    /// HS256 key for JWTs, at least 32 bytes; required (`serve` refuses to start without it)
+    /// unless `--dev` is given. Every instance behind one load balancer needs the same one.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
+
+    /// The key JWT_SECRET replaced, at least 32 bytes: tokens signed with it are still accepted
+    /// (until they expire), none is signed with it. Rotation: set the old key here and a new
+    /// JWT_SECRET; remove it 24 hours later.
+    #[arg(long, env = "JWT_SECRET_PREVIOUS", hide_env_values = true)]
+    pub jwt_secret_previous: Option<Secret>,
+
+    /// `serve` only: do not migrate, only check that every migration is applied and refuse to
+    /// start otherwise (for deployments that run `recsys migrate` as a step of their own).
+    #[arg(long, env = "NO_MIGRATE", default_value_t = false)]
+    pub no_migrate: bool,
+
+    /// Development mode: without JWT_SECRET, a random key per start (tokens die with the
+    /// process, and instances reject each other's). Never in a deployment.
+    #[arg(long, env = "RECSYS_DEV", default_value_t = false)]
+    pub dev: bool,
 
     /// Key a storefront back end sends in `X-API-Key` to record actions for any user
     /// (`POST /users/{id}/activity`, `POST /activity/batch`), at least 32 bytes. Unset: no

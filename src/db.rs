@@ -54,19 +54,59 @@ pub fn pool(settings: &PostgresSettings) -> Pool {
         .build_unchecked(manager)
 }
 
-/// Applies the pending migrations; answers the versions applied.
+/// Arbitrary constant naming the advisory lock migrations are applied under.
+const MIGRATION_LOCK: i64 = 0x7265_6373_6d69; // "recsmi"
+
+/// Applies the pending migrations; answers the versions applied. Runs under a session-level
+/// advisory lock, so that runtimes starting together on one database migrate one after the
+/// other (the later ones find nothing pending) instead of racing on the same `CREATE`s.
 pub async fn migrate(url: &Secret) -> anyhow::Result<Vec<String>> {
     let url = url.expose().to_string();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
             .context("connecting to Postgres to migrate")?;
+        let lock = |conn: &mut AsyncConnectionWrapper<AsyncPgConnection>, sql: &str| {
+            diesel::RunQueryDsl::execute(
+                diesel::sql_query(sql).bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK),
+                conn,
+            )
+        };
+        lock(&mut conn, "SELECT pg_advisory_lock($1)").context("taking the migration lock")?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
-            .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?;
-        Ok(applied.iter().map(|v| v.to_string()).collect())
+            .map(|applied| applied.iter().map(|v| v.to_string()).collect())
+            .map_err(|e| anyhow::anyhow!("applying migrations: {e}"));
+        // Closing the connection releases the lock too; this is the early release.
+        let _ = lock(&mut conn, "SELECT pg_advisory_unlock($1)");
+        applied
     })
     .await
     .context("migration task")?
+}
+
+/// Fails unless every migration of this binary is applied (`serve --no-migrate`).
+pub async fn check_migrated(url: &Secret) -> anyhow::Result<()> {
+    let url = url.expose().to_string();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
+            .context("connecting to Postgres to check the schema")?;
+        let pending: Vec<String> = conn
+            .pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("reading the applied migrations: {e}"))?
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect();
+        anyhow::ensure!(
+            pending.is_empty(),
+            "the database schema is not current ({} migrations pending: {}); run `recsys migrate` \
+             first, or serve without --no-migrate",
+            pending.len(),
+            pending.join(", ")
+        );
+        Ok(())
+    })
+    .await
+    .context("schema check task")?
 }
 
 /// `SELECT 1` through the pool.

@@ -204,7 +204,7 @@ pub async fn observe(
         })
         .map(str::to_string)
         .unwrap_or_else(|| Uuid::new_v4().to_string());
-    let method = req.method().as_str().to_string();
+    let method = req.method().clone();
     let mut res = next.call(req).await?;
     let elapsed = started.elapsed();
     let route = res
@@ -217,15 +217,16 @@ pub async fn observe(
             .insert(header::HeaderName::from_static("x-request-id"), value);
     }
     if let Some(info) = info {
+        let label = method_label(&method, status);
         metrics::HTTP_REQUESTS
-            .with_label_values(&[info.name, &method, &route, status.as_str()])
+            .with_label_values(&[info.name, label, &route, status.as_str()])
             .inc();
         metrics::HTTP_DURATION
-            .with_label_values(&[info.name, &method, &route])
+            .with_label_values(&[info.name, label, &route])
             .observe(elapsed.as_secs_f64());
         let log = info.logger.new(slog::o!(
             "request_id" => request_id,
-            "method" => method,
+            "method" => method.to_string(),
             "route" => route,
             "status" => status.as_u16(),
             "duration_ms" => elapsed.as_secs_f64() * 1000.0,
@@ -239,6 +240,30 @@ pub async fn observe(
         }
     }
     Ok(res)
+}
+
+/// The `method` label of a request: its method when it is a standard one the route serves,
+/// otherwise `OTHER`. A client chooses the method, and any token is a valid one, so each
+/// made-up method (or a served route asked with a method it refuses, `405`) would otherwise
+/// add series without bound.
+pub fn method_label(
+    method: &actix_web::http::Method,
+    status: actix_web::http::StatusCode,
+) -> &'static str {
+    use actix_web::http::Method;
+    if status == actix_web::http::StatusCode::METHOD_NOT_ALLOWED {
+        return "OTHER";
+    }
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 fn anyhow_chain(e: &actix_web::Error) -> String {

@@ -96,31 +96,46 @@ impl std::fmt::Display for KeyOwner {
 /// stored fingerprint of a body holding a password cannot be checked against guesses by whoever
 /// reads the table. One per process, shared by the HTTP workers as app data.
 #[derive(Clone)]
-pub struct Fingerprints(Arc<hmac::Hmac<Sha256>>);
+pub struct Fingerprints {
+    current: Arc<hmac::Hmac<Sha256>>,
+    /// Under `JWT_SECRET_PREVIOUS`: a record made before a rotation still matches.
+    previous: Option<Arc<hmac::Hmac<Sha256>>>,
+}
 
 impl Fingerprints {
-    /// Fingerprints under a key derived from `secret` (the token secret).
-    pub fn new(secret: &Secret) -> Self {
-        let mut derive = hmac::Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
-            .expect("HMAC takes a key of any length");
-        derive.update(b"recsys idempotency fingerprint");
-        let key = derive.finalize().into_bytes();
-        Self(Arc::new(
-            hmac::Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes a key of any length"),
-        ))
+    /// Fingerprints under a key derived from `secret` (the token secret), also recognising
+    /// those made under `previous` (the secret it replaced).
+    pub fn new(secret: &Secret, previous: Option<&Secret>) -> Self {
+        let derive = |secret: &Secret| {
+            let mut derive = hmac::Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+                .expect("HMAC takes a key of any length");
+            derive.update(b"recsys idempotency fingerprint");
+            let key = derive.finalize().into_bytes();
+            Arc::new(
+                hmac::Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes a key of any length"),
+            )
+        };
+        Self {
+            current: derive(secret),
+            previous: previous.map(derive),
+        }
     }
 
-    /// The fingerprint of `request` sent to `operation`: its JSON with the keys of every
-    /// object in order, so that two bodies meaning the same are one request.
-    fn of(&self, operation: &str, request: &impl Serialize) -> Vec<u8> {
+    /// The fingerprint of `request` sent to `operation` under the current key and, after a
+    /// rotation, under the previous one: its JSON with the members of every object in order,
+    /// so that two bodies meaning the same are one request.
+    fn of(&self, operation: &str, request: &impl Serialize) -> (Vec<u8>, Option<Vec<u8>>) {
         let value = serde_json::to_value(request).expect("a request body serializes");
         let mut text = Vec::with_capacity(256);
         text.extend_from_slice(operation.as_bytes());
         text.push(0);
         canonical(&value, &mut text);
-        let mut mac = (*self.0).clone();
-        mac.update(&text);
-        mac.finalize().into_bytes().to_vec()
+        let print = |key: &hmac::Hmac<Sha256>| {
+            let mut mac = key.clone();
+            mac.update(&text);
+            mac.finalize().into_bytes().to_vec()
+        };
+        (print(&self.current), self.previous.as_deref().map(print))
     }
 }
 
@@ -166,6 +181,8 @@ pub struct Claim {
     owner: String,
     key: String,
     fingerprint: Vec<u8>,
+    /// Its fingerprint under the secret before a rotation, if there is one.
+    previous: Option<Vec<u8>>,
 }
 
 impl Claim {
@@ -217,10 +234,12 @@ impl IdempotencyKey {
         let fingerprints = self.fingerprints.as_ref().ok_or_else(|| {
             ApiError::Unexpected(anyhow::anyhow!("request fingerprints not configured"))
         })?;
+        let (fingerprint, previous) = fingerprints.of(operation, request);
         Ok(Some(Claim {
             owner: owner.to_string(),
             key: key.clone(),
-            fingerprint: fingerprints.of(operation, request),
+            fingerprint,
+            previous,
         }))
     }
 }
@@ -312,11 +331,13 @@ pub fn judge<T: DeserializeOwned>(
     claim: &Claim,
     recorded: Option<Recorded>,
 ) -> Result<Option<T>, IdempotencyError> {
+    let same = |recorded: &Recorded| {
+        recorded.fingerprint == claim.fingerprint
+            || claim.previous.as_ref() == Some(&recorded.fingerprint)
+    };
     match recorded {
         None => Ok(None),
-        Some(recorded) if recorded.fingerprint != claim.fingerprint => {
-            Err(IdempotencyError::Mismatch)
-        }
+        Some(recorded) if !same(&recorded) => Err(IdempotencyError::Mismatch),
         Some(recorded) => serde_json::from_value(recorded.answer)
             .map(Some)
             .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)).into()),
@@ -467,7 +488,7 @@ mod tests {
     /// another operation or another secret is another fingerprint.
     fn fingerprints_ignore_member_order_only() {
         let secret = Secret::new("a-secret-of-at-least-thirty-two-bytes!!");
-        let prints = Fingerprints::new(&secret);
+        let prints = Fingerprints::new(&secret, None);
         let a: serde_json::Value =
             serde_json::from_str(r#"{"b": 1, "a": {"y": [1, {"q": 2, "p": 3}], "x": "s"}}"#)
                 .unwrap();
@@ -477,10 +498,14 @@ mod tests {
         let c: serde_json::Value =
             serde_json::from_str(r#"{"a": {"x": "s", "y": [{"p": 3, "q": 2}, 1]}, "b": 1}"#)
                 .unwrap();
-        assert_eq!(prints.of("op", &a), prints.of("op", &b));
-        assert_ne!(prints.of("op", &a), prints.of("op", &c));
-        assert_ne!(prints.of("op", &a), prints.of("other", &a));
-        let other = Fingerprints::new(&Secret::new("another-secret-of-thirty-two-bytes!!!"));
-        assert_ne!(prints.of("op", &a), other.of("op", &a));
+        let print = |prints: &Fingerprints, op, v| prints.of(op, v).0;
+        assert_eq!(print(&prints, "op", &a), print(&prints, "op", &b));
+        assert_ne!(print(&prints, "op", &a), print(&prints, "op", &c));
+        assert_ne!(print(&prints, "op", &a), print(&prints, "other", &a));
+        let newer = Secret::new("another-secret-of-thirty-two-bytes!!!");
+        let rotated = Fingerprints::new(&newer, Some(&secret));
+        assert_ne!(print(&prints, "op", &a), print(&rotated, "op", &a));
+        // After the rotation the old fingerprint is still recognised.
+        assert_eq!(rotated.of("op", &a).1, Some(print(&prints, "op", &a)));
     }
 }

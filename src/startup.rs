@@ -64,17 +64,31 @@ impl Application {
     ) -> anyhow::Result<Self> {
         metrics::init();
         let url = settings.postgres.url();
-        let applied = db::migrate(&url).await?;
-        info!(logger, "database migrated"; "applied" => applied.len());
+        if settings.no_migrate {
+            db::check_migrated(&url).await?;
+            info!(logger, "database schema is current");
+        } else {
+            let applied = db::migrate(&url).await?;
+            info!(logger, "database migrated"; "applied" => applied.len());
+        }
         let pool = db::pool(&settings.postgres);
 
+        let previous = settings.jwt_secret_previous.as_ref();
         let (keys, fingerprints) = match &settings.jwt_secret {
-            Some(secret) => (JwtKeys::configured(secret)?, Fingerprints::new(secret)),
-            None => {
-                warn!(logger, "JWT_SECRET is not set: using a random key; every token dies with this process. Set JWT_SECRET in any real deployment!");
+            Some(secret) => (
+                JwtKeys::configured(secret, previous)?,
+                Fingerprints::new(secret, previous),
+            ),
+            None if settings.dev => {
+                warn!(logger, "development mode without JWT_SECRET: a random key; every token dies with this process and other instances reject them");
                 let secret = auth::random_secret();
-                (JwtKeys::new(&secret)?, Fingerprints::new(&secret))
+                (JwtKeys::new(&secret)?, Fingerprints::new(&secret, None))
             }
+            None => anyhow::bail!(
+                "JWT_SECRET is not set: give every instance the same random value of at least 32 \
+                 bytes (e.g. `openssl rand -hex 32`), or --dev (RECSYS_DEV=true) for a random \
+                 development key"
+            ),
         };
 
         let relay = if services.iter().any(|s| s.writes_events()) {

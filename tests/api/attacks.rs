@@ -166,6 +166,66 @@ async fn the_runtime_refuses_a_short_jwt_secret() {
     assert!(format!("{error:#}").contains("JWT_SECRET is shorter than 32 bytes"));
 }
 
+/// Rotation: with `JWT_SECRET_PREVIOUS` set to the key `JWT_SECRET` replaced, tokens signed
+/// with either are accepted, new ones are signed with the new key only, and a token of any
+/// other key is refused; a short previous key stops the start like a short current one.
+#[actix_web::test]
+async fn a_rotated_secret_still_accepts_the_previous_keys_tokens() {
+    const OLD: &str = "the-old-secret-of-at-least-32-bytes-long";
+    const NEW: &str = "the-new-secret-of-at-least-32-bytes-long";
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.jwt_secret = Some(recsys::config::Secret::new(NEW));
+            settings.jwt_secret_previous = Some(recsys::config::Secret::new(OLD));
+        })
+        .spawn()
+        .await;
+    let (user, token, _) = app.new_user().await;
+    let profile = |token: String| {
+        let app = &app;
+        async move {
+            app.get(Service::Users, &format!("/users/{user}"), Some(&token))
+                .await
+        }
+    };
+
+    assert_eq!(
+        profile(sign(OLD, user, "user", 600)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        profile(sign(NEW, user, "user", 600)).await.status,
+        StatusCode::OK
+    );
+    profile(sign(
+        "a-third-secret-of-at-least-32-bytes-long",
+        user,
+        "user",
+        600,
+    ))
+    .await
+    .assert_error(401, "unauthorized");
+    // What the runtime issues is signed with the new key: re-signed with it, the same header
+    // and claims give the same token.
+    let parts: Vec<&str> = token.split('.').collect();
+    let resigned = {
+        use hmac::{KeyInit as _, Mac as _};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(NEW.as_bytes()).unwrap();
+        mac.update(format!("{}.{}", parts[0], parts[1]).as_bytes());
+        B64.encode(mac.finalize().into_bytes())
+    };
+    assert_eq!(parts[2], resigned);
+
+    let (database_url, prefix) = fresh_database().await;
+    let mut settings = test_settings(&database_url, &prefix, &brokers());
+    settings.jwt_secret_previous = Some(recsys::config::Secret::new("old-and-short"));
+    let error = Application::build(settings, &Service::ALL, test_logger())
+        .await
+        .err()
+        .expect("a 13-byte previous secret is refused");
+    assert!(format!("{error:#}").contains("JWT_SECRET_PREVIOUS is shorter than 32 bytes"));
+}
+
 /// Once an account is gone, its still-unexpired token gets 401 on every route of that account,
 /// and no activity is recorded for it.
 #[actix_web::test]

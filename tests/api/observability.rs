@@ -281,6 +281,82 @@ async fn no_label_value_carries_an_id() {
     assert!(!text.contains(&missing.to_string()));
 }
 
+/// A made-up method, or a method the route does not serve, counts under `method="OTHER"`:
+/// however many a client invents, the families keep one series for them.
+#[actix_web::test]
+async fn made_up_methods_count_under_one_label() {
+    let app = spawn_app().await;
+    let invented: Vec<String> = (0..20).map(|i| format!("BREW{i}")).collect();
+    for method in &invented {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        app.client
+            .request(method, format!("{}/users/login", app.url(Service::Users)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let refused = app
+        .request(
+            reqwest::Method::DELETE,
+            Service::Users,
+            "/users/login",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, reqwest::StatusCode::METHOD_NOT_ALLOWED);
+    let nowhere = app
+        .client
+        .request(
+            reqwest::Method::from_bytes(b"BREW").unwrap(),
+            format!("{}/no/such/route", app.url(Service::Users)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nowhere.status(), reqwest::StatusCode::NOT_FOUND);
+
+    let samples = samples(&app, Service::Users).await;
+    let http: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name.starts_with("http_request"))
+        .collect();
+    let methods: std::collections::BTreeSet<&str> =
+        http.iter().filter_map(|s| s.label("method")).collect();
+    assert!(
+        methods.iter().all(|m| [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"
+        ]
+        .contains(m)),
+        "{methods:?}"
+    );
+    let other_login = http
+        .iter()
+        .find(|s| {
+            s.name == "http_requests_total"
+                && s.label("method") == Some("OTHER")
+                && s.label("route") == Some("/users/login")
+        })
+        .map(|s| s.value);
+    assert_eq!(
+        other_login,
+        Some(21.0),
+        "20 invented methods and one DELETE"
+    );
+    assert!(!http
+        .iter()
+        .any(|s| s.label("method") == Some("DELETE") && s.label("route") == Some("/users/login")));
+    let other_unmatched = http
+        .iter()
+        .find(|s| {
+            s.name == "http_requests_total"
+                && s.label("method") == Some("OTHER")
+                && s.label("route") == Some("unmatched")
+        })
+        .map(|s| s.value);
+    assert_eq!(other_unmatched, Some(1.0));
+}
+
 /// Concurrent logins (each an argon2 verification) pile up in the users actor's mailbox
 /// gauge, which falls back to 0 once all are answered; every one is counted.
 #[actix_web::test]

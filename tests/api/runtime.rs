@@ -172,6 +172,128 @@ async fn unreadable_ranking_settings_stop_the_start() {
     }
 }
 
+/// Without `JWT_SECRET` the runtime does not start (two instances would reject each other's
+/// tokens, and every restart would log everyone out): it exits 1 naming the variable and the
+/// way out; with `RECSYS_DEV=true` it starts on a random development key.
+#[actix_web::test]
+async fn serve_requires_a_jwt_secret_unless_in_development_mode() {
+    let (database_url, prefix) = fresh_database().await;
+    let run = serve(&[Service::Users], &database_url, &prefix)
+        .env_remove("JWT_SECRET")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("exits")
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    let last: serde_json::Value =
+        serde_json::from_str(log.lines().last().expect("a log line")).unwrap();
+    let error = last["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("JWT_SECRET is not set") && error.contains("RECSYS_DEV"),
+        "{log}"
+    );
+    assert!(listening_ports(&log).is_empty(), "{log}");
+
+    let log = std::env::temp_dir().join(format!("recsys-dev-{}.log", Uuid::new_v4()));
+    let mut child = serve(&[Service::Users], &database_url, &prefix)
+        .env_remove("JWT_SECRET")
+        .env("RECSYS_DEV", "true")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ports = reported_ports(&log, 0, &[Service::Users]).await;
+    assert!(ports.contains_key(&Service::Users));
+    child.kill().await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("development mode without JWT_SECRET"),
+        "{text}"
+    );
+}
+
+/// Three runtimes started at the same moment on one empty database all start: they migrate
+/// one after the other under the migration lock, and each migration is applied once.
+/// `serve --no-migrate` refuses an unmigrated database (naming what is pending) and serves a
+/// migrated one.
+#[actix_web::test]
+async fn runtimes_started_together_migrate_once_and_no_migrate_only_checks() {
+    let (database_url, prefix) = fresh_database().await;
+    let db = TestDb(database_url.clone());
+    let services = [Service::Users, Service::Products];
+    let run = |flags: &[&str]| {
+        let log = std::env::temp_dir().join(format!("recsys-migrate-{}.log", Uuid::new_v4()));
+        let child = serve(&services, &database_url, &prefix)
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+
+    let refused = serve(&services, &database_url, &prefix)
+        .arg("--no-migrate")
+        .stdout(Stdio::null())
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(60), refused)
+        .await
+        .expect("exits")
+        .unwrap();
+    let log = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{log}");
+    assert!(log.contains("schema is not current"), "{log}");
+    assert!(
+        log.contains("create_users"),
+        "names the pending migrations: {log}"
+    );
+
+    let runtimes: Vec<_> = (0..3).map(|_| run(&[])).collect();
+    for (_, log) in &runtimes {
+        let ports = reported_ports(log, 0, &services).await;
+        assert_eq!(ports.len(), 2, "{}", std::fs::read_to_string(log).unwrap());
+    }
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!(
+        db.number("SELECT count(*) FROM __diesel_schema_migrations")
+            .await,
+        migrations
+    );
+    let applied: Vec<u64> = runtimes
+        .iter()
+        .filter_map(|(_, log)| {
+            std::fs::read_to_string(log)
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|l| l["msg"] == "database migrated")
+                .and_then(|l| l["applied"].as_u64())
+        })
+        .collect();
+    let mut sorted = applied.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [0, 0, migrations as u64],
+        "one runtime applied them all"
+    );
+
+    let (mut checked, log) = run(&["--no-migrate"]);
+    reported_ports(&log, 0, &services).await;
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("database schema is current"));
+    checked.kill().await.unwrap();
+}
+
 /// A fresh database that `recsys migrate` (exiting 0) gave the schema.
 async fn migrated_database() -> TestDb {
     let (database_url, _) = fresh_database().await;
