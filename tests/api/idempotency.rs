@@ -344,14 +344,8 @@ async fn a_key_whose_first_request_runs_is_a_conflict() {
     let path = format!("/users/{user}/activity");
     let body = json!({"type": "cart_add", "product_id": Uuid::new_v4()});
 
-    let lock = UserLocked::take(&app, user).await;
-    let first = {
-        let (app, path, body, token) = (&app, &path, &body, &token);
-        async move { post_keyed(app, Service::Users, path, body, Some("k"), As::Token(token)).await }
-    };
-    let second = async {
-        lock.until_a_write_waits(&app).await;
-        let second = post_keyed(
+    let send = || {
+        post_keyed(
             &app,
             Service::Users,
             &path,
@@ -359,23 +353,20 @@ async fn a_key_whose_first_request_runs_is_a_conflict() {
             Some("k"),
             As::Token(&token),
         )
-        .await;
+    };
+
+    let lock = UserLocked::take(&app, user).await;
+    let second = async {
+        lock.until_a_write_waits(&app).await;
+        let second = send().await;
         lock.release().await;
         second
     };
-    let (first, second) = tokio::join!(first, second);
+    let (first, second) = tokio::join!(send(), second);
 
     assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
     second.assert_error(409, "conflict");
-    let third = post_keyed(
-        &app,
-        Service::Users,
-        &path,
-        &body,
-        Some("k"),
-        As::Token(&token),
-    )
-    .await;
+    let third = send().await;
     assert!(replayed(&third));
     assert_eq!(third.body, first.body);
     assert_eq!(app.count("user_activity").await, 1);
@@ -404,38 +395,8 @@ async fn a_request_timed_out_by_the_server_and_retried_counts_once() {
     let path = format!("/users/{user}/activity");
     let purchase = json!({"type": "purchase", "product_id": lamp});
     let key = Uuid::new_v4().to_string();
-
-    let lock = UserLocked::take(&app, user).await;
-    let timed_out = post_keyed(
-        &app,
-        Service::Users,
-        &path,
-        &purchase,
-        Some(&key),
-        As::Token(&token),
-    )
-    .await;
-    timed_out.assert_error(503, "unavailable");
-    lock.until_a_write_waits(&app).await;
-    // The client retries at once: the first write still holds the key (409), or the retry
-    // waits behind it in the runtime's one activity writer and times out too (503).
-    let early = post_keyed(
-        &app,
-        Service::Users,
-        &path,
-        &purchase,
-        Some(&key),
-        As::Token(&token),
-    )
-    .await;
-    assert!(
-        [StatusCode::CONFLICT, StatusCode::SERVICE_UNAVAILABLE].contains(&early.status),
-        "{}",
-        early.text
-    );
-    lock.release().await;
-    let answered = eventually(Duration::from_secs(20), "the retry answered", || async {
-        let reply = post_keyed(
+    let send = || {
+        post_keyed(
             &app,
             Service::Users,
             &path,
@@ -443,7 +404,23 @@ async fn a_request_timed_out_by_the_server_and_retried_counts_once() {
             Some(&key),
             As::Token(&token),
         )
-        .await;
+    };
+
+    let lock = UserLocked::take(&app, user).await;
+    let timed_out = send().await;
+    timed_out.assert_error(503, "unavailable");
+    lock.until_a_write_waits(&app).await;
+    // The client retries at once: the first write still holds the key (409), or the retry
+    // waits behind it in the runtime's one activity writer and times out too (503).
+    let early = send().await;
+    assert!(
+        [StatusCode::CONFLICT, StatusCode::SERVICE_UNAVAILABLE].contains(&early.status),
+        "{}",
+        early.text
+    );
+    lock.release().await;
+    let answered = eventually(Duration::from_secs(20), "the retry answered", || async {
+        let reply = send().await;
         (reply.status != StatusCode::CONFLICT).then_some(reply)
     })
     .await;

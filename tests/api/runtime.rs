@@ -150,26 +150,29 @@ async fn sigterm_drains_the_outbox_and_exits_zero() {
 async fn unreadable_ranking_settings_stop_the_start() {
     for (var, value) in [("RANKING_WEIGHTS", "like=1"), ("RANKING_HALF_LIFE", "soon")] {
         let (database_url, prefix) = fresh_database().await;
-        let run = serve(&[Service::Recommendations], &database_url, &prefix)
-            .env(var, value)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(60), run)
-            .await
-            .expect("exits")
-            .unwrap();
-        let log = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{var}={value}: {log}");
-        let last: serde_json::Value =
-            serde_json::from_str(log.lines().last().expect("a log line")).unwrap();
-        assert_eq!(last["msg"], "fatal", "{log}");
-        assert!(
-            last["error"].as_str().unwrap().starts_with(var),
-            "{var}={value}: {log}"
-        );
-        assert!(listening_ports(&log).is_empty(), "{log}");
+        let mut command = serve(&[Service::Recommendations], &database_url, &prefix);
+        command.env(var, value);
+        let (log, error) = refused_start(command).await;
+        assert!(error.starts_with(var), "{var}={value}: {log}");
     }
+}
+
+/// Runs `command` (a `serve` that must not start): asserts it exits 1 without serving, its
+/// last log line the fatal error; answers the log and that error.
+async fn refused_start(mut command: tokio::process::Command) -> (String, String) {
+    let run = command.stdout(Stdio::null()).kill_on_drop(true).output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("exits")
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(listening_ports(&log).is_empty(), "{log}");
+    let last: serde_json::Value =
+        serde_json::from_str(log.lines().last().expect("a log line")).unwrap();
+    assert_eq!(last["msg"], "fatal", "{log}");
+    let error = last["error"].as_str().unwrap().to_string();
+    (log, error)
 }
 
 /// Without `JWT_SECRET` the runtime does not start (two instances would reject each other's
@@ -178,25 +181,13 @@ async fn unreadable_ranking_settings_stop_the_start() {
 #[actix_web::test]
 async fn serve_requires_a_jwt_secret_unless_in_development_mode() {
     let (database_url, prefix) = fresh_database().await;
-    let run = serve(&[Service::Users], &database_url, &prefix)
-        .env_remove("JWT_SECRET")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("exits")
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{log}");
-    let last: serde_json::Value =
-        serde_json::from_str(log.lines().last().expect("a log line")).unwrap();
-    let error = last["error"].as_str().unwrap();
+    let mut command = serve(&[Service::Users], &database_url, &prefix);
+    command.env_remove("JWT_SECRET");
+    let (log, error) = refused_start(command).await;
     assert!(
         error.starts_with("JWT_SECRET is not set") && error.contains("RECSYS_DEV"),
         "{log}"
     );
-    assert!(listening_ports(&log).is_empty(), "{log}");
 
     let log = std::env::temp_dir().join(format!("recsys-dev-{}.log", Uuid::new_v4()));
     let mut child = serve(&[Service::Users], &database_url, &prefix)
@@ -238,19 +229,12 @@ async fn runtimes_started_together_migrate_once_and_no_migrate_only_checks() {
         (child, log)
     };
 
-    let refused = serve(&services, &database_url, &prefix)
-        .arg("--no-migrate")
-        .stdout(Stdio::null())
-        .output();
-    let refused = tokio::time::timeout(Duration::from_secs(60), refused)
-        .await
-        .expect("exits")
-        .unwrap();
-    let log = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{log}");
-    assert!(log.contains("schema is not current"), "{log}");
+    let mut refused = serve(&services, &database_url, &prefix);
+    refused.arg("--no-migrate");
+    let (log, error) = refused_start(refused).await;
+    assert!(error.contains("schema is not current"), "{log}");
     assert!(
-        log.contains("create_users"),
+        error.contains("create_users"),
         "names the pending migrations: {log}"
     );
 
