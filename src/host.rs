@@ -81,6 +81,7 @@ impl Host<'_> {
             &Arbiter::new().handle(),
             service,
             settings.actor_mailbox_limit,
+            &self.logger,
             KafkaConsumer::new(
                 config,
                 Arc::new(move |bytes: &[u8]| consumption::decode_fact(bytes, snapshots)),

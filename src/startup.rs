@@ -308,20 +308,21 @@ fn start_relay(
         poll_interval: settings.outbox_poll_interval(),
         delivery_timeout: Duration::from_millis(settings.kafka_delivery_timeout_ms),
     };
-    let logger = logger.new(o!("actor" => "outbox_relay"));
+    let relay_logger = logger.new(o!("actor" => "outbox_relay"));
     let relay = OutboxRelay::new(
         config,
         Arc::new(PgOutbox::new(
             pool.clone(),
             settings.outbox_vacuum_rows,
-            logger.clone(),
+            relay_logger.clone(),
         )),
-        logger,
+        relay_logger,
     )?;
     Ok(start_supervised(
         &Arbiter::new().handle(),
         RUNTIME,
         settings.actor_mailbox_limit,
+        logger,
         relay,
     ))
 }

@@ -5,8 +5,8 @@
 //!
 //! ## Layout
 //!
-//! - [`supervision`]: starting actors under an actix `Supervisor` that counts restarts, and
-//!   (tests only) the `Fail` message that makes a supervised actor restart.
+//! - [`supervision`]: starting actors under a supervisor that counts restarts and turns a panic
+//!   into a restart, and (tests only) the `Fail` and `Panic` messages that make it restart.
 //! - [`retry`]: retrying until success, with exponential backoff and jitter.
 //! - [`kafka`]: librdkafka client settings, the idempotent producer and topic creation.
 //! - [`kafka_consumer`]: the generic consumer actor, a folder of one job per file: batches,

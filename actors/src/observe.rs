@@ -19,19 +19,34 @@
 //! The `actor` and `message` labels are Rust type names without their path and generic
 //! arguments (`KafkaConsumer`, `ApplyBatch`): bounded by the code, never by data.
 //!
+//! A panic is contained: one raised while the actor handles a message (or polls one of its own
+//! futures) unwinds into its supervisor, one raised by a handler's detached answer future is
+//! caught around that future ([`ContainPanics`]). Either way the probe logs it with the actor
+//! and the message (`outcome` `panicked`, or `dropped` for the answer future's message) and
+//! the supervisor restarts the actor (see [`crate::supervision`]).
+//!
 //! Mailboxes are bounded: once `limit` messages of an actor are in flight, a further send is
 //! refused at once with [`Refused::Overloaded`] (counted with outcome `shed`) instead of
 //! queueing without end, and the HTTP layer answers `503`. An address may also carry a
 //! deadline ([`ObservedAddr::with_timeout`]): an answer that takes longer is
 //! [`Refused::TimedOut`].
 
+use std::any::Any;
 use std::future::Future;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use actix::dev::{MessageResponse, OneshotSender, ToEnvelope};
-use actix::{Actor, Addr, Handler, MailboxError, Message, Recipient};
+use actix::{
+    Actor, Addr, AtomicResponse, Handler, MailboxError, Message, Recipient, ResponseActFuture,
+};
+use futures_util::task::AtomicWaker;
+use futures_util::FutureExt;
 use prometheus::{IntCounter, IntGauge};
+use slog::{error, Logger};
 use tokio::sync::oneshot;
 
 use crate::metrics::{ACTOR_MAILBOX_DEPTH, ACTOR_MESSAGES, ACTOR_MESSAGE_DURATION, ACTOR_RESTARTS};
@@ -93,6 +108,14 @@ struct ProbeInner {
     restarts: IntCounter,
     /// Messages in flight beyond which sends are refused.
     limit: i64,
+    logger: Logger,
+    /// The message whose handling unwound last (named by its ticket as it is dropped), for the
+    /// supervisor's log line.
+    unwound: Mutex<Option<&'static str>>,
+    /// Set by a panicking answer future: the supervisor restarts the actor on its next poll.
+    restart: AtomicBool,
+    /// Wakes the supervisor when `restart` is set.
+    supervisor: AtomicWaker,
 }
 
 /// Why a message got no answer.
@@ -123,9 +146,9 @@ pub const DEFAULT_MAILBOX_LIMIT: usize = 1024;
 
 impl Probe {
     /// The probe of an actor of type `A` serving `service`, refusing messages beyond `limit` in
-    /// flight. Creates its depth and restart series at zero, so they are on `/metrics` before
-    /// anything happens.
-    pub fn new<A: ?Sized>(service: &'static str, limit: usize) -> Self {
+    /// flight and logging panics to `logger`. Creates its depth and restart series at zero, so
+    /// they are on `/metrics` before anything happens.
+    pub fn new<A: ?Sized>(service: &'static str, limit: usize, logger: &Logger) -> Self {
         let actor = short_type_name::<A>();
         let depth = ACTOR_MAILBOX_DEPTH.with_label_values(&[service, actor]);
         let restarts = ACTOR_RESTARTS.with_label_values(&[service, actor]);
@@ -135,12 +158,42 @@ impl Probe {
             depth,
             restarts,
             limit: i64::try_from(limit.max(1)).unwrap_or(i64::MAX),
+            logger: logger.new(slog::o!("service" => service, "actor" => actor)),
+            unwound: Mutex::new(None),
+            restart: AtomicBool::new(false),
+            supervisor: AtomicWaker::new(),
         }))
     }
 
     /// Counts one restart.
     pub fn restarted(&self) {
         self.0.restarts.inc();
+    }
+
+    /// Logs a caught panic: the actor, the message being handled (when known) and what the
+    /// panic said. `message` defaults to the one whose ticket was dropped by the unwinding.
+    pub fn panicked(&self, message: Option<&'static str>, payload: &(dyn Any + Send)) {
+        let unwound = self.0.unwound.lock().map_or(None, |mut m| m.take());
+        let message = message.or(unwound).unwrap_or("none");
+        let said = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(not a string)");
+        error!(self.0.logger, "actor panicked, restarting it"; "message" => message, "panic" => said);
+    }
+
+    /// Asks the supervisor to restart the actor (a panic outside the actor's own context).
+    fn request_restart(&self) {
+        self.0.restart.store(true, Ordering::SeqCst);
+        self.0.supervisor.wake();
+    }
+
+    /// Whether a restart was asked for since the last call; registers `waker` to be woken by the
+    /// next request.
+    pub(crate) fn take_restart_request(&self, waker: &Waker) -> bool {
+        self.0.supervisor.register(waker);
+        self.0.restart.swap(false, Ordering::SeqCst)
     }
 
     /// `message` with a ticket, counted in the mailbox depth until answered or dropped; or
@@ -178,11 +231,18 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let probe = &self.probe.0;
         probe.depth.dec();
+        if self.outcome.is_none() && std::thread::panicking() {
+            // Dropped by the unwinding of a panic while this message was being handled.
+            self.outcome = Some("panicked");
+            if let Ok(mut unwound) = probe.unwound.lock() {
+                *unwound = Some(self.message);
+            }
+        }
         let outcome = self.outcome.unwrap_or("dropped");
         ACTOR_MESSAGES
             .with_label_values(&[probe.service, probe.actor, self.message, outcome])
             .inc();
-        if let (Some(started), Some(_)) = (self.started, self.outcome) {
+        if let (Some(started), Some("ok" | "error")) = (self.started, self.outcome) {
             ACTOR_MESSAGE_DURATION
                 .with_label_values(&[probe.service, probe.actor, self.message])
                 .observe(started.elapsed().as_secs_f64());
@@ -212,6 +272,53 @@ impl<M> Observed<M> {
         (message, ticket)
     }
 }
+
+/// A handler's answer with its panics contained: an answer future that panics is logged with
+/// its actor and message and makes the supervisor restart the actor (the sender gets no answer:
+/// [`Refused::Stopped`]). Answers computed inside the actor's context need nothing: a panic
+/// there unwinds into the supervisor.
+pub trait ContainPanics {
+    /// `self`, reporting a panic to the probe of `ticket`.
+    fn contain(self, ticket: &Ticket) -> Self;
+}
+
+impl<T: 'static> ContainPanics for actix::ResponseFuture<T> {
+    fn contain(self, ticket: &Ticket) -> Self {
+        let (probe, message) = (ticket.probe.clone(), ticket.message);
+        Box::pin(async move {
+            match AssertUnwindSafe(self).catch_unwind().await {
+                Ok(answer) => answer,
+                Err(payload) => {
+                    probe.panicked(Some(message), &*payload);
+                    probe.request_restart();
+                    // Ends this task as the panic would have (no answer is sent), without
+                    // running the panic hook a second time.
+                    std::panic::resume_unwind(payload)
+                }
+            }
+        })
+    }
+}
+
+/// Answers that run inside the actor's context (its own futures, plain values).
+macro_rules! contained_by_the_supervisor {
+    ($([$($generics:tt)*] $ty:ty),+ $(,)?) => {
+        $(impl<$($generics)*> ContainPanics for $ty {
+            fn contain(self, _: &Ticket) -> Self {
+                self
+            }
+        })+
+    };
+}
+contained_by_the_supervisor!(
+    [A: Actor, T] ResponseActFuture<A, T>,
+    [A: Actor, T] AtomicResponse<A, T>,
+    [] (),
+    [] bool,
+    [T, E] Result<T, E>,
+    [T] Option<T>,
+    [T] Vec<T>,
+);
 
 /// The answer of an observed handler: the actor's own answer, and the ticket that is closed
 /// when that answer is delivered.
@@ -281,6 +388,7 @@ macro_rules! observed_handlers {
             ) -> Self::Result {
                 let (message, ticket) = envelope.open();
                 let response = <Self as $crate::actix::Handler<$message>>::handle(self, message, ctx);
+                let response = $crate::observe::ContainPanics::contain(response, &ticket);
                 $crate::observe::ObservedResponse::new(response, ticket)
             }
         }

@@ -269,6 +269,7 @@ async fn the_actor_restarts_after_fail_and_serves_again() {
         &arbiter.handle(),
         "cache-test",
         recsys_actors::observe::DEFAULT_MAILBOX_LIMIT,
+        &logs.logger(),
         actor,
     );
     let key = format!("{}survivor", prefix());

@@ -10,7 +10,8 @@ use recsys_actors::metrics::{
     ACTOR_MAILBOX_DEPTH, ACTOR_MESSAGES, ACTOR_MESSAGE_DURATION, ACTOR_RESTARTS,
 };
 use recsys_actors::observe::{short_type_name, Refused, DEFAULT_MAILBOX_LIMIT};
-use recsys_actors::supervision::{start_supervised, Fail};
+use recsys_actors::supervision::{start_supervised, Fail, Panic};
+use slog::{o, Logger};
 
 /// An actor whose work takes time.
 struct Worker;
@@ -62,7 +63,39 @@ impl Handler<Fail> for Worker {
     }
 }
 
-recsys_actors::observed_handlers!(Worker => Work, Background, Fail);
+impl Handler<Panic> for Worker {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Panic, _: &mut Self::Context) -> Self::Result {
+        match msg {
+            Panic::InHandler => panic!("worker panics in its handler"),
+            Panic::InAnswer => Box::pin(async { panic!("worker panics in its answer") }),
+        }
+    }
+}
+
+/// Panics in one of the actor's own futures, after the handler has answered.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PanicInContext;
+
+impl Handler<PanicInContext> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, _: PanicInContext, ctx: &mut Self::Context) {
+        ctx.spawn(
+            actix::clock::sleep(Duration::from_millis(1))
+                .into_actor(self)
+                .map(|_, _, _| panic!("worker panics in its own future")),
+        );
+    }
+}
+
+recsys_actors::observed_handlers!(Worker => Work, Background, Fail, Panic, PanicInContext);
+
+fn discard() -> Logger {
+    Logger::root(slog::Discard, o!())
+}
 
 const ACTOR: &str = "Worker";
 
@@ -105,7 +138,13 @@ async fn mailbox_depth_rises_under_a_flood_and_falls_back_to_zero() {
     const SERVICE: &str = "flood";
     const FLOOD: usize = 40;
     let arbiter = Arbiter::new();
-    let worker = start_supervised(&arbiter.handle(), SERVICE, DEFAULT_MAILBOX_LIMIT, Worker);
+    let worker = start_supervised(
+        &arbiter.handle(),
+        SERVICE,
+        DEFAULT_MAILBOX_LIMIT,
+        &discard(),
+        Worker,
+    );
     assert_eq!(depth(SERVICE), 0, "the series exists from the start");
 
     let answers: Vec<_> = (0..FLOOD)
@@ -159,7 +198,13 @@ async fn mailbox_depth_rises_under_a_flood_and_falls_back_to_zero() {
 async fn a_restart_is_counted_and_the_message_it_cut_short_is_dropped() {
     const SERVICE: &str = "restart";
     let arbiter = Arbiter::new();
-    let worker = start_supervised(&arbiter.handle(), SERVICE, DEFAULT_MAILBOX_LIMIT, Worker);
+    let worker = start_supervised(
+        &arbiter.handle(),
+        SERVICE,
+        DEFAULT_MAILBOX_LIMIT,
+        &discard(),
+        Worker,
+    );
     let restarts = ACTOR_RESTARTS.with_label_values(&[SERVICE, ACTOR]);
     assert_eq!(restarts.get(), 0, "the series exists from the start");
 
@@ -195,7 +240,13 @@ async fn a_restart_is_counted_and_the_message_it_cut_short_is_dropped() {
 async fn a_message_to_a_stopped_actor_is_dropped_not_leaked() {
     const SERVICE: &str = "stopped";
     let arbiter = Arbiter::new();
-    let worker = start_supervised(&arbiter.handle(), SERVICE, DEFAULT_MAILBOX_LIMIT, Worker);
+    let worker = start_supervised(
+        &arbiter.handle(),
+        SERVICE,
+        DEFAULT_MAILBOX_LIMIT,
+        &discard(),
+        Worker,
+    );
     arbiter.stop();
     arbiter.join().unwrap();
 
@@ -216,7 +267,7 @@ async fn beyond_its_limit_an_actor_sheds_messages_at_once() {
     const SERVICE: &str = "shed";
     const LIMIT: usize = 4;
     let arbiter = Arbiter::new();
-    let worker = start_supervised(&arbiter.handle(), SERVICE, LIMIT, Worker);
+    let worker = start_supervised(&arbiter.handle(), SERVICE, LIMIT, &discard(), Worker);
 
     let sends: Vec<_> = (0..20)
         .map(|_| {
@@ -252,7 +303,13 @@ async fn beyond_its_limit_an_actor_sheds_messages_at_once() {
 async fn an_address_with_a_deadline_stops_waiting_for_a_slow_answer() {
     const SERVICE: &str = "deadline";
     let arbiter = Arbiter::new();
-    let worker = start_supervised(&arbiter.handle(), SERVICE, DEFAULT_MAILBOX_LIMIT, Worker);
+    let worker = start_supervised(
+        &arbiter.handle(),
+        SERVICE,
+        DEFAULT_MAILBOX_LIMIT,
+        &discard(),
+        Worker,
+    );
     let impatient = worker.with_timeout(Duration::from_millis(20));
 
     let answer = impatient
@@ -271,4 +328,39 @@ async fn an_address_with_a_deadline_stops_waiting_for_a_slow_answer() {
     );
     assert_eq!(depth(SERVICE), 0);
     arbiter.stop();
+}
+
+/// A panic in a handler, in a handler's answer future or in one of the actor's own futures is
+/// a restart: counted, its message counted, and the next message answered.
+#[actix_rt::test]
+async fn a_panic_anywhere_in_an_actor_is_a_restart() {
+    const SERVICE: &str = "panics";
+    let arbiter = Arbiter::new();
+    let worker = start_supervised(
+        &arbiter.handle(),
+        SERVICE,
+        DEFAULT_MAILBOX_LIMIT,
+        &discard(),
+        Worker,
+    );
+    let restarts = || ACTOR_RESTARTS.with_label_values(&[SERVICE, ACTOR]).get();
+    let work = || Work {
+        took: Duration::ZERO,
+        answer: Ok(7),
+    };
+
+    assert_eq!(worker.send(Panic::InHandler).await, Err(Refused::Stopped));
+    assert!(eventually(Duration::from_secs(2), || restarts() == 1).await);
+    assert_eq!(worker.send(work()).await, Ok(Ok(7)));
+    assert_eq!(messages(SERVICE, "Panic", "panicked"), 1);
+
+    assert_eq!(worker.send(Panic::InAnswer).await, Err(Refused::Stopped));
+    assert!(eventually(Duration::from_secs(2), || restarts() == 2).await);
+    assert_eq!(worker.send(work()).await, Ok(Ok(7)));
+    assert_eq!(messages(SERVICE, "Panic", "dropped"), 1);
+
+    assert_eq!(worker.send(PanicInContext).await, Ok(()));
+    assert!(eventually(Duration::from_secs(2), || restarts() == 3).await);
+    assert_eq!(worker.send(work()).await, Ok(Ok(7)));
+    assert_eq!(depth(SERVICE), 0);
 }

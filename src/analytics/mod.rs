@@ -65,6 +65,7 @@ impl Analytics {
             &arbiter,
             NAME,
             limit,
+            &host.logger,
             AggregationActor::new(
                 host.pool.clone(),
                 group.clone(),
@@ -75,6 +76,7 @@ impl Analytics {
             &arbiter,
             NAME,
             limit,
+            &host.logger,
             AnalyticsQueries::new(host.pool.clone()),
         );
         let consumer =

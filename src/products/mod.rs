@@ -42,6 +42,7 @@ impl Products {
             &Arbiter::new().handle(),
             NAME,
             host.settings.actor_mailbox_limit,
+            &host.logger,
             ProductsActor::new(
                 host.pool.clone(),
                 host.wake.clone(),

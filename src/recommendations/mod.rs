@@ -98,12 +98,13 @@ impl Recommendations {
             Duration::from_millis(settings.redis_timeout_ms.max(1)),
             logger.new(o!("actor" => "cache")),
         )?;
-        let cache = start_supervised(&arbiter, NAME, limit, cache);
+        let cache = start_supervised(&arbiter, NAME, limit, &host.logger, cache);
         let group = host.group(NAME);
         let ranking = start_supervised(
             &arbiter,
             NAME,
             limit,
+            &host.logger,
             RankingActor::new(
                 host.pool.clone(),
                 group.clone(),
@@ -118,6 +119,7 @@ impl Recommendations {
             &arbiter,
             NAME,
             limit,
+            &host.logger,
             RecommendationsActor::new(
                 host.pool.clone(),
                 cache.clone(),

@@ -92,15 +92,12 @@ struct Ctx {
 impl Ctx {
     /// The argon2id hash of `password`, computed by the hasher.
     async fn hash(&self, password: Secret) -> Result<String, UsersError> {
-        self.hasher
-            .send(HashPassword(password))
-            .await?
-            .map_err(|e| UsersError::Hashing(e.into()))
+        self.hasher.send(HashPassword(password)).await?
     }
 
     /// Whether `password` matches `hash`, checked by the hasher.
     async fn verify(&self, password: Secret, hash: Option<String>) -> Result<bool, UsersError> {
-        Ok(self.hasher.send(VerifyPassword { password, hash }).await?)
+        self.hasher.send(VerifyPassword { password, hash }).await?
     }
 
     fn wake_relay(&self) {

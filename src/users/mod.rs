@@ -32,6 +32,7 @@ use crate::host::{Host, Hosted};
 use crate::openapi::Api;
 use crate::validate;
 use actor::{EnsureAdmin, UsersActor};
+use hasher::HashWorker;
 use throttle::LoginLimits;
 
 /// The `service` label of the users service's actors and metrics.
@@ -42,6 +43,8 @@ pub const NAME: &str = "users";
 pub struct Users {
     /// Owns every write; what the handlers message.
     pub actor: ObservedAddr<UsersActor>,
+    /// The argon2 threads the actor hashes and verifies passwords on.
+    pub hasher: ObservedAddr<HashWorker>,
     /// What `X-API-Key` must be (`API_KEY`), if anything.
     api_key: ApiKey,
     timeout: Duration,
@@ -55,15 +58,17 @@ impl Users {
         let settings = host.settings;
         let api_key = ApiKey::new(settings.api_key.as_ref())?;
         let logger = host.logger.new(o!("service" => NAME));
+        let hasher = hasher::start(NAME, settings.actor_mailbox_limit, &host.logger);
         let actor = start_supervised(
             &Arbiter::new().handle(),
             NAME,
             settings.actor_mailbox_limit,
+            &host.logger,
             UsersActor::new(
                 host.pool.clone(),
                 host.keys.clone(),
                 host.wake.clone(),
-                hasher::start(NAME, settings.actor_mailbox_limit),
+                hasher.clone(),
                 LoginLimits {
                     per_email: settings.login_max_failures.max(1),
                     per_ip: settings.login_max_failures_per_ip.max(1),
@@ -88,6 +93,7 @@ impl Users {
         }
         Ok(Self {
             actor,
+            hasher,
             api_key,
             timeout: host.request_timeout(),
         })

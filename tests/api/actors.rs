@@ -1,5 +1,5 @@
-//! The service actors answer typed messages directly, and a supervised actor that fails is
-//! restarted and serves the next message.
+//! The service actors answer typed messages directly, and a supervised actor that fails or
+//! panics is restarted and serves the next message.
 
 use std::time::Duration;
 
@@ -12,8 +12,11 @@ use recsys::products::error::ProductsError;
 use recsys::products::store::ProductChanges;
 use recsys::users::actor::{GetUser, Login, RecordActivity, RegisterUser, UpdateUser};
 use recsys::users::error::UsersError;
-use recsys_actors::supervision::Fail;
+use recsys_actors::metrics::ACTOR_RESTARTS;
+use recsys_actors::observe::Refused;
+use recsys_actors::supervision::{Fail, Panic};
 use recsys_schema::events::Action;
+use serde_json::json;
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -198,4 +201,128 @@ async fn a_failed_actor_is_restarted_and_serves_the_next_message() {
         .await
         .unwrap();
     assert!(page.is_ok());
+}
+
+/// Every kind of actor the runtime starts panics, in its handler and in its answer future: each
+/// panic is logged with the actor and the message and counted as a restart, and the services go
+/// on answering and applying: the purchases made before, between and after the panics are each
+/// counted once, in analytics and in the popularity score.
+#[actix_web::test]
+async fn a_panic_in_any_actor_is_a_restart_and_loses_nothing() {
+    let (logger, logs) = captured_logger();
+    let app = TestApp::builder().logger(logger).spawn().await;
+    let runtime = app.runtime();
+    let (users, products) = (runtime.users().unwrap(), runtime.products().unwrap());
+    let (recommendations, analytics) = (
+        runtime.recommendations().unwrap(),
+        runtime.analytics().unwrap(),
+    );
+    let product = app.create_product("Sturdy", json!(5), Some("panic")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ann, ann_token, ann_email) = app.new_user().await;
+    for _ in 0..3 {
+        app.post_activity(ann, &ann_token, &product, "purchase", 1)
+            .await;
+    }
+
+    for panic in [Panic::InHandler, Panic::InAnswer] {
+        let refused = [
+            users.actor.send(panic).await,
+            products.actor.send(panic).await,
+            runtime.relay().unwrap().send(panic).await,
+            recommendations.query.send(panic).await,
+            recommendations.ranking.send(panic).await,
+            recommendations.cache.send(panic).await,
+            recommendations.consumer.send(panic).await,
+            analytics.queries.send(panic).await,
+            analytics.aggregation.send(panic).await,
+            analytics.consumer.send(panic).await,
+        ];
+        assert!(
+            refused.iter().all(|r| *r == Err(Refused::Stopped)),
+            "{refused:?}"
+        );
+    }
+    users.hasher.send(Panic::InHandler).await.unwrap();
+    let restarted = [
+        ("users", "UsersActor", 2),
+        ("users", "HashWorker", 1),
+        ("products", "ProductsActor", 2),
+        ("runtime", "OutboxRelay", 2),
+        ("recommendations", "RecommendationsActor", 2),
+        ("recommendations", "RankingActor", 2),
+        ("recommendations", "CacheActor", 2),
+        ("recommendations", "KafkaConsumer", 2),
+        ("analytics", "AnalyticsQueries", 2),
+        ("analytics", "AggregationActor", 2),
+        ("analytics", "KafkaConsumer", 2),
+    ];
+    eventually(
+        Duration::from_secs(10),
+        "every actor to restart",
+        || async {
+            restarted
+                .iter()
+                .all(|(service, actor, n)| {
+                    ACTOR_RESTARTS.with_label_values(&[service, actor]).get() == *n
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    for (service, actor, n) in restarted {
+        let logged = logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                l.contains("actor panicked, restarting it")
+                    && l.contains(&format!("service={service}"))
+                    && l.contains(&format!("actor={actor}"))
+                    && l.contains("message=Panic")
+            })
+            .count();
+        assert_eq!(logged, n as usize, "{service} {actor}");
+    }
+
+    // The hasher verifies and hashes again, every actor answers, every write is applied.
+    let login = app.login(&ann_email, "user-password").await;
+    assert_eq!(login.status, 200, "{}", login.text);
+    let (bob, bob_token, _) = app.new_user().await;
+    for (user, token) in [(bob, &bob_token), (bob, &bob_token), (ann, &ann_token)] {
+        app.post_activity(user, token, &product, "purchase", 1)
+            .await;
+    }
+    let stats = format!("/analytics/products/{product}");
+    let counted = eventually(Duration::from_secs(30), "6 purchases counted", || async {
+        let reply = app
+            .get(Service::Analytics, &stats, Some(&app.admin_token))
+            .await;
+        (reply.status == 200 && reply.body["purchases"].as_i64() >= Some(6)).then_some(reply.body)
+    })
+    .await;
+    assert_eq!(
+        (&counted["purchases"], &counted["units_sold"]),
+        (&json!(6), &json!(6))
+    );
+    // Weight 10 a purchase: six purchases, none counted twice.
+    let score = eventually(
+        Duration::from_secs(30),
+        "the score of 6 purchases",
+        || async {
+            let reply = app
+                .get(
+                    Service::Recommendations,
+                    "/recommendations?category=panic",
+                    None,
+                )
+                .await;
+            let score = reply.body[0]["score"].as_f64()?;
+            (score > 59.9).then_some(score)
+        },
+    )
+    .await;
+    assert!(score < 60.1, "{score}");
 }
