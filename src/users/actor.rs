@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::error::UsersError;
 use super::hasher::{HashPassword, HashWorker, VerifyPassword};
 use super::store::{self, ActivityRow, UserChanges, UserRow};
-use super::throttle::{LoginLimits, LoginThrottle};
+use super::throttle::{LoginLimits, LoginThrottle, SharedThrottle};
 use crate::auth::{JwtKeys, Role};
 use crate::config::Secret;
 use crate::db::{self, Pool};
@@ -38,8 +38,10 @@ pub struct UsersActor {
     relay: Option<ObservedRecipient<Wake>>,
     /// Runs argon2 off this actor's thread.
     hasher: ObservedAddr<HashWorker>,
-    /// Failed logins per email and per client address.
+    /// Failed logins per email and per client address, counted by this process.
     throttle: LoginThrottle,
+    /// The same counts shared through Redis by every runtime hosting users.
+    shared: SharedThrottle,
     /// Recorded actions waiting for, or being written in, a group commit.
     activity: GroupCommit<Queued, Result<Answer<Uuid>, UsersError>>,
     logger: Logger,
@@ -53,7 +55,7 @@ impl UsersActor {
         keys: JwtKeys,
         relay: Option<ObservedRecipient<Wake>>,
         hasher: ObservedAddr<HashWorker>,
-        limits: LoginLimits,
+        (limits, shared): (LoginLimits, SharedThrottle),
         activity: Limits,
         logger: Logger,
     ) -> Self {
@@ -63,6 +65,7 @@ impl UsersActor {
             relay,
             hasher,
             throttle: LoginThrottle::new(limits),
+            shared,
             activity: GroupCommit::new(activity),
             logger,
         }
@@ -278,38 +281,84 @@ impl Handler<Login> for UsersActor {
     type Result = ResponseActFuture<Self, Result<String, UsersError>>;
 
     fn handle(&mut self, msg: Login, _: &mut Self::Context) -> Self::Result {
-        let attempt = match self.throttle.admit(&msg.email, msg.client, Instant::now()) {
-            Ok(attempt) => attempt,
-            Err(wait) => {
-                warn!(self.logger, "login locked out after repeated failures"; "retry_after_s" => wait.as_secs());
-                return Box::pin(actix::fut::ready(Err(UsersError::LockedOut {
-                    retry_after: wait,
-                })));
-            }
+        let shared = self.shared.clone();
+        let (email, client) = (msg.email.clone(), msg.client);
+        let admit = async move {
+            let answer = shared.admit(&email, client).await;
+            (answer, shared)
         };
-        let ctx = self.ctx();
-        let verify = async move {
-            let user = {
-                let mut conn = ctx.pool.get().await?;
-                store::find_by_email(&mut conn, &msg.email).await?
-            };
-            let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-            let ok = ctx.verify(msg.password, hash).await?;
-            match user {
-                Some(user) if ok => Ok(ctx.keys.issue(user.id, Role::from_db(&user.role))),
-                _ => Err(UsersError::BadCredentials),
-            }
-        };
-        Box::pin(verify.into_actor(self).map(move |answer, act, _| {
-            // Only a wrong password counts; a database outage is not the client's failure.
-            let failed = matches!(answer, Err(UsersError::BadCredentials));
-            if answer.is_ok() || failed {
-                act.throttle.finish(attempt, answer.is_ok(), Instant::now());
-            } else {
-                act.throttle.abandon(attempt);
-            }
-            answer
-        }))
+        Box::pin(
+            admit
+                .into_actor(self)
+                .then(move |(admitted, shared), act, _| {
+                    let (attempt, shared_attempt) = match admitted {
+                        Ok(Some(shared_attempt)) => (
+                            act.throttle.track(&msg.email, msg.client),
+                            Some(shared_attempt),
+                        ),
+                        // Redis did not answer: this process's own counts decide.
+                        Ok(None) => {
+                            match act.throttle.admit(&msg.email, msg.client, Instant::now()) {
+                                Ok(attempt) => (attempt, None),
+                                Err(wait) => return locked_out(act, wait, "process"),
+                            }
+                        }
+                        Err(wait) => return locked_out(act, wait, "shared"),
+                    };
+                    let ctx = act.ctx();
+                    let verify = async move {
+                        let user = {
+                            let mut conn = ctx.pool.get().await?;
+                            store::find_by_email(&mut conn, &msg.email).await?
+                        };
+                        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+                        let ok = ctx.verify(msg.password, hash).await?;
+                        match user {
+                            Some(user) if ok => {
+                                Ok(ctx.keys.issue(user.id, Role::from_db(&user.role)))
+                            }
+                            _ => Err(UsersError::BadCredentials),
+                        }
+                    };
+                    verify
+                        .into_actor(act)
+                        .map(move |answer, act, _| {
+                            let decided = decided(&answer);
+                            if let Some(shared_attempt) = shared_attempt {
+                                shared.settle(shared_attempt, decided);
+                            }
+                            match decided {
+                                Some(succeeded) => {
+                                    act.throttle.finish(attempt, succeeded, Instant::now())
+                                }
+                                None => act.throttle.abandon(attempt),
+                            }
+                            answer
+                        })
+                        .boxed_local()
+                }),
+        )
+    }
+}
+
+/// Refuses a login locked out by the `counts` (`shared` or `process`) for `wait`.
+fn locked_out(
+    act: &UsersActor,
+    wait: std::time::Duration,
+    counts: &'static str,
+) -> actix::fut::LocalBoxActorFuture<UsersActor, Result<String, UsersError>> {
+    warn!(act.logger, "login locked out after repeated failures"; "retry_after_s" => wait.as_secs(), "counts" => counts);
+    actix::fut::ready(Err(UsersError::LockedOut { retry_after: wait })).boxed_local()
+}
+
+/// Whether a login attempt succeeded (`Some(true)`), failed on its credentials
+/// (`Some(false)`), or was not decided (`None`: a database outage or a lockout is not the
+/// client's failure).
+fn decided(answer: &Result<String, UsersError>) -> Option<bool> {
+    match answer {
+        Ok(_) => Some(true),
+        Err(UsersError::BadCredentials) => Some(false),
+        Err(_) => None,
     }
 }
 

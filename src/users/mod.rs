@@ -22,6 +22,7 @@ use std::time::Duration;
 use actix::Arbiter;
 use actix_web::web;
 use anyhow::Context as _;
+use recsys_actors::cache::CacheActor;
 use recsys_actors::group_commit::Limits;
 use recsys_actors::observe::ObservedAddr;
 use recsys_actors::supervision::start_supervised;
@@ -33,7 +34,7 @@ use crate::openapi::Api;
 use crate::validate;
 use actor::{EnsureAdmin, UsersActor};
 use hasher::HashWorker;
-use throttle::LoginLimits;
+use throttle::{LoginLimits, SharedThrottle};
 
 /// The `service` label of the users service's actors and metrics.
 pub const NAME: &str = "users";
@@ -45,6 +46,8 @@ pub struct Users {
     pub actor: ObservedAddr<UsersActor>,
     /// The argon2 threads the actor hashes and verifies passwords on.
     pub hasher: ObservedAddr<HashWorker>,
+    /// The Redis connection behind the login lockout shared by every instance.
+    pub cache: ObservedAddr<CacheActor>,
     /// What `X-API-Key` must be (`API_KEY`), if anything.
     api_key: ApiKey,
     timeout: Duration,
@@ -59,8 +62,28 @@ impl Users {
         let api_key = ApiKey::new(settings.api_key.as_ref())?;
         let logger = host.logger.new(o!("service" => NAME));
         let hasher = hasher::start(NAME, settings.actor_mailbox_limit, &host.logger);
+        let arbiter = Arbiter::new().handle();
+        throttle::init_metrics();
+        let limits = LoginLimits {
+            per_email: settings.login_max_failures.max(1),
+            per_ip: settings.login_max_failures_per_ip.max(1),
+            window: Duration::from_secs(settings.login_lockout_secs),
+        };
+        let cache = CacheActor::new(
+            &settings.redis_address,
+            Duration::from_millis(settings.redis_timeout_ms.max(1)),
+            logger.new(o!("actor" => "cache")),
+        )?;
+        let cache = start_supervised(
+            &arbiter,
+            NAME,
+            settings.actor_mailbox_limit,
+            &host.logger,
+            cache,
+        );
+        let shared = SharedThrottle::new(cache.clone(), &settings.redis_key_prefix, limits);
         let actor = start_supervised(
-            &Arbiter::new().handle(),
+            &arbiter,
             NAME,
             settings.actor_mailbox_limit,
             &host.logger,
@@ -69,11 +92,7 @@ impl Users {
                 host.keys.clone(),
                 host.wake.clone(),
                 hasher.clone(),
-                LoginLimits {
-                    per_email: settings.login_max_failures.max(1),
-                    per_ip: settings.login_max_failures_per_ip.max(1),
-                    window: Duration::from_secs(settings.login_lockout_secs),
-                },
+                (limits, shared),
                 Limits {
                     max_in_flight: settings.activity_writers,
                     max_batch: settings.activity_max_batch,
@@ -94,6 +113,7 @@ impl Users {
         Ok(Self {
             actor,
             hasher,
+            cache,
             api_key,
             timeout: host.request_timeout(),
         })

@@ -7,12 +7,26 @@
 //! attempts answer `429` until the oldest of them leaves the window, even with the right
 //! password. A success clears the email's failures. Attempts still being verified count as
 //! failures until they finish, so a burst of concurrent guesses cannot slip past the limit.
-//! The state lives in the users actor (one per process) and is lost with it.
+//!
+//! The counts are kept twice. [`SharedThrottle`] keeps them in Redis (an attempt window of the
+//! cache actor), so every runtime hosting users on one Redis shares one lockout: guesses spread
+//! over instances behind a load balancer count together. [`LoginThrottle`] keeps this process's
+//! own counts in the users actor. Redis decides while it answers (this process still counts the
+//! attempt, for the day it does not); when Redis does not answer, the process's own counts
+//! decide (the per-instance limit), and `login_throttle_decisions_total{store="local"}` says so.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
+
+use prometheus::{register_int_counter_vec, IntCounterVec};
+use recsys_actors::cache::window::{Settled, Subject, WindowAdmit, WindowSettle};
+use recsys_actors::cache::CacheActor;
+use recsys_actors::observe::ObservedAddr;
+use sha2::Digest as _;
+use uuid::Uuid;
 
 /// How many failures are allowed, and over what period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,14 +134,20 @@ impl LoginThrottle {
         if let Some(wait) = email_wait.max(ip_wait) {
             return Err(wait.max(Duration::from_secs(1)));
         }
+        Ok(self.track(email, ip))
+    }
+
+    /// Counts an attempt another store admitted (the shared counts), without checking this
+    /// process's own: they keep a history for the day Redis does not answer.
+    pub fn track(&mut self, email: &str, ip: Option<IpAddr>) -> Attempt {
         self.emails.entry(email.to_string()).or_default().in_flight += 1;
         if let Some(ip) = ip {
             self.ips.entry(ip).or_default().in_flight += 1;
         }
-        Ok(Attempt {
+        Attempt {
             email: email.to_string(),
             ip,
-        })
+        }
     }
 
     /// Records how an admitted attempt ended.
@@ -192,6 +212,122 @@ fn sweep<K: Hash + Eq>(tallies: &mut HashMap<K, Tally>, horizon: Option<Instant>
         tally.forget_before(horizon);
         !tally.idle()
     });
+}
+
+/// `login_throttle_decisions_total{store}`: login admissions, by where the counts that decided
+/// came from: `redis` (shared by every instance) or `local` (Redis did not answer; this
+/// process's own counts decided alone).
+pub static DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "login_throttle_decisions_total",
+        "Login admissions, by the store of failure counts that decided: redis (shared) or local (Redis unreachable)",
+        &["store"]
+    )
+    .expect("metric registers once")
+});
+
+/// Registers the throttle's metric family, both series at zero.
+pub fn init_metrics() {
+    for store in ["redis", "local"] {
+        DECISIONS.with_label_values(&[store]);
+    }
+}
+
+/// How long an admitted attempt may stay pending in Redis: far beyond a password check, so a
+/// pending mark outlives its attempt only when its process died.
+const PENDING_FOR: Duration = Duration::from_secs(30);
+
+/// The failure counts every runtime on one Redis shares.
+#[derive(Clone)]
+pub struct SharedThrottle {
+    cache: ObservedAddr<CacheActor>,
+    /// `REDIS_KEY_PREFIX` followed by `login:`.
+    prefix: String,
+    limits: LoginLimits,
+}
+
+/// An attempt admitted by the shared counts; settle it with [`SharedThrottle::settle`].
+#[derive(Debug)]
+pub struct SharedAttempt {
+    subjects: Vec<Subject>,
+    id: String,
+}
+
+impl SharedThrottle {
+    /// Counts kept through `cache` under `key_prefix`, with the same `limits` as the process's.
+    pub fn new(cache: ObservedAddr<CacheActor>, key_prefix: &str, limits: LoginLimits) -> Self {
+        Self {
+            cache,
+            prefix: format!("{key_prefix}login:"),
+            limits,
+        }
+    }
+
+    /// The email (as a digest: the keys do not reveal who logs in) and the address.
+    fn subjects(&self, email: &str, ip: Option<IpAddr>) -> Vec<Subject> {
+        let digest = sha2::Sha256::digest(email.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let mut subjects = vec![Subject {
+            key: format!("{}email:{hex}", self.prefix),
+            limit: self.limits.per_email,
+            cleared_by_success: true,
+        }];
+        if let Some(ip) = ip {
+            subjects.push(Subject {
+                key: format!("{}ip:{ip}", self.prefix),
+                limit: self.limits.per_ip,
+                cleared_by_success: false,
+            });
+        }
+        subjects
+    }
+
+    /// Admits an attempt on the shared counts (`Ok(Some)`), refuses it with how long to wait,
+    /// or answers `Ok(None)` when Redis did not answer (counted `store="local"`).
+    pub async fn admit(
+        &self,
+        email: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Option<SharedAttempt>, Duration> {
+        let attempt = SharedAttempt {
+            subjects: self.subjects(email, ip),
+            id: Uuid::new_v4().to_string(),
+        };
+        let answer = self
+            .cache
+            .send(WindowAdmit {
+                subjects: attempt.subjects.clone(),
+                attempt: attempt.id.clone(),
+                window: self.limits.window,
+                pending_for: PENDING_FOR,
+            })
+            .await
+            .ok()
+            .flatten();
+        let store = if answer.is_some() { "redis" } else { "local" };
+        DECISIONS.with_label_values(&[store]).inc();
+        match answer {
+            Some(Ok(())) => Ok(Some(attempt)),
+            Some(Err(wait)) => Err(wait),
+            None => Ok(None),
+        }
+    }
+
+    /// Records how an attempt ended (without waiting: an unrecorded end only leaves the attempt
+    /// pending until `PENDING_FOR` passes).
+    pub fn settle(&self, attempt: SharedAttempt, succeeded: Option<bool>) {
+        let outcome = match succeeded {
+            Some(true) => Settled::Succeeded,
+            Some(false) => Settled::Failed,
+            None => Settled::Abandoned,
+        };
+        self.cache.do_send(WindowSettle {
+            subjects: attempt.subjects,
+            attempt: attempt.id,
+            window: self.limits.window,
+            outcome,
+        });
+    }
 }
 
 #[cfg(test)]

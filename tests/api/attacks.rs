@@ -424,6 +424,117 @@ async fn repeated_login_failures_lock_the_client_address() {
         .assert_error(429, "too_many_requests");
 }
 
+/// A second runtime hosting users beside `app` (same database, Redis and settings but what
+/// `adjust` changes), as a second instance behind one load balancer.
+async fn second_users_instance(
+    app: &TestApp,
+    adjust: impl FnOnce(&mut recsys::config::Settings),
+) -> TestApp {
+    let mut settings = app.settings.clone();
+    adjust(&mut settings);
+    let runtime = Application::build(settings.clone(), &[Service::Users], test_logger())
+        .await
+        .expect("second runtime starts")
+        .spawn();
+    let ports = [(Service::Users, runtime.port(Service::Users).unwrap())].into();
+    TestApp::attach(
+        Some(runtime),
+        ports,
+        settings,
+        app.database_url.clone(),
+        app.prefix.clone(),
+    )
+    .await
+}
+
+/// `login_throttle_decisions_total{store}` of this process.
+fn decisions(store: &str) -> u64 {
+    recsys::users::throttle::DECISIONS
+        .with_label_values(&[store])
+        .get()
+}
+
+/// Two runtimes hosting users on one Redis share the lockout: failures spread over both lock
+/// the email on both, and a success on one clears the email's failures for both.
+#[actix_web::test]
+async fn two_instances_share_one_login_lockout() {
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.login_max_failures = 3;
+            settings.login_max_failures_per_ip = 100;
+        })
+        .spawn()
+        .await;
+    let other = second_users_instance(&app, |_| {}).await;
+    let (_, _, locked) = app.new_user().await;
+    let (_, _, cleared) = app.new_user().await;
+
+    for instance in [&app, &other, &app] {
+        instance
+            .login(&locked, "wrong password")
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    for instance in [&other, &app] {
+        instance
+            .login(&locked, "user-password")
+            .await
+            .assert_error(429, "too_many_requests");
+    }
+
+    for instance in [&app, &other] {
+        instance
+            .login(&cleared, "wrong password")
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    assert_eq!(other.login(&cleared, "user-password").await.status, 200);
+    for _ in 0..2 {
+        app.login(&cleared, "wrong password")
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    assert_eq!(app.login(&cleared, "user-password").await.status, 200);
+    assert_eq!(decisions("local"), 0, "Redis decided every attempt");
+    assert!(decisions("redis") >= 12);
+}
+
+/// Without Redis each instance falls back to its own counts: the email still locks on the
+/// instance that saw the failures, the other instance does not know them, and the metric says
+/// the counts were local.
+#[actix_web::test]
+async fn without_redis_each_instance_locks_out_on_its_own_counts() {
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.login_max_failures = 3;
+            settings.login_max_failures_per_ip = 100;
+            settings.redis_address = format!("127.0.0.1:{}", free_port());
+            settings.redis_timeout_ms = 50;
+        })
+        .spawn()
+        .await;
+    let other = second_users_instance(&app, |_| {}).await;
+    let (_, _, email) = app.new_user().await;
+
+    for _ in 0..3 {
+        app.login(&email, "wrong password")
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    app.login(&email, "user-password")
+        .await
+        .assert_error(429, "too_many_requests");
+    assert_eq!(other.login(&email, "user-password").await.status, 200);
+    assert_eq!(decisions("redis"), 0);
+    // Every attempt the process counts admitted was decided locally (the admins' logins too).
+    assert!(decisions("local") >= 4, "{}", decisions("local"));
+    let text = app.get(Service::Users, "/metrics", None).await.text;
+    assert!(
+        text.contains("login_throttle_decisions_total{store=\"local\"}"),
+        "{text}"
+    );
+}
+
 /// A burst of concurrent guesses cannot slip past the limit: guesses beyond it are refused
 /// before any password is verified.
 #[actix_web::test]

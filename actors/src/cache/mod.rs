@@ -14,6 +14,9 @@
 //! Connections come from a lazily filled `bb8` pool, so the actor starts while Redis is down and
 //! serves as soon as it is back. Requests run concurrently, outside the actor's own thread of
 //! handling: each handler clones the pool into its future.
+//!
+//! [`window`] adds attempt windows (a limit on attempts shared by every process on one Redis)
+//! to the same actor.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +31,8 @@ use redis::{RedisError, Script};
 use slog::{info, warn, Logger};
 
 use crate::metrics::{REDIS_REQUESTS, REDIS_REQUEST_DURATION};
+
+pub mod window;
 
 /// Connections kept by one actor's pool; requests are multiplexed, so a few suffice.
 const MAX_CONNECTIONS: u32 = 8;
