@@ -21,6 +21,7 @@ use recsys_schema::topics;
 use slog::{info, o, warn, Logger};
 
 use crate::analytics::Analytics;
+use crate::auth::listener::RevocationListener;
 use crate::auth::{self, JwtKeys};
 use crate::config::{Service, Settings};
 use crate::cors::{self, Origins};
@@ -45,6 +46,8 @@ pub struct Application {
     servers: Vec<(Service, ServerHandle)>,
     running: Vec<Server>,
     relay: Option<ObservedAddr<OutboxRelay>>,
+    /// Keeps the token revocation list current.
+    revocation_listener: ObservedAddr<RevocationListener>,
     users: Option<Users>,
     products: Option<Products>,
     recommendations: Option<Recommendations>,
@@ -91,6 +94,23 @@ impl Application {
             ),
         };
 
+        // Tokens revoked before this start are refused from the first request on.
+        keys.revocations()
+            .load(&mut *pool.get().await.context("loading token revocations")?)
+            .await
+            .context("loading token revocations")?;
+        let revocation_listener = start_supervised(
+            &Arbiter::new().handle(),
+            RUNTIME,
+            settings.actor_mailbox_limit,
+            &logger,
+            RevocationListener::new(
+                url.clone(),
+                keys.revocations().clone(),
+                logger.new(o!("actor" => "revocations")),
+            ),
+        );
+
         let relay = if services.iter().any(|s| s.writes_events()) {
             Some(start_relay(&settings, &pool, &logger)?)
         } else {
@@ -128,6 +148,7 @@ impl Application {
             servers: Vec::new(),
             running: Vec::new(),
             relay,
+            revocation_listener,
             users,
             products,
             recommendations,
@@ -194,6 +215,11 @@ impl Application {
             Service::Recommendations => erase(&self.recommendations),
             Service::Analytics => erase(&self.analytics),
         }
+    }
+
+    /// The actor keeping the token revocation list current.
+    pub fn revocation_listener(&self) -> ObservedAddr<RevocationListener> {
+        self.revocation_listener.clone()
     }
 
     /// The port `service` listens on.

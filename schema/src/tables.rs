@@ -151,6 +151,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Per-user token versions: tokens issued at an older version are refused. A user without a
+    /// row is at version 0; a password change or a logout everywhere raises it (and NOTIFYs
+    /// `token_revocations` with `<user id>:<version>`).
+    token_revocations (user_id) {
+        user_id -> Uuid,
+        /// Raised by one at each revocation; tokens carry it as their `ver` claim.
+        version -> Int4,
+        revoked_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     /// Forward-decayed popularity: `acc` = Σ weight × quantity × 2^((t_event − t0) / half_life).
     rec_scores (product_id) {
         product_id -> Uuid,
@@ -240,6 +252,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox_sequences,
     outbox_stamps,
     idempotency_keys,
+    token_revocations,
     consumer_offsets,
     consumer_sequences,
     rec_catalog,
@@ -253,7 +266,7 @@ diesel::allow_tables_to_appear_in_same_query!(
 
 /// Every table of the schema, by name: what the migrations create (a test holds the two
 /// together).
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
     "users",
     "user_activity",
     "products",
@@ -261,6 +274,7 @@ pub const ALL: [&str; 16] = [
     "outbox_sequences",
     "outbox_stamps",
     "idempotency_keys",
+    "token_revocations",
     "consumer_offsets",
     "consumer_sequences",
     "rec_catalog",

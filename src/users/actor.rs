@@ -23,9 +23,9 @@ use super::error::UsersError;
 use super::hasher::{HashPassword, HashWorker, VerifyPassword};
 use super::store::{self, ActivityRow, UserChanges, UserRow};
 use super::throttle::{LoginLimits, LoginThrottle, SharedThrottle};
-use crate::auth::{JwtKeys, Role};
+use crate::auth::{revocations, JwtKeys, Role};
 use crate::config::Secret;
-use crate::db::{self, Pool};
+use crate::db::{self, DbError, Pool};
 use crate::idempotency::{self, Answer, Claim, IdempotencyError};
 use crate::outbox;
 
@@ -173,7 +173,7 @@ struct NewAccount {
 impl NewAccount {
     fn registered(self, keys: &JwtKeys) -> Registered {
         Registered {
-            token: keys.issue_at(self.id, Role::User, self.created_at),
+            token: keys.issue_at(self.id, Role::User, self.created_at, 0),
             id: self.id,
             name: self.name,
             email: self.email,
@@ -307,15 +307,22 @@ impl Handler<Login> for UsersActor {
                     };
                     let ctx = act.ctx();
                     let verify = async move {
-                        let user = {
+                        let (user, version) = {
                             let mut conn = ctx.pool.get().await?;
-                            store::find_by_email(&mut conn, &msg.email).await?
+                            let user = store::find_by_email(&mut conn, &msg.email).await?;
+                            let version = match &user {
+                                Some(user) => revocations::current_version(&mut conn, user.id)
+                                    .await
+                                    .map_err(DbError::from)?,
+                                None => 0,
+                            };
+                            (user, version)
                         };
                         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
                         let ok = ctx.verify(msg.password, hash).await?;
                         match user {
                             Some(user) if ok => {
-                                Ok(ctx.keys.issue(user.id, Role::from_db(&user.role)))
+                                Ok(ctx.keys.issue(user.id, Role::from_db(&user.role), version))
                             }
                             _ => Err(UsersError::BadCredentials),
                         }
@@ -387,17 +394,29 @@ impl Handler<GetUser> for UsersActor {
 
 /// Changes any of name, email and password (already validated).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<UserView, UsersError>")]
+#[rtype(result = "Result<Updated, UsersError>")]
 pub struct UpdateUser {
     pub id: Uuid,
     pub name: Option<String>,
     pub email: Option<String>,
     pub password: Option<Secret>,
+    /// The admin making the change, when it is not the user's own (logged: an admin may
+    /// change another user's email or password without knowing the current one).
+    pub by_admin: Option<Uuid>,
 }
 
-/// Updates the row and emits `user.updated` naming the changed fields; no change, no event.
+/// What an update changed: the profile, and the user's new token version when the password
+/// changed (every token issued before is refused from now on).
+#[derive(Debug, Clone)]
+pub struct Updated {
+    pub user: UserView,
+    pub token_version: Option<i32>,
+}
+
+/// Updates the row and emits `user.updated` naming the changed fields; no change, no event. A
+/// new password also raises the user's token version, in the same transaction.
 impl Handler<UpdateUser> for UsersActor {
-    type Result = ResponseFuture<Result<UserView, UsersError>>;
+    type Result = ResponseFuture<Result<Updated, UsersError>>;
 
     fn handle(&mut self, msg: UpdateUser, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
@@ -406,8 +425,8 @@ impl Handler<UpdateUser> for UsersActor {
                 Some(p) => Some(ctx.hash(p).await?),
                 None => None,
             };
-            let (name, email, id) = (msg.name, msg.email, msg.id);
-            let (row, changed) = ctx
+            let (name, email, id, by_admin) = (msg.name, msg.email, msg.id, msg.by_admin);
+            let (row, changed, version) = ctx
                 .pool
                 .get()
                 .await?
@@ -430,27 +449,79 @@ impl Handler<UpdateUser> for UsersActor {
                         changed.push("password".to_string());
                     }
                     if changed.is_empty() {
-                        return Ok((current, changed));
+                        return Ok((current, changed, None));
                     }
                     let now = Utc::now();
                     changes.updated_at = Some(now);
                     let row = store::update(conn, id, &changes)
                         .await
                         .map_err(email_taken)?;
+                    let version = match changes.password_hash {
+                        Some(_) => {
+                            Some(revocations::revoke(conn, id).await.map_err(DbError::from)?)
+                        }
+                        None => None,
+                    };
                     let event = Event::UserUpdated(UserUpdated {
                         user_id: row.id,
                         name: row.name.clone(),
                         changed: changed.clone(),
                     });
                     outbox::enqueue(conn, [&Envelope::at(event, now)]).await?;
-                    Ok((row, changed))
+                    Ok((row, changed, version))
                 })
                 .await?;
             if !changed.is_empty() {
                 ctx.wake_relay();
                 info!(ctx.logger, "user updated"; "user_id" => %row.id, "changed" => changed.join(","));
             }
-            Ok(UserView::from(row))
+            let credentials = changed.iter().any(|c| c == "email" || c == "password");
+            if let (Some(admin), true) = (by_admin, credentials) {
+                warn!(ctx.logger, "admin changed another user's credentials"; "admin_id" => %admin, "user_id" => %id, "changed" => changed.join(","));
+            }
+            if let Some(version) = version {
+                // This runtime refuses the old tokens at once; the others when the
+                // announcement reaches them.
+                ctx.keys.revocations().record(id, version, Utc::now());
+                info!(ctx.logger, "tokens revoked"; "user_id" => %id, "reason" => "password changed", "token_version" => version);
+            }
+            Ok(Updated {
+                user: UserView::from(row),
+                token_version: version,
+            })
+        })
+    }
+}
+
+/// Refuses every token `id` holds: raises the user's token version. Answers the new version,
+/// or [`UsersError::UserNotFound`].
+#[derive(Debug, Message)]
+#[rtype(result = "Result<i32, UsersError>")]
+pub struct LogoutEverywhere {
+    pub id: Uuid,
+}
+
+impl Handler<LogoutEverywhere> for UsersActor {
+    type Result = ResponseFuture<Result<i32, UsersError>>;
+
+    fn handle(&mut self, msg: LogoutEverywhere, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        let id = msg.id;
+        Box::pin(async move {
+            let version = ctx
+                .pool
+                .get()
+                .await?
+                .transaction(async move |conn| -> Result<_, UsersError> {
+                    store::find(conn, id, true)
+                        .await?
+                        .ok_or(UsersError::UserNotFound)?;
+                    Ok(revocations::revoke(conn, id).await.map_err(DbError::from)?)
+                })
+                .await?;
+            ctx.keys.revocations().record(id, version, Utc::now());
+            info!(ctx.logger, "tokens revoked"; "user_id" => %id, "reason" => "logout everywhere", "token_version" => version);
+            Ok(version)
         })
     }
 }
@@ -807,5 +878,5 @@ impl Handler<EnsureAdmin> for UsersActor {
     }
 }
 
-recsys_actors::observed_handlers!(UsersActor => RecordBatch, RegisterUser, Login, GetUser, UpdateUser, RecordActivity, EnsureAdmin);
+recsys_actors::observed_handlers!(UsersActor => RecordBatch, RegisterUser, Login, GetUser, UpdateUser, LogoutEverywhere, RecordActivity, EnsureAdmin);
 recsys_actors::restart_on_fail!(UsersActor);

@@ -10,11 +10,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::actor::{
-    BatchAction, GetUser, Login, RecordActivity, RecordBatch, RegisterUser, Registered, UpdateUser,
-    UserView, UsersActor,
+    BatchAction, GetUser, Login, LogoutEverywhere, RecordActivity, RecordBatch, RegisterUser,
+    Registered, UpdateUser, UserView, UsersActor,
 };
 use super::error::UsersError;
-use crate::auth::{Backend, Caller, Recorder};
+use crate::auth::{Backend, Caller, JwtKeys, Recorder};
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{IdempotencyKey, KeyOwner};
 use crate::openapi::Api;
@@ -30,6 +30,7 @@ pub fn routes(api: &mut Api) {
         .add(__path_login, login)
         .add(__path_get_user, get_user)
         .add(__path_update_user, update_user)
+        .add(__path_logout_everywhere, logout_everywhere)
         .add(__path_record_activity, record_activity)
         .add(__path_record_batch, record_batch)
         .body_limit("/activity/batch", MAX_BATCH_BYTES);
@@ -175,9 +176,25 @@ struct UpdateBody {
     email: Option<String>,
     #[schema(min_length = 8, max_length = 128)]
     password: Option<String>,
+    /// The user's password now: required to change `email` or `password`, except for an admin
+    /// changing another user's. A wrong one counts as a failed login.
+    #[schema(write_only)]
+    current_password: Option<String>,
 }
 
-/// Changes any of name, email and password (at least one): the user themself or an admin.
+/// The updated profile, and a fresh token when the caller changed their own password (every
+/// token issued before the change is refused from now on).
+#[derive(Debug, Serialize, ToSchema)]
+struct UpdatedBody {
+    #[serde(flatten)]
+    user: UserView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+/// Changes any of name, email and password (at least one): the user themself or an admin. A
+/// new email or password needs `current_password` (an admin changing another user's needs
+/// none; that change is logged). A new password revokes every token issued before it.
 #[utoipa::path(
     method(put, patch),
     path = "/users/{id}",
@@ -186,13 +203,19 @@ struct UpdateBody {
     request_body = UpdateBody,
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The updated profile", body = UserView),
+        (status = 200, description = "The updated profile (with a new token after the caller's own password change)", body = UpdatedBody),
+        (status = 400, description = "Nothing to update, an invalid field, or no `current_password` for a new email or password", body = ErrorBody),
+        (status = 403, description = "`current_password` is wrong, or not the caller's account", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 409, description = "The email is already registered", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts at the current password; see Retry-After", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
 async fn update_user(
     users: web::Data<ObservedAddr<UsersActor>>,
+    keys: web::Data<JwtKeys>,
+    request: HttpRequest,
     caller: Caller,
     id: web::Path<Uuid>,
     body: web::Json<UpdateBody>,
@@ -218,9 +241,81 @@ async fn update_user(
             .as_deref()
             .map(validate::password)
             .transpose()?,
+        by_admin: (caller.is_admin() && caller.id() != id).then(|| caller.id()),
     };
-    let user = users.send(msg).await?.map_err(account_gone(&caller, id))?;
-    Ok(HttpResponse::Ok().json(user))
+    let credentials = msg.email.is_some() || msg.password.is_some();
+    if credentials && msg.by_admin.is_none() {
+        let current = body.current_password.as_deref().ok_or_else(|| {
+            ApiError::invalid("current_password is required to change the email or the password")
+        })?;
+        check_current_password(&users, &request, &caller, id, current).await?;
+    }
+    let updated = users.send(msg).await?.map_err(account_gone(&caller, id))?;
+    let token = match updated.token_version {
+        Some(version) if caller.id() == id => Some(keys.issue(id, caller.0.role, version)),
+        _ => None,
+    };
+    Ok(HttpResponse::Ok().json(UpdatedBody {
+        user: updated.user,
+        token,
+    }))
+}
+
+/// Checks `current` as a login of the account `id` would (the same lockout counts it): `403`
+/// when wrong.
+async fn check_current_password(
+    users: &ObservedAddr<UsersActor>,
+    request: &HttpRequest,
+    caller: &Caller,
+    id: Uuid,
+    current: &str,
+) -> Result<(), ApiError> {
+    let wrong = || ApiError::Forbidden("current_password is wrong".into());
+    let password = validate::password(current).map_err(|_| wrong())?;
+    let user = users
+        .send(GetUser { id })
+        .await?
+        .map_err(account_gone(caller, id))?;
+    let checked = users
+        .send(Login {
+            email: user.email,
+            password,
+            client: request.peer_addr().map(|peer| peer.ip()),
+        })
+        .await?;
+    match checked {
+        Ok(_) => Ok(()),
+        Err(UsersError::BadCredentials) => Err(wrong()),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Refuses every token of the user issued until now, on every service and instance: the user
+/// themself or an admin. Log in again for a new one.
+#[utoipa::path(
+    post,
+    path = "/users/{id}/logout-everywhere",
+    tag = "users",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Every token issued so far is refused"),
+        (status = 403, description = "Not the caller's account", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    )
+)]
+async fn logout_everywhere(
+    users: web::Data<ObservedAddr<UsersActor>>,
+    caller: Caller,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    caller.require_self_or_admin(id)?;
+    users
+        .send(LogoutEverywhere { id })
+        .await?
+        .map_err(account_gone(&caller, id))?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// `POST /users/{id}/activity`.

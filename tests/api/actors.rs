@@ -72,11 +72,16 @@ async fn users_actor_answers_typed_messages() {
             name: Some("Renamed".into()),
             email: None,
             password: None,
+            by_admin: None,
         })
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(updated.name, "Renamed");
+    assert_eq!(updated.user.name, "Renamed");
+    assert_eq!(
+        updated.token_version, None,
+        "no new password, no revocation"
+    );
     let event_id = users
         .send(RecordActivity {
             user_id: registered.id,

@@ -424,29 +424,6 @@ async fn repeated_login_failures_lock_the_client_address() {
         .assert_error(429, "too_many_requests");
 }
 
-/// A second runtime hosting users beside `app` (same database, Redis and settings but what
-/// `adjust` changes), as a second instance behind one load balancer.
-async fn second_users_instance(
-    app: &TestApp,
-    adjust: impl FnOnce(&mut recsys::config::Settings),
-) -> TestApp {
-    let mut settings = app.settings.clone();
-    adjust(&mut settings);
-    let runtime = Application::build(settings.clone(), &[Service::Users], test_logger())
-        .await
-        .expect("second runtime starts")
-        .spawn();
-    let ports = [(Service::Users, runtime.port(Service::Users).unwrap())].into();
-    TestApp::attach(
-        Some(runtime),
-        ports,
-        settings,
-        app.database_url.clone(),
-        app.prefix.clone(),
-    )
-    .await
-}
-
 /// `login_throttle_decisions_total{store}` of this process.
 fn decisions(store: &str) -> u64 {
     recsys::users::throttle::DECISIONS
@@ -465,7 +442,7 @@ async fn two_instances_share_one_login_lockout() {
         })
         .spawn()
         .await;
-    let other = second_users_instance(&app, |_| {}).await;
+    let other = app.another_instance(&[Service::Users]).await;
     let (_, _, locked) = app.new_user().await;
     let (_, _, cleared) = app.new_user().await;
 
@@ -513,7 +490,7 @@ async fn without_redis_each_instance_locks_out_on_its_own_counts() {
         })
         .spawn()
         .await;
-    let other = second_users_instance(&app, |_| {}).await;
+    let other = app.another_instance(&[Service::Users]).await;
     let (_, _, email) = app.new_user().await;
 
     for _ in 0..3 {
@@ -573,7 +550,7 @@ async fn passwords_reach_no_log_line_and_no_event() {
             reqwest::Method::PATCH,
             Service::Users,
             &format!("/users/{user}"),
-            Some(json!({"password": second})),
+            Some(json!({"password": second, "current_password": first})),
             Some(&token),
         )
         .await;

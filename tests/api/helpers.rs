@@ -215,6 +215,27 @@ impl TestApp {
         test_app
     }
 
+    /// A second runtime hosting `services` beside this one (same database, topic prefix, Redis
+    /// key prefix and settings), as a second instance behind one load balancer.
+    pub async fn another_instance(&self, services: &[Service]) -> TestApp {
+        let runtime = Application::build(self.settings.clone(), services, test_logger())
+            .await
+            .expect("another runtime starts")
+            .spawn();
+        let ports = services
+            .iter()
+            .map(|&s| (s, runtime.port(s).expect("service hosted")))
+            .collect();
+        TestApp::attach(
+            Some(runtime),
+            ports,
+            self.settings.clone(),
+            self.database_url.clone(),
+            self.prefix.clone(),
+        )
+        .await
+    }
+
     /// Logs the configured admin in; answers the token.
     pub async fn admin_login(&self) -> String {
         let email = self.settings.admin_email.clone().unwrap();

@@ -1,5 +1,5 @@
 //! The users service over HTTP, one file per endpoint: registration, login, profile reads (and
-//! the tokens that authorize them), profile updates and activity.
+//! the tokens that authorize them), profile updates, token revocation and activity.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -13,6 +13,7 @@ mod activity;
 mod login;
 mod profile;
 mod register;
+mod revocation;
 mod update;
 
 /// The rejection of a malformed request: `400` with code `invalid_request`.

@@ -76,7 +76,8 @@ async fn update_to_a_taken_email_is_a_conflict() {
     ];
 
     for (case, method, email, expected) in cases {
-        let reply = change(&app, method, id, json!({"email": email}), &token).await;
+        let body = json!({"email": email, "current_password": "user-password"});
+        let reply = change(&app, method, id, body, &token).await;
 
         assert_rejected(case, &reply, expected);
     }
@@ -94,7 +95,7 @@ async fn update_password_replaces_the_old_one() {
         &app,
         Method::PATCH,
         id,
-        json!({"password": "brand-new-password"}),
+        json!({"password": "brand-new-password", "current_password": "user-password"}),
         &token,
     )
     .await;

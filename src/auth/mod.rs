@@ -1,5 +1,12 @@
-//! Authentication: HS256 JWTs (`sub`, `role`, `exp`), argon2id password hashes, and the
-//! [`Caller`] extractor every protected handler takes.
+//! Authentication: HS256 JWTs (`sub`, `role`, `exp`, `iat`, `ver`), argon2id password hashes,
+//! and the [`Caller`] extractor every protected handler takes.
+//!
+//! - [`revocations`]: per-user token versions; a token older than its user's version is
+//!   refused by every service, checked in memory.
+//! - [`listener`]: the actor that keeps a runtime's revocation list current.
+
+pub mod listener;
+pub mod revocations;
 
 use std::future::{ready, Ready};
 
@@ -14,6 +21,7 @@ use uuid::Uuid;
 
 use crate::config::Secret;
 use crate::error::ApiError;
+use revocations::Revocations;
 
 /// How long a token is valid.
 pub const TOKEN_TTL_SECS: i64 = 24 * 3600;
@@ -57,6 +65,10 @@ pub struct Claims {
     pub exp: i64,
     /// Issued at, seconds since the epoch.
     pub iat: i64,
+    /// The user's token version when the token was issued: once the user's version is higher
+    /// (a password change, a logout everywhere), the token is refused.
+    #[serde(default)]
+    pub ver: i32,
 }
 
 /// The shortest `JWT_SECRET` the runtime accepts: an HS256 key should carry at least 256 bits,
@@ -71,6 +83,8 @@ pub struct JwtKeys {
     /// The key of `JWT_SECRET_PREVIOUS`: verifies, never signs.
     previous: Option<DecodingKey>,
     validation: Validation,
+    /// The users whose tokens of older versions are refused.
+    revocations: Revocations,
 }
 
 /// Refuses a configured secret shorter than [`MIN_SECRET_BYTES`], naming its variable.
@@ -108,36 +122,56 @@ impl JwtKeys {
             decoding: DecodingKey::from_secret(key).context("JWT_SECRET as a verification key")?,
             previous: None,
             validation,
+            revocations: Revocations::default(),
         })
     }
 
-    /// A token for `user_id` with `role`, valid for [`TOKEN_TTL_SECS`].
-    pub fn issue(&self, user_id: Uuid, role: Role) -> String {
-        self.issue_at(user_id, role, Utc::now())
+    /// The revocation list these keys check every token against.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
-    /// The token for `user_id` with `role` issued at `at` (to the second), valid for
-    /// [`TOKEN_TTL_SECS`] from then: the same arguments give the same token.
-    pub fn issue_at(&self, user_id: Uuid, role: Role, at: chrono::DateTime<Utc>) -> String {
+    /// A token for `user_id` with `role` at token version `version`, valid for
+    /// [`TOKEN_TTL_SECS`].
+    pub fn issue(&self, user_id: Uuid, role: Role, version: i32) -> String {
+        self.issue_at(user_id, role, Utc::now(), version)
+    }
+
+    /// The token for `user_id` with `role` at `version` issued at `at` (to the second), valid
+    /// for [`TOKEN_TTL_SECS`] from then: the same arguments give the same token.
+    pub fn issue_at(
+        &self,
+        user_id: Uuid,
+        role: Role,
+        at: chrono::DateTime<Utc>,
+        version: i32,
+    ) -> String {
         let iat = at.timestamp();
         let claims = Claims {
             sub: user_id,
             role,
             iat,
             exp: iat + TOKEN_TTL_SECS,
+            ver: version,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail")
     }
 
     /// The claims of a valid, unexpired HS256 token signed with the current key or the
-    /// previous one.
+    /// previous one, and not revoked.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        std::iter::once(&self.decoding)
+        let claims = std::iter::once(&self.decoding)
             .chain(&self.previous)
             .find_map(|key| jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok())
             .map(|data| data.claims)
-            .ok_or_else(|| ApiError::Unauthorized("invalid or expired token".into()))
+            .ok_or_else(|| ApiError::Unauthorized("invalid or expired token".into()))?;
+        if self.revocations.refuses(claims.sub, claims.ver) {
+            return Err(ApiError::Unauthorized(
+                "token revoked (password changed or logged out everywhere); log in again".into(),
+            ));
+        }
+        Ok(claims)
     }
 }
 
@@ -427,11 +461,11 @@ mod tests {
     fn tokens_verify_only_with_their_secret() {
         let keys = JwtKeys::new(&Secret::new("one")).unwrap();
         let id = Uuid::new_v4();
-        let claims = keys.verify(&keys.issue(id, Role::Admin)).unwrap();
+        let claims = keys.verify(&keys.issue(id, Role::Admin, 0)).unwrap();
         assert_eq!(claims.sub, id);
         assert_eq!(claims.role, Role::Admin);
         let other = JwtKeys::new(&Secret::new("two")).unwrap();
-        assert!(other.verify(&keys.issue(id, Role::User)).is_err());
+        assert!(other.verify(&keys.issue(id, Role::User, 0)).is_err());
     }
 
     #[test]
