@@ -134,12 +134,34 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
     pub kafka_group_instance_id: Option<String>,
 
+    /// A file of librdkafka properties (`name=value` per line, `#` comments) given to every
+    /// Kafka client: producer, consumers and admin (TLS, SASL, ...).
+    #[arg(long, env = "KAFKA_PROPERTIES_FILE")]
+    pub kafka_properties_file: Option<std::path::PathBuf>,
+
+    /// One librdkafka property for every Kafka client, `name=value`; repeatable, wins over the
+    /// file and the `KAFKA_PROPERTY_<name>` variables. Prefer those for secrets: arguments are
+    /// visible to other users of the machine.
+    #[arg(long = "kafka-property", value_name = "NAME=VALUE")]
+    pub kafka_properties: Vec<String>,
+
     #[command(flatten)]
     pub postgres: PostgresSettings,
 
-    /// Redis address (host:port).
-    #[arg(long, env = "REDIS_ADDRESS", default_value = "localhost:6379")]
+    /// Redis address: `host:port`, or a `redis://` or `rediss://` (TLS) URL, which may carry a
+    /// password (`rediss://:password@host:port/`; never logged).
+    #[arg(
+        long,
+        env = "REDIS_ADDRESS",
+        default_value = "localhost:6379",
+        hide_env_values = true
+    )]
     pub redis_address: String,
+
+    /// A PEM file of the certificate authority a `rediss://` server's certificate chains to,
+    /// when the system does not trust it.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// HS256 key for JWTs, at least 32 bytes; required (`serve` refuses to start without it)
     /// unless `--dev` is given. Every instance behind one load balancer needs the same one.
@@ -307,7 +329,76 @@ pub struct Settings {
     pub kafka_delivery_timeout_ms: u64,
 }
 
+/// The environment variables that pass a librdkafka property: `KAFKA_PROPERTY_<name>`, the name
+/// as librdkafka spells it (`KAFKA_PROPERTY_security.protocol`) or upper case with `_` for `.`
+/// (`KAFKA_PROPERTY_SECURITY_PROTOCOL`).
+pub const KAFKA_PROPERTY_PREFIX: &str = "KAFKA_PROPERTY_";
+
+/// `name=value` (or `name: value`), trimmed; `None` for anything else.
+fn property(line: &str) -> Option<(String, String)> {
+    let (name, value) = line.split_once(['=', ':'])?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| (name.to_string(), value.trim().to_string()))
+}
+
 impl Settings {
+    /// The brokers and the librdkafka properties every client gets, later sources winning: the
+    /// file (`KAFKA_PROPERTIES_FILE`), then the `KAFKA_PROPERTY_*` variables of `env`, then
+    /// `--kafka-property`. Refuses an unreadable file or a malformed line, naming the file and
+    /// line (never a value: values may be secrets).
+    pub fn brokers(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<recsys_actors::kafka::Brokers> {
+        let mut properties: Vec<(String, String)> = Vec::new();
+        let mut set = |name: String, value: String| {
+            properties.retain(|(n, _)| *n != name);
+            properties.push((name, value));
+        };
+        if let Some(path) = &self.kafka_properties_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("KAFKA_PROPERTIES_FILE {}: {e}", path.display())
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                    continue;
+                }
+                let (name, value) = property(line).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "KAFKA_PROPERTIES_FILE {} line {}: not name=value",
+                        path.display(),
+                        n + 1
+                    )
+                })?;
+                set(name, value);
+            }
+        }
+        let mut variables: Vec<(String, String)> = env
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let name = k.strip_prefix(KAFKA_PROPERTY_PREFIX)?;
+                let name = if name.contains('.') {
+                    name.to_string()
+                } else {
+                    name.to_ascii_lowercase().replace('_', ".")
+                };
+                (!name.is_empty()).then_some((name, v))
+            })
+            .collect();
+        variables.sort();
+        for (name, value) in variables {
+            set(name, value);
+        }
+        for given in &self.kafka_properties {
+            let (name, value) = property(given).ok_or_else(|| {
+                anyhow::anyhow!("--kafka-property takes name=value (one of them is not)")
+            })?;
+            set(name, value);
+        }
+        Ok(recsys_actors::kafka::Brokers::new(&self.kafka_address).with_properties(properties))
+    }
+
     /// Port of `service`.
     pub fn port(&self, service: Service) -> u16 {
         match service {

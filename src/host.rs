@@ -19,6 +19,8 @@ use recsys_schema::topics;
 use slog::{info, o, warn, Logger};
 
 use crate::auth::JwtKeys;
+use recsys_actors::cache::CacheActor;
+use recsys_actors::kafka::Brokers;
 use crate::config::Settings;
 use crate::consumption::{self, Fact, Snapshots};
 use crate::db::Pool;
@@ -27,6 +29,8 @@ use crate::openapi::Api;
 /// What every service starts with.
 pub struct Host<'a> {
     pub settings: &'a Settings,
+    /// The Kafka brokers and the properties every client gets.
+    pub brokers: Brokers,
     pub pool: Pool,
     /// Signs and checks tokens; one key for every service of the process.
     pub keys: JwtKeys,
@@ -36,6 +40,24 @@ pub struct Host<'a> {
 }
 
 impl Host<'_> {
+    /// A cache actor on the configured Redis (`REDIS_ADDRESS`, `REDIS_CA_FILE`,
+    /// `REDIS_TIMEOUT_MS`), logging to `logger`.
+    pub fn cache(&self, logger: Logger) -> anyhow::Result<CacheActor> {
+        let settings = self.settings;
+        let root_ca = match &settings.redis_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("REDIS_CA_FILE {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+        CacheActor::new(
+            &settings.redis_address,
+            root_ca,
+            Duration::from_millis(settings.redis_timeout_ms.max(1)),
+            logger,
+        )
+    }
+
     /// How long a request handler waits for an actor's answer.
     pub fn request_timeout(&self) -> Duration {
         self.settings.request_timeout()
@@ -64,7 +86,7 @@ impl Host<'_> {
         let settings = self.settings;
         let config = ConsumerConfig {
             service,
-            brokers: settings.kafka_address.clone(),
+            brokers: self.brokers.clone(),
             group,
             topics: vec![
                 topics::prefixed(&settings.kafka_topic_prefix, topics::USER_UPDATES),

@@ -22,6 +22,7 @@ use slog::{info, o, warn, Logger};
 
 use crate::analytics::Analytics;
 use crate::auth::listener::RevocationListener;
+use recsys_actors::kafka::Brokers;
 use crate::auth::{self, JwtKeys};
 use crate::config::{Service, Settings};
 use crate::cors::{self, Origins};
@@ -66,6 +67,8 @@ impl Application {
         logger: Logger,
     ) -> anyhow::Result<Self> {
         metrics::init();
+        let brokers = settings.brokers(std::env::vars())?;
+        info!(logger, "kafka"; "brokers" => brokers.describe());
         let url = settings.postgres.url();
         if settings.no_migrate {
             db::check_migrated(&url).await?;
@@ -74,7 +77,7 @@ impl Application {
             let applied = db::migrate(&url).await?;
             info!(logger, "database migrated"; "applied" => applied.len());
         }
-        let pool = db::pool(&settings.postgres);
+        let pool = db::pool(&settings.postgres)?;
 
         let previous = settings.jwt_secret_previous.as_ref();
         let (keys, fingerprints) = match &settings.jwt_secret {
@@ -112,12 +115,13 @@ impl Application {
         );
 
         let relay = if services.iter().any(|s| s.writes_events()) {
-            Some(start_relay(&settings, &pool, &logger)?)
+            Some(start_relay(&settings, &brokers, &pool, &logger)?)
         } else {
             None
         };
         let host = Host {
             settings: &settings,
+            brokers: brokers.clone(),
             pool: pool.clone(),
             keys: keys.clone(),
             wake: relay.as_ref().map(|r| r.recipient()),
@@ -138,7 +142,7 @@ impl Application {
         let readiness = Readiness {
             pool: pool.clone(),
             kafka: kafka::probe_client(
-                &settings.kafka_address,
+                &brokers,
                 logger.new(o!("client" => "readiness")),
             )?,
         };
@@ -319,11 +323,12 @@ impl Application {
 /// Starts the outbox relay, which publishes what the writing services commit.
 fn start_relay(
     settings: &Settings,
+    brokers: &Brokers,
     pool: &Pool,
     logger: &Logger,
 ) -> anyhow::Result<ObservedAddr<OutboxRelay>> {
     let config = RelayConfig {
-        brokers: settings.kafka_address.clone(),
+        brokers: brokers.clone(),
         topic_prefix: settings.kafka_topic_prefix.clone(),
         topics: vec![
             topics::USER_UPDATES.to_string(),

@@ -1,6 +1,12 @@
 //! librdkafka plumbing shared by every Kafka-facing actor: client settings, the idempotent
 //! producer, topic creation and a reachability probe. librdkafka's own log lines go to slog.
+//!
+//! Every client (producer, consumers, admin, probe) is made from one [`Brokers`]: the bootstrap
+//! list and the librdkafka properties the operator passed through (TLS, SASL and anything
+//! else librdkafka takes), so that one setting secures them all.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -45,16 +51,71 @@ impl ClientContext for SlogContext {
     }
 }
 
-/// Base settings of every client: the bootstrap list and quick reconnects after a broker outage.
-pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
+/// The brokers and how to reach them: the bootstrap list and librdkafka properties applied to
+/// every client (e.g. `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-512`,
+/// `sasl.username`, `sasl.password`, `ssl.ca.location`).
+///
+/// Property values may be secrets: `Debug` and [`Brokers::describe`] show their names only.
+#[derive(Clone)]
+pub struct Brokers {
+    bootstrap: String,
+    properties: Arc<[(String, String)]>,
+}
+
+impl Brokers {
+    /// The brokers at `bootstrap` (comma separated), reached with librdkafka's defaults.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            properties: Arc::new([]),
+        }
+    }
+
+    /// The same brokers, every client also given `properties` (which win over recsys's own
+    /// settings of the same name).
+    pub fn with_properties(self, properties: Vec<(String, String)>) -> Self {
+        Self {
+            properties: properties.into(),
+            ..self
+        }
+    }
+
+    /// The bootstrap list.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The bootstrap list and the names (never the values) of the extra properties, for logs.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = self.properties.iter().map(|(k, _)| k.as_str()).collect();
+        if names.is_empty() {
+            self.bootstrap.clone()
+        } else {
+            format!("{} ({})", self.bootstrap, names.join(", "))
+        }
+    }
+}
+
+impl fmt::Debug for Brokers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Brokers({})", self.describe())
+    }
+}
+
+/// Base settings of every client: the bootstrap list, quick reconnects after a broker outage,
+/// then the operator's properties.
+pub fn client_config(brokers: &Brokers, client_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &brokers.bootstrap)
         .set("client.id", client_id)
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "1000")
         .set("log.connection.close", "false")
         .set_log_level(RDKafkaLogLevel::Warning);
+    for (key, value) in brokers.properties.iter() {
+        config.set(key, value);
+    }
     config
 }
 
@@ -62,7 +123,7 @@ pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
 /// reorder records of one partition. A record that cannot be delivered within `delivery_timeout`
 /// fails (and is retried by its caller).
 pub fn idempotent_producer(
-    brokers: &str,
+    brokers: &Brokers,
     client_id: &str,
     delivery_timeout: Duration,
     logger: Logger,
@@ -85,7 +146,7 @@ pub fn idempotent_producer(
 
 /// A plain (non-idempotent, never producing) client for [`probe`]: it registers no producer id
 /// with the broker.
-pub fn probe_client(brokers: &str, logger: Logger) -> KafkaResult<FutureProducer<SlogContext>> {
+pub fn probe_client(brokers: &Brokers, logger: Logger) -> KafkaResult<FutureProducer<SlogContext>> {
     client_config(brokers, "recsys-probe").create_with_context(SlogContext::new(logger))
 }
 
@@ -103,7 +164,7 @@ pub struct TopicLayout {
 
 /// Creates each of `topics` with `layout` unless it already exists.
 pub async fn ensure_topics(
-    brokers: &str,
+    brokers: &Brokers,
     topics: &[String],
     layout: TopicLayout,
     timeout: Duration,

@@ -102,7 +102,7 @@ pub trait OutboxStore: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Bootstrap servers.
-    pub brokers: String,
+    pub brokers: kafka::Brokers,
     /// Prefix put before every logical topic name (`KAFKA_TOPIC_PREFIX`).
     pub topic_prefix: String,
     /// Logical topics to create at start when missing.
@@ -268,7 +268,7 @@ impl OutboxRelay {
 
 /// Creates the relay's topics when missing and reads their partition counts.
 struct TopicSetup {
-    brokers: String,
+    brokers: kafka::Brokers,
     prefix: String,
     /// Logical names.
     topics: Vec<String>,
@@ -374,7 +374,7 @@ impl Actor for OutboxRelay {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        info!(self.logger, "outbox relay started"; "brokers" => &self.config.brokers, "prefix" => &self.config.topic_prefix);
+        info!(self.logger, "outbox relay started"; "brokers" => self.config.brokers.describe(), "prefix" => &self.config.topic_prefix);
         ctx.run_interval(self.config.poll_interval, |act, ctx| act.run_batch(ctx));
         ctx.run_interval(PENDING_REFRESH, |act, ctx| act.refresh_pending(ctx));
         self.refresh_pending(ctx);

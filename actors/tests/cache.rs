@@ -58,7 +58,7 @@ impl Drain for Captured {
 /// A cache actor on `address`, started on the current arbiter, logging nowhere.
 fn start(address: &str) -> Addr<CacheActor> {
     let logger = Logger::root(slog::Discard, o!());
-    CacheActor::new(address, OP_TIMEOUT, logger)
+    CacheActor::new(address, None, OP_TIMEOUT, logger)
         .expect("cache actor builds")
         .start()
 }
@@ -243,7 +243,7 @@ async fn unreachable_redis_answers_like_a_miss_within_the_timeout() {
 #[actix_rt::test]
 async fn an_outage_does_not_flood_the_log() {
     let logs = Captured::default();
-    let cache = CacheActor::new(UNREACHABLE, OP_TIMEOUT, logs.logger())
+    let cache = CacheActor::new(UNREACHABLE, None, OP_TIMEOUT, logs.logger())
         .unwrap()
         .start();
     let key = format!("{}anything", prefix());
@@ -264,7 +264,7 @@ async fn an_outage_does_not_flood_the_log() {
 async fn the_actor_restarts_after_fail_and_serves_again() {
     let logs = Captured::default();
     let arbiter = Arbiter::new();
-    let actor = CacheActor::new(&redis_address(), OP_TIMEOUT, logs.logger()).unwrap();
+    let actor = CacheActor::new(&redis_address(), None, OP_TIMEOUT, logs.logger()).unwrap();
     let cache = start_supervised(
         &arbiter.handle(),
         "cache-test",

@@ -65,14 +65,14 @@ pub async fn produce(
     let partitions = layout.partitions;
     let [user_topic, product_topic] = topic_names(prefix);
     kafka::ensure_topics(
-        brokers,
+        &kafka::Brokers::new(brokers),
         &[user_topic.clone(), product_topic.clone()],
         layout,
         Duration::from_secs(10),
         &logger(),
     )
     .await?;
-    let producer: FutureProducer<SlogContext> = kafka::client_config(brokers, "bench-producer")
+    let producer: FutureProducer<SlogContext> = kafka::client_config(&kafka::Brokers::new(brokers), "bench-producer")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("compression.type", "lz4")
@@ -240,7 +240,7 @@ pub async fn delete_groups(brokers: &str, prefix: &str) -> anyhow::Result<()> {
 }
 
 fn admin(brokers: &str) -> anyhow::Result<AdminClient<SlogContext>> {
-    Ok(kafka::client_config(brokers, "bench-admin")
+    Ok(kafka::client_config(&kafka::Brokers::new(brokers), "bench-admin")
         .create_with_context(SlogContext::new(logger()))?)
 }
 
@@ -273,7 +273,7 @@ pub async fn drain_bare(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for g in 0..groups {
-        let consumer: BaseConsumer = kafka::client_config(brokers, "bench-bare")
+        let consumer: BaseConsumer = kafka::client_config(&kafka::Brokers::new(brokers), "bench-bare")
             .set("group.id", format!("{prefix}bench-bare-{g}"))
             .set("enable.auto.commit", "true")
             .set("auto.offset.reset", "earliest")

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use futures_util::StreamExt;
 use recsys_actors::retry;
 use slog::{info, warn, Logger};
 
 use super::revocations::{self, Revocations, CHANNEL};
 use crate::config::Secret;
+use crate::db;
 
 /// How often revocations older than a token's lifetime are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -60,7 +61,7 @@ impl Supervised for RevocationListener {
 async fn listen(url: Secret, list: Revocations, logger: Logger) {
     loop {
         let mut conn = retry::until_ok(&logger, "listening for token revocations", || async {
-            let mut conn = AsyncPgConnection::establish(url.expose()).await?;
+            let mut conn = db::connect(&url).await?;
             diesel::sql_query(format!("LISTEN {CHANNEL}"))
                 .execute(&mut conn)
                 .await?;

@@ -93,11 +93,7 @@ impl Recommendations {
         let logger = host.logger.new(o!("service" => NAME));
         let limit = settings.actor_mailbox_limit;
         let arbiter = Arbiter::new().handle();
-        let cache = CacheActor::new(
-            &settings.redis_address,
-            Duration::from_millis(settings.redis_timeout_ms.max(1)),
-            logger.new(o!("actor" => "cache")),
-        )?;
+        let cache = host.cache(logger.new(o!("actor" => "cache")))?;
         let cache = start_supervised(&arbiter, NAME, limit, &host.logger, cache);
         let group = host.group(NAME);
         let ranking = start_supervised(

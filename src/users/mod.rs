@@ -69,11 +69,7 @@ impl Users {
             per_ip: settings.login_max_failures_per_ip.max(1),
             window: Duration::from_secs(settings.login_lockout_secs),
         };
-        let cache = CacheActor::new(
-            &settings.redis_address,
-            Duration::from_millis(settings.redis_timeout_ms.max(1)),
-            logger.new(o!("actor" => "cache")),
-        )?;
+        let cache = host.cache(logger.new(o!("actor" => "cache")))?;
         let cache = start_supervised(
             &arbiter,
             NAME,

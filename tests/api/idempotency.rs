@@ -504,7 +504,7 @@ async fn keys_expire_after_a_day_and_malformed_keys_are_refused() {
     app.db()
         .execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
         .await;
-    let pool = recsys::db::pool(&app.settings.postgres);
+    let pool = recsys::db::pool(&app.settings.postgres).unwrap();
     assert_eq!(recsys::idempotency::purge(&pool).await.unwrap(), 1);
     assert_eq!(app.count("idempotency_keys").await, 0);
 

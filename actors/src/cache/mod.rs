@@ -27,7 +27,7 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use bb8::{ErrorSink, Pool, PooledConnection, RunError};
 use bb8_redis::RedisConnectionManager;
-use redis::{RedisError, Script};
+use redis::{IntoConnectionInfo, RedisError, Script};
 use slog::{info, warn, Logger};
 
 use crate::metrics::{REDIS_REQUESTS, REDIS_REQUEST_DURATION};
@@ -105,7 +105,7 @@ pub struct CacheRaise {
 
 /// The cache actor. Start it under a supervisor; it keeps no state beyond its connection pool.
 pub struct CacheActor {
-    /// `host:port` of the Redis server, for the logs.
+    /// Where the Redis server is, for the logs (without a password).
     address: String,
     /// What the request futures share.
     shared: Arc<Shared>,
@@ -123,12 +123,19 @@ struct Shared {
 }
 
 impl CacheActor {
-    /// A cache on the Redis server at `redis_address` (`host:port`, or a full `redis://` URL)
-    /// whose requests each give up after `op_timeout`.
+    /// A cache on the Redis server at `redis_address` (`host:port`, or a full `redis://` or
+    /// `rediss://` URL, which may carry a password: `rediss://:password@host:port/`) whose
+    /// requests each give up after `op_timeout`. `root_ca` (PEM) is the certificate authority a
+    /// `rediss://` server's certificate must chain to, when it is not one the system trusts.
     ///
     /// Connects lazily: succeeds while Redis is down. Must be called inside a Tokio runtime (the
     /// actix system), where the pool runs its housekeeping.
-    pub fn new(redis_address: &str, op_timeout: Duration, logger: Logger) -> anyhow::Result<Self> {
+    pub fn new(
+        redis_address: &str,
+        root_ca: Option<Vec<u8>>,
+        op_timeout: Duration,
+        logger: Logger,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !op_timeout.is_zero(),
             "the cache operation timeout must not be zero"
@@ -140,8 +147,24 @@ impl CacheActor {
         } else {
             format!("redis://{redis_address}/")
         };
-        let manager = RedisConnectionManager::new(url.as_str())
-            .with_context(|| format!("invalid Redis address {redis_address:?}"))?;
+        // Never the URL in a message: it may hold the password.
+        let info = url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| anyhow::anyhow!("invalid Redis address: {:?}", e.kind()))?;
+        let client = match root_ca {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| anyhow::anyhow!("Redis client: {:?}", e.kind()))?;
+        let manager = RedisConnectionManager::new(client.get_connection_info().clone())
+            .map_err(|e| anyhow::anyhow!("Redis client: {:?}", e.kind()))?;
         let connect_error = Arc::new(Mutex::new(None));
         let pool = Pool::builder()
             .max_size(MAX_CONNECTIONS)
@@ -149,7 +172,7 @@ impl CacheActor {
             .error_sink(Box::new(LastError(connect_error.clone())))
             .build_unchecked(manager);
         Ok(Self {
-            address: redis_address.to_owned(),
+            address: without_password(redis_address),
             shared: Arc::new(Shared {
                 pool,
                 op_timeout,
@@ -158,6 +181,14 @@ impl CacheActor {
                 connect_error,
             }),
         })
+    }
+}
+
+/// `address` as logs may show it: a URL's user and password replaced by `***`.
+fn without_password(address: &str) -> String {
+    match (address.split_once("://"), address.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &address[at..]),
+        _ => address.to_owned(),
     }
 }
 
@@ -374,6 +405,16 @@ mod tests {
 
     /// The gate lets the first warning through, holds back the next ones within the interval and
     /// reports how many it held back when it opens again.
+    #[test]
+    fn logged_addresses_carry_no_password() {
+        assert_eq!(
+            without_password("rediss://:hunter2@cache:6380/0"),
+            "rediss://***@cache:6380/0"
+        );
+        assert_eq!(without_password("localhost:6379"), "localhost:6379");
+        assert_eq!(without_password("redis://cache/"), "redis://cache/");
+    }
+
     #[test]
     fn warn_gate_admits_one_warning_per_interval() {
         let gate = WarnGate::new(Duration::from_millis(50));

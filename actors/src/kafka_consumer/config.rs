@@ -11,7 +11,7 @@ use crate::kafka;
 pub struct ConsumerConfig {
     /// The `service` metric label.
     pub service: &'static str,
-    pub brokers: String,
+    pub brokers: kafka::Brokers,
     /// Consumer group id.
     pub group: String,
     /// Physical topic names.

@@ -1,5 +1,9 @@
 //! Postgres access: the diesel-async bb8 pool, the embedded migrations, a readiness probe and
 //! [`Prepared`] statements.
+//!
+//! - [`tls`]: connections as libpq makes them from a URL's `sslmode` and `sslrootcert`.
+
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +13,6 @@ use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
 use diesel::sql_types::HasSqlType;
-use diesel::Connection as _;
 use diesel::QueryResult;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::{
@@ -32,8 +35,13 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// server restarted, a proxy cut it) or whose transaction state broke is replaced, any other is
 /// used. diesel-async's default check sends `SELECT 1` first, a round trip before every
 /// statement, which the write path cannot afford (README, "Figures behind the settings").
-pub fn pool(settings: &PostgresSettings) -> Pool {
+pub fn pool(settings: &PostgresSettings) -> anyhow::Result<Pool> {
+    let target = tls::Target::parse(settings.url().expose())?;
     let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(move |_url| {
+        let target = target.clone();
+        Box::pin(async move { target.connect().await })
+    });
     config.recycling_method =
         RecyclingMethod::CustomFunction(Box::new(|conn: &mut AsyncPgConnection| {
             Box::pin(async move {
@@ -48,10 +56,19 @@ pub fn pool(settings: &PostgresSettings) -> Pool {
         settings.url().expose(),
         config,
     );
-    bb8::Pool::builder()
+    Ok(bb8::Pool::builder()
         .max_size(settings.db_pool_size.max(1))
         .connection_timeout(Duration::from_millis(settings.db_timeout_ms.max(1)))
-        .build_unchecked(manager)
+        .build_unchecked(manager))
+}
+
+/// One connection of its own (not pooled) to the database at `url`, TLS as the URL asks.
+pub async fn connect(url: &Secret) -> anyhow::Result<AsyncPgConnection> {
+    let target = tls::Target::parse(url.expose())?;
+    target
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to Postgres: {e}"))
 }
 
 /// Arbitrary constant naming the advisory lock migrations are applied under.
@@ -61,10 +78,9 @@ const MIGRATION_LOCK: i64 = 0x7265_6373_6d69; // "recsmi"
 /// advisory lock, so that runtimes starting together on one database migrate one after the
 /// other (the later ones find nothing pending) instead of racing on the same `CREATE`s.
 pub async fn migrate(url: &Secret) -> anyhow::Result<Vec<String>> {
-    let url = url.expose().to_string();
+    let conn = connect(url).await.context("connecting to Postgres to migrate")?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .context("connecting to Postgres to migrate")?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         let lock = |conn: &mut AsyncConnectionWrapper<AsyncPgConnection>, sql: &str| {
             diesel::RunQueryDsl::execute(
                 diesel::sql_query(sql).bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK),
@@ -86,10 +102,11 @@ pub async fn migrate(url: &Secret) -> anyhow::Result<Vec<String>> {
 
 /// Fails unless every migration of this binary is applied (`serve --no-migrate`).
 pub async fn check_migrated(url: &Secret) -> anyhow::Result<()> {
-    let url = url.expose().to_string();
+    let conn = connect(url)
+        .await
+        .context("connecting to Postgres to check the schema")?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .context("connecting to Postgres to check the schema")?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         let pending: Vec<String> = conn
             .pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("reading the applied migrations: {e}"))?
