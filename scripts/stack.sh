@@ -4,7 +4,7 @@
 #
 # Usage:
 #   scripts/stack.sh up      make sure everything runs, installing what is missing:
-#                            Postgres (127.0.0.1:5432, user postgres, trust on loopback) and
+#                            OpenSSL's headers for the build; Postgres (127.0.0.1:5432, user postgres, trust on loopback) and
 #                            Redis (127.0.0.1:6379) from Debian's packages; Java 17 and Maven
 #                            if missing; the Kafka jars (scripts/kafka/pom.xml) into the cache;
 #                            three combined broker+controller nodes on 127.0.0.1:9091-9093
@@ -590,8 +590,20 @@ stop_prometheus() {
 
 # --------------------------------------------------------------- commands ---
 
+# ensure_build_deps — what building recsys needs beyond Rust: OpenSSL's headers and pkg-config
+# (librdkafka and the Postgres and Redis clients speak TLS through the system's OpenSSL), and
+# the openssl command, with which the TLS test makes its certificate authority.
+ensure_build_deps() {
+  if pkg-config --exists openssl 2>/dev/null && have openssl; then
+    return
+  fi
+  apt_install libssl-dev pkg-config openssl
+  pkg-config --exists openssl || die "openssl: no pkg-config entry after installing libssl-dev"
+}
+
 cmd_up() {
   take_lock
+  ensure_build_deps
   ensure_postgres
   ensure_redis
   ensure_kafka

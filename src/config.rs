@@ -356,9 +356,8 @@ impl Settings {
             properties.push((name, value));
         };
         if let Some(path) = &self.kafka_properties_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                anyhow::anyhow!("KAFKA_PROPERTIES_FILE {}: {e}", path.display())
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("KAFKA_PROPERTIES_FILE {}: {e}", path.display()))?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
@@ -537,6 +536,72 @@ fn origin(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn settings(args: &[&str]) -> Settings {
+        Cli::parse_from(std::iter::once("recsys").chain(args.iter().copied())).settings
+    }
+
+    #[test]
+    /// Properties come from the file, then the variables (either spelling), then the flags,
+    /// later ones winning; `Debug` names them but shows no value.
+    fn kafka_properties_layer_file_variables_and_flags() {
+        let file = std::env::temp_dir().join(format!("kafka-{}.properties", std::process::id()));
+        std::fs::write(
+            &file,
+            "# TLS\nsecurity.protocol = SSL\nsasl.mechanism=PLAIN\n\nssl.ca.location: /ca.pem\n",
+        )
+        .unwrap();
+        let settings = settings(&[
+            "--kafka-properties-file",
+            file.to_str().unwrap(),
+            "--kafka-property",
+            "sasl.username=flag-user",
+        ]);
+        let env = [
+            ("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_PROPERTY_sasl.password", "hunter2"),
+            ("KAFKA_PROPERTY_SASL_USERNAME", "env-user"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let brokers = settings.brokers(env).unwrap();
+        let config = recsys_actors::kafka::client_config(&brokers, "test");
+        let get = |k: &str| config.get(k).map(str::to_string);
+        assert_eq!(get("security.protocol").as_deref(), Some("SASL_SSL"));
+        assert_eq!(get("sasl.mechanism").as_deref(), Some("PLAIN"));
+        assert_eq!(get("ssl.ca.location").as_deref(), Some("/ca.pem"));
+        assert_eq!(get("sasl.username").as_deref(), Some("flag-user"));
+        assert_eq!(get("sasl.password").as_deref(), Some("hunter2"));
+        let shown = format!("{brokers:?} {}", brokers.describe());
+        assert!(
+            shown.contains("sasl.password") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        std::fs::remove_file(file).unwrap();
+    }
+
+    #[test]
+    /// A malformed line is refused by file and line number, without its content.
+    fn a_malformed_properties_line_is_named_not_shown() {
+        let file = std::env::temp_dir().join(format!("bad-{}.properties", std::process::id()));
+        std::fs::write(&file, "security.protocol=SSL\nsecret-without-a-separator\n").unwrap();
+        let error = settings(&["--kafka-properties-file", file.to_str().unwrap()])
+            .brokers(std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 2") && !error.contains("secret-without"),
+            "{error}"
+        );
+        std::fs::remove_file(file).unwrap();
+    }
 
     #[test]
     /// The URL built from parts escapes a password with URL metacharacters.

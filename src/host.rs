@@ -19,12 +19,12 @@ use recsys_schema::topics;
 use slog::{info, o, warn, Logger};
 
 use crate::auth::JwtKeys;
-use recsys_actors::cache::CacheActor;
-use recsys_actors::kafka::Brokers;
 use crate::config::Settings;
 use crate::consumption::{self, Fact, Snapshots};
 use crate::db::Pool;
 use crate::openapi::Api;
+use recsys_actors::cache::CacheActor;
+use recsys_actors::kafka::Brokers;
 
 /// What every service starts with.
 pub struct Host<'a> {
@@ -45,9 +45,10 @@ impl Host<'_> {
     pub fn cache(&self, logger: Logger) -> anyhow::Result<CacheActor> {
         let settings = self.settings;
         let root_ca = match &settings.redis_ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                anyhow::anyhow!("REDIS_CA_FILE {}: {e}", path.display())
-            })?),
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("REDIS_CA_FILE {}: {e}", path.display()))?,
+            ),
             None => None,
         };
         CacheActor::new(

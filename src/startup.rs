@@ -22,7 +22,6 @@ use slog::{info, o, warn, Logger};
 
 use crate::analytics::Analytics;
 use crate::auth::listener::RevocationListener;
-use recsys_actors::kafka::Brokers;
 use crate::auth::{self, JwtKeys};
 use crate::config::{Service, Settings};
 use crate::cors::{self, Origins};
@@ -36,6 +35,7 @@ use crate::outbox::PgOutbox;
 use crate::products::Products;
 use crate::recommendations::Recommendations;
 use crate::users::Users;
+use recsys_actors::kafka::Brokers;
 
 /// The `service` label of machinery shared by the hosted services (the outbox relay serves
 /// both users and products).
@@ -141,10 +141,7 @@ impl Application {
 
         let readiness = Readiness {
             pool: pool.clone(),
-            kafka: kafka::probe_client(
-                &brokers,
-                logger.new(o!("client" => "readiness")),
-            )?,
+            kafka: kafka::probe_client(&brokers, logger.new(o!("client" => "readiness")))?,
         };
 
         let mut app = Self {

@@ -72,13 +72,14 @@ pub async fn produce(
         &logger(),
     )
     .await?;
-    let producer: FutureProducer<SlogContext> = kafka::client_config(&kafka::Brokers::new(brokers), "bench-producer")
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "500000")
-        .set("message.timeout.ms", "120000")
-        .create_with_context(SlogContext::new(logger()))?;
+    let producer: FutureProducer<SlogContext> =
+        kafka::client_config(&kafka::Brokers::new(brokers), "bench-producer")
+            .set("linger.ms", "20")
+            .set("batch.num.messages", "10000")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "500000")
+            .set("message.timeout.ms", "120000")
+            .create_with_context(SlogContext::new(logger()))?;
     let products: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
     let users: Vec<Uuid> = (0..10_000).map(|_| Uuid::new_v4()).collect();
     let bar = bar(total, "producing");
@@ -240,8 +241,10 @@ pub async fn delete_groups(brokers: &str, prefix: &str) -> anyhow::Result<()> {
 }
 
 fn admin(brokers: &str) -> anyhow::Result<AdminClient<SlogContext>> {
-    Ok(kafka::client_config(&kafka::Brokers::new(brokers), "bench-admin")
-        .create_with_context(SlogContext::new(logger()))?)
+    Ok(
+        kafka::client_config(&kafka::Brokers::new(brokers), "bench-admin")
+            .create_with_context(SlogContext::new(logger()))?,
+    )
 }
 
 fn admin_options() -> AdminOptions {
@@ -273,11 +276,12 @@ pub async fn drain_bare(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for g in 0..groups {
-        let consumer: BaseConsumer = kafka::client_config(&kafka::Brokers::new(brokers), "bench-bare")
-            .set("group.id", format!("{prefix}bench-bare-{g}"))
-            .set("enable.auto.commit", "true")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
+        let consumer: BaseConsumer =
+            kafka::client_config(&kafka::Brokers::new(brokers), "bench-bare")
+                .set("group.id", format!("{prefix}bench-bare-{g}"))
+                .set("enable.auto.commit", "true")
+                .set("auto.offset.reset", "earliest")
+                .create()?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         let bar = bar.clone();

@@ -78,7 +78,9 @@ const MIGRATION_LOCK: i64 = 0x7265_6373_6d69; // "recsmi"
 /// advisory lock, so that runtimes starting together on one database migrate one after the
 /// other (the later ones find nothing pending) instead of racing on the same `CREATE`s.
 pub async fn migrate(url: &Secret) -> anyhow::Result<Vec<String>> {
-    let conn = connect(url).await.context("connecting to Postgres to migrate")?;
+    let conn = connect(url)
+        .await
+        .context("connecting to Postgres to migrate")?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         let lock = |conn: &mut AsyncConnectionWrapper<AsyncPgConnection>, sql: &str| {

@@ -77,7 +77,9 @@ impl Target {
         builder
             .danger_accept_invalid_certs(!verify_chain)
             .danger_accept_invalid_hostnames(!verify_host);
-        let tls = builder.build().context("DATABASE_URL: building the TLS connector")?;
+        let tls = builder
+            .build()
+            .context("DATABASE_URL: building the TLS connector")?;
         kept.push(format!("sslmode={tokio_mode}"));
         Ok(Self {
             url: join(base, kept),
@@ -93,7 +95,8 @@ impl Target {
     /// Opens one connection.
     pub async fn connect(&self) -> Result<AsyncPgConnection, ConnectionError> {
         let Some(tls) = &self.tls else {
-            return <AsyncPgConnection as diesel_async::AsyncConnection>::establish(&self.url).await;
+            return <AsyncPgConnection as diesel_async::AsyncConnection>::establish(&self.url)
+                .await;
         };
         let tls = postgres_native_tls::MakeTlsConnector::new(tls.clone());
         let (client, connection) = tokio_postgres::connect(&self.url, tls)
@@ -125,7 +128,7 @@ fn pem_certificates(pem: &[u8]) -> anyhow::Result<Vec<native_tls::Certificate>> 
             + start
             + END.len();
         certs.push(
-            native_tls::Certificate::from_pem(rest[start..end].as_bytes())
+            native_tls::Certificate::from_pem(&rest.as_bytes()[start..end])
                 .context("sslrootcert: an unreadable certificate")?,
         );
         rest = &rest[end..];
@@ -156,12 +159,17 @@ mod tests {
             assert!(target.tls());
             assert_eq!(target.url, format!("postgres://h/db?{expected}"));
         }
-        assert!(!Target::parse("postgres://h/db?sslmode=disable").unwrap().tls());
+        assert!(!Target::parse("postgres://h/db?sslmode=disable")
+            .unwrap()
+            .tls());
         let error = Target::parse("postgres://u:hunter2@h/db?sslmode=sometimes")
             .err()
             .unwrap()
             .to_string();
-        assert!(error.contains("sslmode") && !error.contains("hunter2"), "{error}");
+        assert!(
+            error.contains("sslmode") && !error.contains("hunter2"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -169,6 +177,9 @@ mod tests {
         let error = Target::parse("postgres://h/db?sslmode=verify-full&sslrootcert=/nowhere.pem")
             .err()
             .unwrap();
-        assert!(format!("{error:#}").contains("sslrootcert /nowhere.pem"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("sslrootcert /nowhere.pem"),
+            "{error:#}"
+        );
     }
 }

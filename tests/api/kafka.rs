@@ -64,6 +64,36 @@ pub struct KafkaCluster {
     dir: PathBuf,
     cluster_id: String,
     nodes: Vec<Node>,
+    /// When set, clients reach the nodes only over SASL_SSL with these credentials.
+    secured: Option<Secured>,
+}
+
+/// A cluster whose only client (and inter-broker) listener is SASL_SSL: TLS with a certificate
+/// of the test's own authority, SCRAM-SHA-512 with one user.
+#[derive(Clone)]
+pub struct Secured {
+    /// PEM: the node's private key followed by its certificate.
+    pub keystore: PathBuf,
+    /// PEM: the authority that signed it.
+    pub ca: PathBuf,
+    pub username: String,
+    pub password: String,
+}
+
+impl Secured {
+    /// The librdkafka properties a client needs to reach such a cluster.
+    pub fn client_properties(&self) -> Vec<(String, String)> {
+        [
+            ("security.protocol", "SASL_SSL".to_string()),
+            ("sasl.mechanism", "SCRAM-SHA-512".to_string()),
+            ("sasl.username", self.username.clone()),
+            ("sasl.password", self.password.clone()),
+            ("ssl.ca.location", self.ca.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
 }
 
 /// How long a cluster may take to start.
@@ -74,8 +104,18 @@ impl KafkaCluster {
     /// broker. The quorum ports are chosen before the start; if another process takes one in
     /// between, the cluster starts again on new ones.
     pub async fn start(count: usize) -> Self {
+        Self::start_with(count, None).await
+    }
+
+    /// Starts one node whose clients must use SASL_SSL with `secured`'s credentials.
+    pub async fn start_secured(secured: Secured) -> Self {
+        Self::start_with(1, Some(secured)).await
+    }
+
+    async fn start_with(count: usize, secured: Option<Secured>) -> Self {
         for attempt in 1..=3 {
             let mut cluster = Self::new(count);
+            cluster.secured = secured.clone();
             cluster.format().await;
             for node in 0..count {
                 cluster.launch(node);
@@ -109,6 +149,7 @@ impl KafkaCluster {
             dir,
             cluster_id,
             nodes,
+            secured: None,
         }
     }
 
@@ -182,7 +223,33 @@ impl KafkaCluster {
             dir = self.dir.join(format!("data{}", me.id)).display(),
             isr = replicas.min(2),
         );
-        std::fs::write(self.config_path(node), shared + &own).unwrap();
+        let secured = match &self.secured {
+            None => String::new(),
+            Some(s) => {
+                let jaas = format!(
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required \
+                     username=\"{}\" password=\"{}\";",
+                    s.username, s.password
+                );
+                format!(
+                    "listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                     inter.broker.listener.name=SASL_SSL\n\
+                     listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT\n\
+                     sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+                     sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512\n\
+                     listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}\n\
+                     ssl.keystore.type=PEM\n\
+                     ssl.keystore.location={keystore}\n\
+                     ssl.truststore.type=PEM\n\
+                     ssl.truststore.location={ca}\n",
+                    port = me.port.unwrap_or(0),
+                    controller = me.controller_port,
+                    keystore = s.keystore.display(),
+                    ca = s.ca.display(),
+                )
+            }
+        };
+        std::fs::write(self.config_path(node), shared + &own + &secured).unwrap();
     }
 
     /// Formats every node's storage under the cluster id, the formatters in parallel.
@@ -201,6 +268,15 @@ impl KafkaCluster {
                     .args(["kafka.tools.StorageTool", "format", "-t", &self.cluster_id])
                     .arg("-c")
                     .arg(self.config_path(node))
+                    .args(self.secured.iter().flat_map(|s| {
+                        [
+                            "--add-scram".to_string(),
+                            format!(
+                                "SCRAM-SHA-512=[name={},password={}]",
+                                s.username, s.password
+                            ),
+                        ]
+                    }))
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .output(),
@@ -297,11 +373,18 @@ impl KafkaCluster {
             .collect::<Vec<_>>()
             .join(",");
         let expected = self.nodes.len();
+        let properties = self
+            .secured
+            .as_ref()
+            .map(Secured::client_properties)
+            .unwrap_or_default();
         tokio::task::spawn_blocking(move || {
-            let client: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .create()
-                .expect("metadata client");
+            let mut config = ClientConfig::new();
+            config.set("bootstrap.servers", &bootstrap);
+            for (k, v) in &properties {
+                config.set(k, v);
+            }
+            let client: BaseConsumer = config.create().expect("metadata client");
             client
                 .fetch_metadata(None, Duration::from_secs(2))
                 .is_ok_and(|m| m.brokers().len() == expected)

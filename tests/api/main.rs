@@ -29,4 +29,5 @@ mod products;
 mod recommendations;
 mod runtime;
 mod schema;
+mod secured;
 mod users;
