@@ -1,4 +1,5 @@
-//! The command line: `recsys serve [--services a,b]` and `recsys migrate`.
+//! The command line: `recsys serve [--services a,b]`, `recsys migrate` and
+//! `recsys rebuild recommendations|analytics`.
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,18 @@ pub enum Command {
     },
     /// Apply pending migrations and exit.
     Migrate {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Recompute a read model (recommendations or analytics) from the topics: stop the
+    /// runtimes hosting that service first.
+    Rebuild {
+        /// The service whose read model to rebuild.
+        #[arg(value_enum)]
+        service: Service,
+        /// Wipe and start over even when an unfinished rebuild could be resumed.
+        #[arg(long)]
+        restart: bool,
         #[command(flatten)]
         settings: Settings,
     },

@@ -116,6 +116,11 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_MIN_INSYNC_REPLICAS", default_value_t = 2)]
     pub kafka_min_insync_replicas: i32,
 
+    /// `retention.ms` of a topic created at startup; -1 keeps every record: the topics are the
+    /// event log `recsys rebuild` replays, which refuses to run once records are gone.
+    #[arg(long, env = "KAFKA_RETENTION_MS", default_value_t = -1, allow_negative_numbers = true)]
+    pub kafka_retention_ms: i64,
+
     /// How long the broker waits without a heartbeat before it gives a consumer's partitions to
     /// another member (librdkafka `session.timeout.ms`). A broker pause shorter than this costs
     /// no rebalance; a crashed runtime's partitions wait this long for a successor.
@@ -420,6 +425,7 @@ impl Settings {
             partitions: self.kafka_partitions,
             replication,
             min_insync_replicas: self.kafka_min_insync_replicas.clamp(1, replication),
+            retention_ms: self.kafka_retention_ms,
         }
     }
 

@@ -15,7 +15,8 @@
 //! - [`http`]: health, readiness, metrics and JSON errors shared by every port.
 //! - [`cors`]: CORS headers and preflights for the origins `CORS_ORIGINS` allows.
 //! - [`openapi`]: registers each route and documents it in the service's `/openapi.json`.
-//! - [`auth`]: JWTs, password hashing, the [`auth::Caller`] extractor.
+//! - [`auth`]: JWTs, password hashing, the [`auth::Caller`] extractor, token revocation.
+//! - [`rebuild`]: `recsys rebuild`: a read model recomputed from the topics.
 //! - [`db`], [`outbox`]: the Postgres pool and migrations; the transactional outbox.
 //! - [`idempotency`]: `Idempotency-Key`: a retried write answered from its first commit.
 //! - [`consumption`]: consumer positions and applied event ids in Postgres; record decoding.
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod products;
+pub mod rebuild;
 pub mod recommendations;
 pub mod startup;
 pub mod telemetry;

@@ -5,13 +5,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use recsys::cli::{Cli, Command};
 use recsys::startup::Application;
-use recsys::{db, telemetry};
+use recsys::{db, rebuild, telemetry};
 use slog::{error, info};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match &cli.command {
-        Command::Serve { settings, .. } | Command::Migrate { settings } => settings.clone(),
+        Command::Serve { settings, .. }
+        | Command::Migrate { settings }
+        | Command::Rebuild { settings, .. } => settings.clone(),
     };
     let logger = telemetry::logger(settings.log_format, &settings.log_level);
     let result = actix_web::rt::System::new().block_on(async {
@@ -27,6 +29,13 @@ fn main() -> ExitCode {
                 info!(logger, "migrations applied"; "versions" => applied.join(","));
                 Ok(())
             }
+            Command::Rebuild {
+                service,
+                restart,
+                settings,
+            } => rebuild::rebuild(settings, service, restart, logger.clone())
+                .await
+                .map(|_| ()),
         }
     });
     match result {

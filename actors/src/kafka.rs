@@ -160,6 +160,8 @@ pub struct TopicLayout {
     /// The topics' `min.insync.replicas`: how many replicas hold a record before an `acks=all`
     /// producer is told it is written.
     pub min_insync_replicas: i32,
+    /// The topics' `retention.ms` (-1: records are kept for ever).
+    pub retention_ms: i64,
 }
 
 /// Creates each of `topics` with `layout` unless it already exists.
@@ -173,6 +175,7 @@ pub async fn ensure_topics(
     let admin: AdminClient<SlogContext> = client_config(brokers, "recsys-admin")
         .create_with_context(SlogContext::new(logger.clone()))?;
     let min_insync = layout.min_insync_replicas.to_string();
+    let retention = layout.retention_ms.to_string();
     let new_topics: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
@@ -182,6 +185,7 @@ pub async fn ensure_topics(
                 TopicReplication::Fixed(layout.replication),
             )
             .set("min.insync.replicas", &min_insync)
+            .set("retention.ms", &retention)
         })
         .collect();
     let options = AdminOptions::new()

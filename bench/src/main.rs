@@ -249,6 +249,7 @@ fn topic_layout(args: &Args) -> TopicLayout {
         partitions: PARTITIONS,
         replication,
         min_insync_replicas: (replication - 1).max(1),
+        retention_ms: -1,
     }
 }
 

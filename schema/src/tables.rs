@@ -151,6 +151,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Rebuilds of a read model (`recsys rebuild`), by service: an unfinished one is resumed.
+    projection_rebuilds (service) {
+        /// `recommendations` or `analytics`.
+        service -> Text,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        /// The records to replay: the topics' end offsets at the start, summed.
+        records -> Int8,
+    }
+}
+
+diesel::table! {
     /// Per-user token versions: tokens issued at an older version are refused. A user without a
     /// row is at version 0; a password change or a logout everywhere raises it (and NOTIFYs
     /// `token_revocations` with `<user id>:<version>`).
@@ -253,6 +265,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox_stamps,
     idempotency_keys,
     token_revocations,
+    projection_rebuilds,
     consumer_offsets,
     consumer_sequences,
     rec_catalog,
@@ -266,7 +279,7 @@ diesel::allow_tables_to_appear_in_same_query!(
 
 /// Every table of the schema, by name: what the migrations create (a test holds the two
 /// together).
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 18] = [
     "users",
     "user_activity",
     "products",
@@ -275,6 +288,7 @@ pub const ALL: [&str; 17] = [
     "outbox_stamps",
     "idempotency_keys",
     "token_revocations",
+    "projection_rebuilds",
     "consumer_offsets",
     "consumer_sequences",
     "rec_catalog",

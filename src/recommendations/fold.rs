@@ -50,6 +50,11 @@ pub struct Fold {
     pub user_products: HashMap<(Uuid, Uuid), [i64; 4]>,
     /// The newest change per product.
     pub catalog: HashMap<Uuid, CatalogChange>,
+    /// The newest upsert of each product that a deletion later in the batch replaced in
+    /// `catalog`: written before the deletion, so that the row keeps the product's description
+    /// as it does when the two arrive in separate batches (the projection must not depend on
+    /// where batches happen to end: `recsys rebuild` replays in other batches).
+    pub superseded: HashMap<Uuid, CatalogChange>,
 }
 
 impl Fold {
@@ -111,16 +116,24 @@ impl Fold {
                     CatalogChange::Upsert { created_at, .. } => *created_at,
                     CatalogChange::Deleted { .. } => None,
                 };
-                *current = match change {
-                    CatalogChange::Upsert {
-                        snapshot,
-                        created_at,
-                    } => CatalogChange::Upsert {
-                        snapshot,
-                        created_at: created_at.or(created),
+                let replaced = std::mem::replace(
+                    current,
+                    match change {
+                        CatalogChange::Upsert {
+                            snapshot,
+                            created_at,
+                        } => CatalogChange::Upsert {
+                            snapshot,
+                            created_at: created_at.or(created),
+                        },
+                        deleted => deleted,
                     },
-                    deleted => deleted,
-                };
+                );
+                if let (CatalogChange::Upsert { .. }, CatalogChange::Deleted { .. }) =
+                    (&replaced, &*current)
+                {
+                    self.superseded.insert(product_id, replaced);
+                }
             }
             None => {
                 self.catalog.insert(product_id, change);
@@ -227,5 +240,37 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(fold.catalog[&p2], CatalogChange::Deleted { version: 4 });
+    }
+
+    /// A product created and deleted in one batch keeps its description, as it does when the
+    /// two arrive in separate batches: the creation is written first.
+    #[test]
+    fn a_deletion_after_a_creation_in_one_batch_keeps_the_creation() {
+        let p = Uuid::new_v4();
+        let mut fold = Fold::default();
+        let decays = Decays {
+            popular: decay(),
+            trending: decay(),
+        };
+        for event in [
+            Event::ProductCreated(snapshot(p, 1)),
+            Event::ProductDeleted(ProductDeleted {
+                product_id: p,
+                version: 2,
+            }),
+        ] {
+            fold.add(&at(event, 0), &decays, &Weights::default());
+        }
+        assert_eq!(fold.catalog[&p], CatalogChange::Deleted { version: 2 });
+        match &fold.superseded[&p] {
+            CatalogChange::Upsert {
+                snapshot,
+                created_at,
+            } => {
+                assert_eq!(snapshot.version, 1);
+                assert_eq!(*created_at, Some(decay().t0));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

@@ -122,7 +122,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
     }
     let mut upserts: Vec<(Uuid, &ProductSnapshot, Option<DateTime<Utc>>)> = Vec::new();
     let (mut deleted, mut deleted_versions): (Vec<Uuid>, Vec<i32>) = (Vec::new(), Vec::new());
-    for (product_id, change) in &fold.catalog {
+    for (product_id, change) in fold.catalog.iter().chain(&fold.superseded) {
         match change {
             CatalogChange::Upsert {
                 snapshot,
@@ -134,6 +134,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
             }
         }
     }
+    // Written before the deletions (see `Fold::superseded`).
     if !upserts.is_empty() {
         let ids: Vec<Uuid> = upserts.iter().map(|u| u.0).collect();
         let names: Vec<&str> = upserts.iter().map(|u| u.1.name.as_str()).collect();

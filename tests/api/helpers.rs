@@ -710,6 +710,23 @@ impl TestDb {
         diesel::sql_query(sql).execute(&mut conn).await.unwrap();
     }
 
+    /// Every row of `table` in `order`, as JSON objects.
+    pub async fn rows(&self, table: &str, order: &str) -> Value {
+        #[derive(QueryableByName)]
+        struct Rows {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            j: String,
+        }
+        let mut conn = AsyncPgConnection::establish(&self.0).await.unwrap();
+        let rows = diesel::sql_query(format!(
+            "SELECT coalesce(json_agg(t ORDER BY {order}), '[]')::text AS j FROM {table} t"
+        ))
+        .get_result::<Rows>(&mut conn)
+        .await
+        .unwrap();
+        serde_json::from_str(&rows.j).unwrap()
+    }
+
     /// Rows in `table`.
     pub async fn count(&self, table: &str) -> i64 {
         self.number(&format!("SELECT count(*) FROM {table}")).await

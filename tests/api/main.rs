@@ -26,6 +26,7 @@ mod observability;
 mod openapi;
 mod outbox;
 mod products;
+mod rebuild;
 mod recommendations;
 mod runtime;
 mod schema;

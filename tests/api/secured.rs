@@ -361,6 +361,8 @@ async fn the_runtime_works_over_tls_with_passwords_to_kafka_postgres_and_redis()
             settings.postgres.database_url = Some(Secret::new(database_url.clone()));
             settings.redis_address = redis_url.clone();
             settings.redis_ca_file = Some(pki.ca());
+            // A TLS handshake on a busy two-core machine can take longer than the default.
+            settings.redis_timeout_ms = 1000;
             settings.kafka_properties = properties;
         })
         .spawn()
@@ -408,16 +410,21 @@ async fn the_runtime_works_over_tls_with_passwords_to_kafka_postgres_and_redis()
         )
         .await;
     assert_eq!(cached.status, StatusCode::OK);
-    let metrics = app
-        .get(Service::Recommendations, "/metrics", None)
-        .await
-        .text;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("redis_requests_total{operation=\"set\",status=\"ok\"}")),
-        "the cache wrote to the TLS Redis:\n{metrics}"
-    );
+    eventually(
+        Duration::from_secs(10),
+        "a cache write to the TLS Redis",
+        || async {
+            let metrics = app
+                .get(Service::Recommendations, "/metrics", None)
+                .await
+                .text;
+            metrics
+                .lines()
+                .any(|l| l.starts_with("redis_requests_total{operation=\"set\",status=\"ok\"}"))
+                .then_some(())
+        },
+    )
+    .await;
     let lines = logs.lock().unwrap().join("\n");
     for secret in [&secured.password, &postgres.password, &redis.password] {
         assert!(!lines.contains(secret.as_str()), "a password in the logs");

@@ -52,14 +52,17 @@ impl GroupContext {
         }
     }
 
-    /// Puts the stored next offset on each partition of `tpl` that has one.
+    /// Puts the stored next offset on each partition of `tpl`, and the beginning on each that
+    /// has none. The sink's positions are the truth, Kafka's committed offsets only a copy made
+    /// after them: a partition the sink has no position for was never applied (a new group, a
+    /// rebuilt read model, a database restored from before it), whatever Kafka remembers.
     fn apply_stored_positions(&self, tpl: &mut TopicPartitionList) {
         let wanted: Vec<(String, i32)> = tpl
             .elements()
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        let answer = futures_executor::block_on(self.positions.send(LoadPositions(wanted)));
+        let answer = futures_executor::block_on(self.positions.send(LoadPositions(wanted.clone())));
         let stored = match answer {
             Ok(Ok(stored)) => stored,
             Ok(Err(e)) => {
@@ -71,11 +74,24 @@ impl GroupContext {
                 return;
             }
         };
-        for (topic, partition, offset) in stored {
-            if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset)) {
+        let from_start: Vec<(String, i32)> = wanted
+            .iter()
+            .filter(|(t, p)| !stored.iter().any(|(st, sp, _)| st == t && sp == p))
+            .cloned()
+            .collect();
+        let at = stored
+            .into_iter()
+            .map(|(t, p, o)| (t, p, Offset::Offset(o)))
+            .chain(
+                from_start
+                    .into_iter()
+                    .map(|(t, p)| (t, p, Offset::Beginning)),
+            );
+        for (topic, partition, offset) in at {
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
                 warn!(self.logger, "cannot seek"; "topic" => &topic, "partition" => partition, "error" => %e);
             } else {
-                debug!(self.logger, "resuming at stored position"; "topic" => &topic, "partition" => partition, "offset" => offset);
+                debug!(self.logger, "resuming at stored position"; "topic" => &topic, "partition" => partition, "offset" => format!("{offset:?}"));
             }
         }
     }
