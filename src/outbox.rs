@@ -17,7 +17,8 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
 use recsys_actors::outbox_relay::{
-    BatchOutcome, OutboxRecord, OutboxStore, PartitionCounts, Pending, Publish,
+    BatchOutcome, OutboxRecord, OutboxStore, PartitionCounts, Pending, Publish, Published,
+    Reconciled,
 };
 use recsys_actors::sequence;
 use recsys_schema::events::Envelope;
@@ -499,6 +500,75 @@ impl OutboxStore for PgOutbox {
                 .and_then(|t| (Utc::now() - t).to_std().ok())
                 .unwrap_or_default();
             Ok(Pending { rows, oldest_age })
+        })
+    }
+
+    fn reconcile(
+        &self,
+        published: Published,
+    ) -> BoxFuture<'static, anyhow::Result<Option<Reconciled>>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let mut conn = pool.get_owned().await?;
+            conn.transaction(async move |conn| -> anyhow::Result<Option<Reconciled>> {
+                let locked: bool = diesel::select(pg_try_advisory_xact_lock(RELAY_LOCK))
+                    .get_result(conn)
+                    .await?;
+                if !locked {
+                    return Ok(None);
+                }
+                let mut done = Reconciled::default();
+                if !published.last_seq.is_empty() {
+                    let (mut topics, mut streams, mut lasts) = (vec![], vec![], vec![]);
+                    for ((topic, stream), last) in &published.last_seq {
+                        topics.push(topic.as_str());
+                        streams.push(*stream);
+                        lasts.push(*last);
+                    }
+                    done.raised = crate::db::prepared(
+                        "INSERT INTO outbox_sequences AS s (topic, stream, last_seq) \
+                         SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[]) \
+                         ON CONFLICT (topic, stream) DO UPDATE SET last_seq = EXCLUDED.last_seq \
+                         WHERE s.last_seq < EXCLUDED.last_seq",
+                    )
+                    .bind::<Array<Text>, _>(&topics)
+                    .bind::<Array<Integer>, _>(&streams)
+                    .bind::<Array<BigInt>, _>(&lasts)
+                    .execute(conn)
+                    .await?;
+                }
+                if !published.payloads.is_empty() {
+                    let rows: Vec<(i64, String, String)> = outbox::table
+                        .select((outbox::id, outbox::topic, outbox::payload))
+                        .load(conn)
+                        .await?;
+                    let gone: Vec<i64> = rows
+                        .into_iter()
+                        .filter(|(_, topic, payload)| {
+                            published
+                                .payloads
+                                .get(topic)
+                                .is_some_and(|p| p.contains(payload))
+                        })
+                        .map(|(id, _, _)| id)
+                        .collect();
+                    if !gone.is_empty() {
+                        done.removed =
+                            diesel::delete(outbox::table.filter(outbox::id.eq_any(&gone)))
+                                .execute(conn)
+                                .await?;
+                        // A stamp row goes once none of its rows is left.
+                        crate::db::prepared(
+                            "DELETE FROM outbox_stamps s WHERE NOT EXISTS \
+                             (SELECT 1 FROM outbox o WHERE o.id = ANY(s.outbox_ids))",
+                        )
+                        .execute(conn)
+                        .await?;
+                    }
+                }
+                Ok(Some(done))
+            })
+            .await
         })
     }
 }

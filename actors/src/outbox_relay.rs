@@ -96,6 +96,38 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// Number of rows not yet published.
     fn pending(&self) -> BoxFuture<'static, anyhow::Result<Pending>>;
+
+    /// Brings the outbox in line with what the topics already hold (see [`Published`]): raises
+    /// each (topic, stream)'s last number to at least the highest published, and removes the
+    /// pending rows `published` says are on the topics. `None` when another relay holds the
+    /// outbox (it reconciled when it started).
+    fn reconcile(
+        &self,
+        published: Published,
+    ) -> BoxFuture<'static, anyhow::Result<Option<Reconciled>>>;
+}
+
+/// What the tail of each topic holds, read when a relay starts: after a database restored
+/// from an older backup, the outbox may hold rows that were published after the backup was
+/// taken, and its sequences may lag the numbers already on the topics. Publishing those rows
+/// again, under new numbers, would count them twice; stamping new rows with numbers already
+/// used would make consumers skip them.
+#[derive(Debug, Default, Clone)]
+pub struct Published {
+    /// The highest number seen per (logical topic, stream).
+    pub last_seq: HashMap<(String, i32), i64>,
+    /// The values of the records read, per logical topic (a row whose payload is among them
+    /// was published: payloads carry their event's unique id).
+    pub payloads: HashMap<String, std::collections::HashSet<String>>,
+}
+
+/// What a reconciliation changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Sequences raised to a number the topics already hold.
+    pub raised: usize,
+    /// Pending rows removed because the topics already hold them.
+    pub removed: usize,
 }
 
 /// How the relay is set up.
@@ -205,6 +237,10 @@ impl OutboxRelay {
         let store = self.store.clone();
         let known = self.partitions.clone();
         let topics = self.topics_setup();
+        let topics_for_reconcile = (
+            self.config.brokers.clone(),
+            self.config.topic_prefix.clone(),
+        );
         let limit = self.config.batch_size;
         let publish = self.publisher()();
         let logger = self.logger.clone();
@@ -214,7 +250,21 @@ impl OutboxRelay {
                 // Publishing to a topic that does not exist yet would park records until they
                 // time out: wait for the topics (and learn their partitions) first.
                 None => match topics.ensure(&logger).await {
-                    Ok(partitions) => partitions,
+                    Ok(partitions) => {
+                        match reconcile(&topics_for_reconcile, &store, &partitions, &logger).await {
+                            Ok(()) => partitions,
+                            Err(e) => {
+                                warn!(logger, "cannot compare the outbox with the topics yet, outbox waits"; "error" => format!("{e:#}"));
+                                return (
+                                    None,
+                                    Ok(BatchOutcome::Done {
+                                        claimed: 0,
+                                        published: 0,
+                                    }),
+                                );
+                            }
+                        }
+                    }
                     Err(e) => {
                         warn!(logger, "broker not ready, outbox waits"; "error" => format!("{e:#}"));
                         return (
@@ -264,6 +314,143 @@ impl OutboxRelay {
             producer: self.producer.clone(),
         }
     }
+}
+
+/// How many records at the end of each partition a starting relay reads at least, to learn the
+/// highest number of each stream (a record retried after later ones may sit a little before
+/// the end).
+const RECONCILE_TAIL: i64 = 1000;
+
+/// Reads the tail of every partition (from a little before the oldest pending row was written,
+/// and at least the last [`RECONCILE_TAIL`] records) and reconciles the outbox with it.
+async fn reconcile(
+    (brokers, prefix): &(kafka::Brokers, String),
+    store: &Arc<dyn OutboxStore>,
+    partitions: &PartitionCounts,
+    logger: &Logger,
+) -> anyhow::Result<()> {
+    let pending = store.pending().await?;
+    // Records are stamped with the time they were produced, which is after their row was
+    // written; the margin covers clocks that disagree a little.
+    let since = (pending.rows > 0).then(|| {
+        let written = std::time::SystemTime::now()
+            .checked_sub(pending.oldest_age + Duration::from_secs(300))
+            .unwrap_or(std::time::UNIX_EPOCH);
+        written
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    });
+    let (brokers, prefix, partitions) = (brokers.clone(), prefix.clone(), partitions.clone());
+    let published =
+        tokio::task::spawn_blocking(move || read_tails(&brokers, &prefix, &partitions, since))
+            .await??;
+    match store.reconcile(published).await? {
+        Some(done) if done != Reconciled::default() => {
+            warn!(logger, "outbox reconciled with the topics (a database restored from an older backup?)";
+                "sequences_raised" => done.raised, "published_rows_removed" => done.removed);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The stamps and values of the records at the end of every partition (see [`reconcile`]).
+fn read_tails(
+    brokers: &kafka::Brokers,
+    prefix: &str,
+    partitions: &PartitionCounts,
+    since_ms: Option<i64>,
+) -> anyhow::Result<Published> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = kafka::client_config(brokers, "recsys-outbox-reconcile")
+        .set("group.id", "recsys-outbox-reconcile")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut published = Published::default();
+    let mut starts = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for (logical, &count) in partitions.iter() {
+        let topic = format!("{prefix}{logical}");
+        let mut by_time = TopicPartitionList::new();
+        for partition in 0..count {
+            let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
+            if high > low {
+                ends.insert((topic.clone(), partition), high);
+                by_time.add_partition_offset(
+                    &topic,
+                    partition,
+                    Offset::Offset(since_ms.unwrap_or(i64::MAX)),
+                )?;
+                starts.add_partition_offset(
+                    &topic,
+                    partition,
+                    Offset::Offset((high - RECONCILE_TAIL).max(low)),
+                )?;
+            }
+        }
+        if since_ms.is_some() && by_time.count() > 0 {
+            let found = consumer.offsets_for_times(by_time, timeout)?;
+            for element in found.elements() {
+                if let (Offset::Offset(at), Some(start)) = (
+                    element.offset(),
+                    starts.find_partition(element.topic(), element.partition()),
+                ) {
+                    if let Offset::Offset(current) = start.offset() {
+                        if at < current {
+                            starts.set_partition_offset(
+                                element.topic(),
+                                element.partition(),
+                                Offset::Offset(at),
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if ends.is_empty() {
+        return Ok(published);
+    }
+    consumer.assign(&starts)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "reading the topics' tails took over 60 s"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        let key = (message.topic().to_string(), message.partition());
+        if let Some(logical) = message.topic().strip_prefix(prefix) {
+            if let Ok((stream, seq)) = sequence::read(message.headers()) {
+                let last = published
+                    .last_seq
+                    .entry((logical.to_string(), stream))
+                    .or_insert(0);
+                *last = (*last).max(seq);
+            }
+            if since_ms.is_some() {
+                if let Some(Ok(value)) = message.payload_view::<str>() {
+                    published
+                        .payloads
+                        .entry(logical.to_string())
+                        .or_default()
+                        .insert(value.to_string());
+                }
+            }
+        }
+        if ends
+            .get(&key)
+            .is_some_and(|&end| message.offset() + 1 >= end)
+        {
+            ends.remove(&key);
+        }
+    }
+    Ok(published)
 }
 
 /// Creates the relay's topics when missing and reads their partition counts.

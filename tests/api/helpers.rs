@@ -2,6 +2,7 @@
 //! a [`TestApp`] with typed request helpers; Kafka and polling helpers live here too.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -45,6 +46,22 @@ pub async fn fresh_database() -> (String, String) {
         .await
         .expect("create test database");
     (format!("{}/{name}", server_url()), format!("t{hex}."))
+}
+
+/// The newest installed Postgres's programs (`PG_BIN` to choose).
+pub fn pg_bin() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return dir.into();
+    }
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("Postgres is installed: run scripts/stack.sh up")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort();
+    PathBuf::from(format!(
+        "/usr/lib/postgresql/{}/bin",
+        versions.last().expect("a Postgres version")
+    ))
 }
 
 #[derive(Parser)]

@@ -7,6 +7,7 @@
 mod actors;
 mod analytics;
 mod attacks;
+mod backup;
 mod browser;
 mod cache;
 mod consumer;

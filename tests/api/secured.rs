@@ -133,22 +133,6 @@ fn root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// The newest installed Postgres's programs (`PG_BIN` to choose).
-fn pg_bin() -> PathBuf {
-    if let Ok(dir) = std::env::var("PG_BIN") {
-        return dir.into();
-    }
-    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("Postgres is installed: run scripts/stack.sh up")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    versions.sort();
-    PathBuf::from(format!(
-        "/usr/lib/postgresql/{}/bin",
-        versions.last().expect("a Postgres version")
-    ))
-}
-
 /// `program args` as the `postgres` user when this process is root.
 fn as_postgres(program: PathBuf) -> Command {
     if root() {
