@@ -33,15 +33,7 @@ main() {
   section "build (release)"
   cargo build --release -p recsys --bin recsys -p recsys-bench --bin recsys-bench
   section "bench"
-  local label
-  label="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)"
-  "$CARGO_TARGET_DIR/release/recsys-bench" \
-    --recsys "$CARGO_TARGET_DIR/release/recsys" \
-    --brokers "$KAFKA_STACK_ADDRESS" \
-    --work "$RECSYS_CACHE/bench" \
-    --output "$RECSYS_ROOT/bench/results.json" \
-    --label "$label" \
-    "$@"
+  run_recsys_bench "$RECSYS_CACHE/bench" "$RECSYS_ROOT/bench/results.json" "$@"
 }
 
 main "$@"

@@ -111,3 +111,18 @@ apt_install() {
   as_root apt-get install -y -q --no-install-recommends "$@" </dev/null 9>&-
   info "installed $* in $(elapsed_since "$started")"
 }
+
+# run_recsys_bench WORK OUTPUT [ARGS...] — the release recsys-bench against the local stack:
+# runtime logs in WORK, the report written to OUTPUT, labelled with the commit (and -dirty).
+run_recsys_bench() {
+  local work=$1 output=$2 label
+  shift 2
+  label="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)"
+  "$CARGO_TARGET_DIR/release/recsys-bench" \
+    --recsys "$CARGO_TARGET_DIR/release/recsys" \
+    --brokers "$KAFKA_STACK_ADDRESS" \
+    --work "$work" \
+    --output "$output" \
+    --label "$label" \
+    "$@"
+}

@@ -13,6 +13,9 @@
 //! 6. scale-out: one, two and three runtimes hosting recommendations and analytics drain the same
 //!    backlog; events/s of each, and their answers checked against one runtime's.
 //!
+//! 7. soak (`--phases soak`, `scripts/soak.sh`): a mixed load for `--soak-minutes` with one
+//!    fault a minute; its own report (`bench/soak.json`).
+//!
 //! `scripts/bench.sh` builds everything and runs this against the local stack's Kafka cluster
 //! and Postgres; it starts its own databases and runtime processes, and deletes the topics and
 //! consumer groups it created.
@@ -22,6 +25,7 @@ mod load;
 mod pipeline;
 mod runtime;
 mod scale;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -85,6 +89,12 @@ struct Args {
         default_value = "read,write,freshness,pipeline,scale"
     )]
     phases: Vec<String>,
+    /// Minutes of the soak phase.
+    #[arg(long, default_value_t = 10)]
+    soak_minutes: u64,
+    /// Requests per second of the soak's load.
+    #[arg(long, default_value_t = 100)]
+    soak_rate: u32,
     /// Where the results go.
     #[arg(long, default_value = "bench/results.json")]
     output: PathBuf,
@@ -165,6 +175,31 @@ async fn main() -> anyhow::Result<()> {
         admin_password: "bench-admin-password".into(),
         extra_env,
     };
+    if wants("soak") {
+        let cache = std::env::var("RECSYS_CACHE").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/recsys",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        let soak = soak::Soak {
+            minutes: args.soak_minutes.max(3),
+            rate: args.soak_rate,
+            stack: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack.sh"),
+            kafka_dir: PathBuf::from(cache).join("stack/kafka"),
+        };
+        let result = soak::run(&soak, &paths, &config).await;
+        database.drop_now().await;
+        let _ = pipeline::delete_topics_and_groups(&config.brokers, &config.topic_prefix).await;
+        let mut report = result?;
+        report["label"] = json!(args.label);
+        report["machine"] = json!(machine());
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&args.output, text + "\n")?;
+        println!("{}", serde_json::to_string_pretty(&report["budget"])?);
+        println!("written to {}", args.output.display());
+        return Ok(());
+    }
     let mut rows = Vec::new();
     let result = async {
         if wants("read") || wants("write") || wants("freshness") {
@@ -734,15 +769,7 @@ fn report(args: &Args, rows: &[Row]) -> anyhow::Result<()> {
             row.metric
         );
     }
-    let machine = json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
-            c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string())
-        }),
-        "memory_kib": std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-            m.lines().next()?.split_whitespace().nth(1)?.parse::<u64>().ok()
-        }),
-    });
+    let machine = machine();
     let document = json!({
         "when": chrono::Utc::now().to_rfc3339(),
         "label": args.label,
@@ -769,4 +796,17 @@ fn report(args: &Args, rows: &[Row]) -> anyhow::Result<()> {
     )?;
     println!("\nwritten to {}", args.output.display());
     Ok(())
+}
+
+/// The machine a report was measured on: cores, CPU model, memory.
+fn machine() -> Value {
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string())
+        }),
+        "memory_kib": std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            m.lines().next()?.split_whitespace().nth(1)?.parse::<u64>().ok()
+        }),
+    })
 }

@@ -72,6 +72,30 @@ impl Database {
     }
 }
 
+/// The one value `sql` answers on the database at `url` (`psql -At`, the statement on stdin:
+/// it may be longer than one argument may be).
+pub async fn psql_value(url: &str, sql: &str) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new("psql")
+        .args([url, "-qXAt", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running psql")?;
+    let mut stdin = child.stdin.take().context("psql's stdin")?;
+    stdin.write_all(sql.as_bytes()).await?;
+    drop(stdin);
+    let output = child.wait_with_output().await.context("running psql")?;
+    if !output.status.success() {
+        bail!(
+            "psql failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Runs one statement with `psql` on the server's `postgres` database.
 pub async fn psql(server: &str, sql: &str) -> anyhow::Result<()> {
     let status = Command::new("psql")
