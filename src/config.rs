@@ -279,7 +279,7 @@ pub struct Settings {
     /// Group commits of recorded actions written at once (each on its own pooled connection);
     /// while all are busy, further actions queue and go out together in the next one. A commit
     /// waits for its WAL flush, and one writer puts every waiting action behind a single
-    /// flush, which makes one the fastest (README, "Figures behind the settings").
+    /// flush, which makes one the fastest (docs/benchmarks.md, "Figures behind the settings").
     #[arg(long, env = "ACTIVITY_WRITERS", default_value_t = 1)]
     pub activity_writers: usize,
 

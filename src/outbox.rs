@@ -151,7 +151,7 @@ impl PgOutbox {
     /// dead rows stay until a vacuum, and autovacuum visits a table at most once a minute
     /// (`autovacuum_naptime`), so under a sustained write load the table fills with dead rows
     /// that every relay read walks. A vacuum every `vacuum_every` rows costs a few
-    /// milliseconds and keeps the table near its live size (README, "Figures behind the
+    /// milliseconds and keeps the table near its live size (docs/benchmarks.md, "Figures behind the
     /// settings").
     pub fn new(pool: Pool, vacuum_every: u64, logger: Logger) -> Self {
         Self {

@@ -479,7 +479,7 @@ impl TopicSetup {
 
 /// How often `outbox_pending` and the oldest row's age are measured: as often as Prometheus
 /// scrapes in the shipped configurations. Counting is a scan of the outbox, dead rows
-/// included: too costly to run at every poll (README, "Figures behind the settings").
+/// included: too costly to run at every poll (docs/benchmarks.md, "Figures behind the settings").
 const PENDING_REFRESH: Duration = Duration::from_secs(2);
 
 /// How long enqueueing one record may wait for room in the producer's local queue (full only

@@ -361,7 +361,7 @@ impl FromRequest for Backend {
 /// whoever hashes: each call of the crate's allocating API takes a fresh block of that size,
 /// and glibc keeps such blocks in its per-thread arenas once its mmap threshold has grown past
 /// them, so the resident memory grows with every burst of registrations. Kept by each hashing
-/// thread, it stays at one block per thread (README, "Figures behind the settings").
+/// thread, it stays at one block per thread (docs/benchmarks.md, "Figures behind the settings").
 #[derive(Default)]
 pub struct HashMemory(Vec<argon2::Block>);
 

@@ -34,7 +34,7 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// A connection is checked on checkout without a round trip: one whose socket closed (the
 /// server restarted, a proxy cut it) or whose transaction state broke is replaced, any other is
 /// used. diesel-async's default check sends `SELECT 1` first, a round trip before every
-/// statement, which the write path cannot afford (README, "Figures behind the settings").
+/// statement, which the write path cannot afford (docs/benchmarks.md, "Figures behind the settings").
 pub fn pool(settings: &PostgresSettings) -> anyhow::Result<Pool> {
     let target = tls::Target::parse(settings.url().expose())?;
     let mut config = ManagerConfig::default();
@@ -242,7 +242,7 @@ pub fn array_literal(values: &[i64]) -> String {
 /// come from a bounded set (it is the cache key): constants, or formats of constants.
 ///
 /// The hot statements are prepared because planning them costs more than running them
-/// (README, "Figures behind the settings").
+/// (docs/benchmarks.md, "Figures behind the settings").
 pub struct Prepared<'a> {
     sql: std::borrow::Cow<'static, str>,
     binds: Vec<Box<dyn BindValue + Send + 'a>>,

@@ -1,5 +1,5 @@
 //! `/openapi.json`: each service's document is well formed, lists exactly the routes the service
-//! answers (no route missing, no method served that it does not list), and the README's curl
+//! answers (no route missing, no method served that it does not list), and the curl
 //! examples use only documented operations while every documented path has an example.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -246,11 +246,22 @@ async fn documents_list_exactly_the_served_routes() {
     }
 }
 
-/// The `curl` commands of the README: `(port, method, path)`, continuation lines joined.
+/// The `curl` commands of the README and the manual in `docs/`: `(port, method, path)`,
+/// continuation lines joined.
 fn readme_calls() -> Vec<(u16, String, String)> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let joined = readme.replace("\\\n", " ");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut text = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
+    let mut docs: Vec<_> = std::fs::read_dir(format!("{root}/docs"))
+        .expect("docs/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    docs.sort();
+    for doc in docs {
+        text.push('\n');
+        text.push_str(&std::fs::read_to_string(&doc).expect("a docs page"));
+    }
+    let joined = text.replace("\\\n", " ");
     let mut calls = Vec::new();
     for line in joined.lines() {
         let mut rest = line;
@@ -290,7 +301,7 @@ fn readme_calls() -> Vec<(u16, String, String)> {
     calls
 }
 
-/// Whether the concrete README path (segments like `$ANN_ID` or `$(...)` stand for values)
+/// Whether the concrete path of an example (segments like `$ANN_ID` or `$(...)` stand for values)
 /// fits `template`.
 fn fits(path: &str, template: &str) -> bool {
     let (a, b): (Vec<&str>, Vec<&str>) = (path.split('/').collect(), template.split('/').collect());
@@ -301,12 +312,12 @@ fn fits(path: &str, template: &str) -> bool {
 }
 
 #[actix_web::test]
-/// Every README `curl` against a service port uses an operation that service documents, and
-/// every documented path of every service has at least one README example.
+/// Every `curl` of the README and docs/ against a service port uses an operation that service documents, and
+/// every documented path of every service has at least one example.
 async fn readme_examples_and_documents_agree() {
     let app = spawn_app().await;
     let calls = readme_calls();
-    assert!(calls.len() > 30, "README curl examples: {}", calls.len());
+    assert!(calls.len() > 30, "curl examples: {}", calls.len());
     let mut unexampled = BTreeSet::new();
     for service in Service::ALL {
         let documented = operations(&document(&app, service).await);
@@ -325,7 +336,7 @@ async fn readme_examples_and_documents_agree() {
                 documented
                     .iter()
                     .any(|(tpl, m)| m == method && fits(path, tpl)),
-                "README: {method} {path} on :{port} is not in the {} document",
+                "docs: {method} {path} on :{port} is not in the {} document",
                 service.name()
             );
         }
@@ -337,6 +348,6 @@ async fn readme_examples_and_documents_agree() {
     }
     assert!(
         unexampled.is_empty(),
-        "documented paths without a README curl example: {unexampled:?}"
+        "documented paths without a curl example in README.md or docs/: {unexampled:?}"
     );
 }

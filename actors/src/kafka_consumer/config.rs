@@ -67,7 +67,7 @@ impl ConsumerConfig {
             // its last record is consumed. At most 4 MiB queued and 2 MiB per fetch (512 KiB
             // per partition) bound it while keeping the batches fed; a full queue is refilled
             // after 10 ms instead of librdkafka's second. The figures behind these sizes are in
-            // the README's benchmark section.
+            // the benchmarks (docs/benchmarks.md).
             .set("queued.max.messages.kbytes", "4096")
             .set("fetch.max.bytes", "2097152")
             .set("max.partition.fetch.bytes", "524288")
