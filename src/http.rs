@@ -13,7 +13,7 @@ use actix_web::{web, HttpResponse};
 use rdkafka::producer::FutureProducer;
 use recsys_actors::kafka::{self, SlogContext};
 use serde::Serialize;
-use slog::{error, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 use uuid::Uuid;
 
 use crate::db::{self, Pool};
@@ -224,6 +224,9 @@ pub async fn observe(
         metrics::HTTP_DURATION
             .with_label_values(&[info.name, label, &route])
             .observe(elapsed.as_secs_f64());
+        // Probes and scrapes come every few seconds from machines: DEBUG, so that INFO is what
+        // clients did.
+        let probe = QUIET_ROUTES.contains(&route.as_str());
         let log = info.logger.new(slog::o!(
             "request_id" => request_id,
             "method" => method.to_string(),
@@ -236,11 +239,16 @@ pub async fn observe(
                 error!(log, "request failed"; "error" => format!("{:#}", anyhow_chain(e)))
             }
             Some(e) => info!(log, "request rejected"; "reason" => e.to_string()),
+            None if probe => debug!(log, "request"),
             None => info!(log, "request"),
         }
     }
     Ok(res)
 }
+
+/// Routes that health checks and Prometheus call: their successful requests are logged at
+/// DEBUG.
+const QUIET_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// The `method` label of a request: its method when it is a standard one the route serves,
 /// otherwise `OTHER`. A client chooses the method, and any token is a valid one, so each

@@ -197,7 +197,8 @@ impl Application {
             .shutdown_timeout(10)
             .listen(listener)?
             .run();
-            info!(app.logger, "service listening"; "service" => service.name(), "port" => port);
+            info!(app.logger, "service listening"; "service" => service.name(), "port" => port,
+                "address" => format!("http://{}:{port}", settings.bind_address));
             app.ports.insert(service, port);
             app.servers.push((service, server.handle()));
             app.running.push(server);

@@ -439,3 +439,42 @@ async fn a_killed_actor_is_restarted_and_counted() {
     let (_, token, _) = app.new_user().await;
     assert!(!token.is_empty(), "the restarted users actor serves again");
 }
+
+/// Health checks and scrapes are logged at DEBUG, what clients do at INFO.
+#[actix_web::test]
+async fn probes_and_scrapes_are_logged_at_debug() {
+    let (logger, logs) = captured_logger();
+    let app = TestApp::builder().logger(logger).spawn().await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let reply = app.get(Service::Products, path, None).await;
+        assert_eq!(reply.status, 200, "{path}");
+    }
+    let reply = app.get(Service::Products, "/products?limit=1", None).await;
+    assert_eq!(reply.status, 200);
+    let lines = logs.lock().unwrap().clone();
+    let level_of = |route: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains(" request ") || l.ends_with(" request"))
+            .filter(|l| {
+                l.contains(&format!("route={route} ")) || l.ends_with(&format!("route={route}"))
+            })
+            .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    for route in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            level_of(route),
+            vec!["DEBG".to_string()],
+            "{route}: {lines:?}"
+        );
+    }
+    assert_eq!(level_of("/products"), vec!["INFO".to_string()], "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("INFO service listening")
+                && l.contains("address=http://127.0.0.1:")),
+        "{lines:?}"
+    );
+}
