@@ -15,11 +15,13 @@
 FROM rust:1.95-bookworm AS builder
 
 # rdkafka builds its bundled librdkafka from source (configure + make, C compiler), links
-# zlib through libz-sys (pkg-config), and ring/zstd-sys compile C with cc.
+# zlib through libz-sys (pkg-config) and OpenSSL (TLS and SASL to Kafka; native-tls for
+# Postgres and Redis), and ring/zstd-sys compile C with cc.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         build-essential \
         cmake \
+        libssl-dev \
         pkg-config \
         zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
@@ -39,19 +41,21 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---------------------------------------------------------------------------- runtime
 FROM debian:bookworm-slim AS runtime
 
-# ca-certificates for TLS endpoints, curl for the compose healthcheck (GET /readyz).
+# ca-certificates and OpenSSL's library for TLS endpoints. No HTTP client: the compose health
+# check is `recsys healthcheck`.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system recsys \
-    && useradd --system --gid recsys --no-create-home --home-dir /nonexistent \
+    && groupadd --system --gid 10001 recsys \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin recsys
 
 COPY --from=builder /out/recsys /usr/local/bin/recsys
 
 ENV LOG_FORMAT=json
 
-USER recsys
+# A numeric user, so that a runtime can tell it is not root without reading /etc/passwd.
+USER 10001:10001
 
 # users, products, recommendations, analytics
 EXPOSE 8080 8081 8082 8083

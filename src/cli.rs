@@ -1,5 +1,5 @@
-//! The command line: `recsys serve [--services a,b]`, `recsys migrate` and
-//! `recsys rebuild recommendations|analytics`.
+//! The command line: `recsys serve [--services a,b]`, `recsys migrate`,
+//! `recsys rebuild recommendations|analytics` and `recsys healthcheck [--port P]`.
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +29,16 @@ pub enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Exit 0 when the service on `--port` answers `--path` (default `/readyz`) with 200, 1
+    /// otherwise: the container health check, with no HTTP client in the image.
+    Healthcheck {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
     /// Recompute a read model (recommendations or analytics) from the topics: stop the
     /// runtimes hosting that service first.
     Rebuild {
@@ -41,6 +51,42 @@ pub enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+}
+
+/// `GET path` on `host:port` over plain HTTP/1.1 within 3 s: `Ok` on a 200, else why not.
+pub fn healthcheck(host: &str, port: u16, path: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    let timeout = std::time::Duration::from_secs(3);
+    let address = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}:{port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}:{port}: no address"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&address, timeout).map_err(|e| format!("{address}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("{address}: {e}"))?;
+    let mut head = [0u8; 64];
+    let n = stream
+        .read(&mut head)
+        .map_err(|e| format!("{address}: {e}"))?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    let status = status_line.split_whitespace().nth(1).unwrap_or("none");
+    if status == "200" {
+        Ok(())
+    } else {
+        Err(format!("GET {path} on {address}: status {status}"))
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,17 @@ use slog::{error, info};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Healthcheck { port, host, path } = &cli.command {
+        return match recsys::cli::healthcheck(host, *port, path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(why) => {
+                eprintln!("unhealthy: {why}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match &cli.command {
+        Command::Healthcheck { .. } => unreachable!("answered above"),
         Command::Serve { settings, .. }
         | Command::Migrate { settings }
         | Command::Rebuild { settings, .. } => settings.clone(),
@@ -29,6 +39,7 @@ fn main() -> ExitCode {
                 info!(logger, "migrations applied"; "versions" => applied.join(","));
                 Ok(())
             }
+            Command::Healthcheck { .. } => unreachable!("answered above"),
             Command::Rebuild {
                 service,
                 restart,

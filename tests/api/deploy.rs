@@ -177,8 +177,18 @@ fn one_container_per_service_on_the_seed_ports_with_healthchecks() {
                 || published.contains(&format!("{port}:{port}")),
             "{name} does not publish {port}: {published}"
         );
-        let check = serde_yaml_ng::to_string(&spec["healthcheck"]["test"]).unwrap();
-        assert!(check.contains(&format!("{port}/readyz")), "{name}: {check}");
+        // The image has no HTTP client: the binary checks itself.
+        let check: Vec<String> = spec["healthcheck"]["test"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            check,
+            ["CMD", "recsys", "healthcheck", "--port", &port.to_string()],
+            "{name}"
+        );
     }
     for broker in [
         "kafka-1",
@@ -201,6 +211,51 @@ fn one_container_per_service_on_the_seed_ports_with_healthchecks() {
             serde_yaml_ng::to_string(&compose["services"][format!("kafka-{n}")]["ports"]).unwrap();
         assert!(ports.contains(&port.to_string()), "kafka-{n}: {ports}");
     }
+}
+
+/// The infrastructure (brokers, Postgres, Redis, Prometheus, Grafana) is reachable from the
+/// host's loopback only; the runtime image runs as a numeric non-root user and carries no
+/// HTTP client.
+#[test]
+fn infrastructure_is_published_on_loopback_and_the_image_runs_unprivileged() {
+    let compose = resolved();
+    for name in [
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+        "postgres",
+        "redis",
+        "prometheus",
+        "grafana",
+    ] {
+        for port in compose["services"][name]["ports"].as_sequence().unwrap() {
+            // `config` writes either `host_ip:published:target/proto` or a mapping.
+            let loopback = match port.as_str() {
+                Some(short) => short.starts_with("127.0.0.1:"),
+                None => port["host_ip"].as_str() == Some("127.0.0.1"),
+            };
+            assert!(loopback, "{name} publishes {port:?} beyond loopback");
+        }
+    }
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let runtime = dockerfile
+        .split("AS runtime")
+        .nth(1)
+        .expect("a runtime stage");
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER line");
+    let (uid, gid) = user.trim().split_once(':').expect("USER uid:gid");
+    assert!(
+        uid.parse::<u32>().is_ok_and(|u| u > 0) && gid.parse::<u32>().is_ok(),
+        "USER {user}"
+    );
+    assert!(
+        !runtime.contains(" curl") && !runtime.contains(" wget"),
+        "{runtime}"
+    );
 }
 
 #[test]

@@ -397,3 +397,41 @@ async fn help_documents_the_environment_without_secrets() {
         assert!(!help.contains(secret), "--help printed a secret");
     }
 }
+
+/// `recsys healthcheck --port P` exits 0 when the service on P is ready and 1 (saying why)
+/// when nothing answers there: what the compose health checks run.
+#[actix_web::test]
+async fn healthcheck_exits_zero_only_when_the_service_is_ready() {
+    let app = spawn_app().await;
+    let port = app.ports[&Service::Users];
+    let ok = tokio::process::Command::new(BIN)
+        .args(["healthcheck", "--port", &port.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let closed = free_port();
+    let down = tokio::process::Command::new(BIN)
+        .args(["healthcheck", "--port", &closed.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
+    let missing = tokio::process::Command::new(BIN)
+        .args([
+            "healthcheck",
+            "--port",
+            &port.to_string(),
+            "--path",
+            "/nowhere",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1), "a 404 is not healthy");
+}
