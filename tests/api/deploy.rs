@@ -82,6 +82,16 @@ fn runtime_env_names() -> BTreeSet<String> {
     names
 }
 
+/// The port a service listens on by default (the seed system's).
+fn seed_port(service: Service) -> u16 {
+    match service {
+        Service::Users => 8080,
+        Service::Products => 8081,
+        Service::Recommendations => 8082,
+        Service::Analytics => 8083,
+    }
+}
+
 /// The services built from this repository's Dockerfile.
 fn recsys_services(compose: &Value) -> Vec<(String, &Value)> {
     compose["services"]
@@ -165,12 +175,7 @@ fn one_container_per_service_on_the_seed_ports_with_healthchecks() {
             ["serve", "--no-migrate", "--services", service.name()],
             "{name}"
         );
-        let port = match service {
-            Service::Users => 8080,
-            Service::Products => 8081,
-            Service::Recommendations => 8082,
-            Service::Analytics => 8083,
-        };
+        let port = seed_port(service);
         let published = serde_yaml_ng::to_string(&spec["ports"]).unwrap();
         assert!(
             published.contains(&format!("published: {port}"))
@@ -353,4 +358,155 @@ fn redis_is_a_bounded_cache_in_compose_and_the_stack() {
     assert_eq!(value_of("--maxmemory-policy"), Some("allkeys-lru"));
     assert_eq!(stack_value("REDIS_POLICY").as_deref(), Some("allkeys-lru"));
     assert_eq!(value_of("--appendonly"), Some("no"));
+}
+
+/// Every document of every manifest under `deploy/kubernetes/`.
+fn kubernetes_documents() -> Vec<Value> {
+    use serde::Deserialize as _;
+    let dir = root().join("deploy/kubernetes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut documents = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value =
+                Value::deserialize(document).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if !value.is_null() {
+                documents.push(value);
+            }
+        }
+    }
+    documents
+}
+
+/// The Kubernetes manifests split the runtime by role (users and products; recommendations;
+/// analytics): every service in exactly one role, on its port, with probes, resources and no
+/// service links; settings from a ConfigMap and a Secret that name only variables the runtime
+/// reads; the consumer roles scaled by an autoscaler bounded by the partition count.
+#[test]
+fn kubernetes_manifests_match_the_code() {
+    let documents = kubernetes_documents();
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { documents.iter().filter(|d| d["kind"] == kind).collect() };
+    let known = runtime_env_names();
+    let mut partitions = None;
+    for config in of_kind("ConfigMap").into_iter().chain(of_kind("Secret")) {
+        let data = config["data"]
+            .as_mapping()
+            .or(config["stringData"].as_mapping())
+            .unwrap();
+        for (key, value) in data {
+            let key = key.as_str().unwrap();
+            assert!(known.contains(key), "{key} is not a setting of the runtime");
+            if key == "KAFKA_PARTITIONS" {
+                partitions = value.as_str().and_then(|v| v.parse::<i64>().ok());
+            }
+        }
+    }
+    let partitions = partitions.expect("KAFKA_PARTITIONS in the ConfigMap");
+    let mut hosted = Vec::new();
+    for deployment in of_kind("Deployment") {
+        let name = deployment["metadata"]["name"].as_str().unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["enableServiceLinks"], Value::Bool(false), "{name}");
+        let container = &pod["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            &args[..3],
+            ["serve", "--no-migrate", "--services"],
+            "{name}"
+        );
+        let services: Vec<Service> = args[3]
+            .split(',')
+            .map(|s| {
+                *Service::ALL
+                    .iter()
+                    .find(|x| x.name() == s)
+                    .unwrap_or_else(|| panic!("{name}: unknown service {s}"))
+            })
+            .collect();
+        let ports: BTreeSet<i64> = container["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| p["containerPort"].as_i64().unwrap())
+            .collect();
+        let expected: BTreeSet<i64> = services.iter().map(|s| i64::from(seed_port(*s))).collect();
+        assert_eq!(ports, expected, "{name}: container ports");
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let port = container[probe]["httpGet"]["port"].as_i64().unwrap();
+            assert!(ports.contains(&port), "{name}: {probe} on {port}");
+        }
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{name}"
+        );
+        assert!(
+            !container["resources"]["requests"].is_null()
+                && !container["resources"]["limits"].is_null(),
+            "{name}"
+        );
+        let refs: Vec<&str> = container["envFrom"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|r| {
+                r["configMapRef"]["name"]
+                    .as_str()
+                    .or(r["secretRef"]["name"].as_str())
+            })
+            .collect();
+        assert_eq!(
+            refs,
+            ["recsys", "recsys"],
+            "{name}: settings from the ConfigMap and the Secret"
+        );
+        let service = of_kind("Service")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: no Service"));
+        let targets: BTreeSet<i64> = service["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| p["targetPort"].as_i64().unwrap())
+            .collect();
+        assert_eq!(targets, ports, "{name}: Service ports");
+        let consumes = services
+            .iter()
+            .any(|s| matches!(s, Service::Recommendations | Service::Analytics));
+        let autoscaler = of_kind("HorizontalPodAutoscaler")
+            .into_iter()
+            .find(|h| h["spec"]["scaleTargetRef"]["name"] == name);
+        if consumes {
+            let autoscaler = autoscaler.unwrap_or_else(|| panic!("{name}: no autoscaler"));
+            let max = autoscaler["spec"]["maxReplicas"].as_i64().unwrap();
+            assert!(
+                max <= partitions,
+                "{name}: {max} replicas for {partitions} partitions"
+            );
+        }
+        hosted.extend(services);
+    }
+    hosted.sort_by_key(|s| s.name());
+    let mut all = Service::ALL.to_vec();
+    all.sort_by_key(|s| s.name());
+    assert_eq!(hosted, all, "every service in exactly one role");
+    let migrate = of_kind("Job");
+    assert!(
+        migrate
+            .iter()
+            .any(|j| j["spec"]["template"]["spec"]["containers"][0]["args"][0] == "migrate"),
+        "a migration Job"
+    );
 }
