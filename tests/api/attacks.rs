@@ -374,10 +374,7 @@ async fn injection_strings_are_data_or_refused_never_code() {
 #[actix_web::test]
 async fn repeated_login_failures_lock_the_email() {
     let app = TestApp::builder()
-        .with(|settings| {
-            settings.login_max_failures = 3;
-            settings.login_max_failures_per_ip = 100;
-        })
+        .with(email_lockout_after_three)
         .spawn()
         .await;
     let (_, _, email) = app.new_user().await;
@@ -436,10 +433,7 @@ fn decisions(store: &str) -> u64 {
 #[actix_web::test]
 async fn two_instances_share_one_login_lockout() {
     let app = TestApp::builder()
-        .with(|settings| {
-            settings.login_max_failures = 3;
-            settings.login_max_failures_per_ip = 100;
-        })
+        .with(email_lockout_after_three)
         .spawn()
         .await;
     let other = app.another_instance(&[Service::Users]).await;
@@ -482,9 +476,8 @@ async fn two_instances_share_one_login_lockout() {
 #[actix_web::test]
 async fn without_redis_each_instance_locks_out_on_its_own_counts() {
     let app = TestApp::builder()
+        .with(email_lockout_after_three)
         .with(|settings| {
-            settings.login_max_failures = 3;
-            settings.login_max_failures_per_ip = 100;
             settings.redis_address = format!("127.0.0.1:{}", free_port());
             settings.redis_timeout_ms = 50;
         })

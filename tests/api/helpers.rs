@@ -117,6 +117,14 @@ pub fn test_settings(database_url: &str, prefix: &str, brokers: &str) -> Setting
     .settings
 }
 
+/// Lockout settings for the tests that lock one email out: three failures of an email lock
+/// it; the per-address limit (100) stays out of the way, since every test client comes from
+/// 127.0.0.1.
+pub fn email_lockout_after_three(settings: &mut Settings) {
+    settings.login_max_failures = 3;
+    settings.login_max_failures_per_ip = 100;
+}
+
 /// The admin password every test runtime uses.
 pub const ADMIN_PASSWORD: &str = "admin-password";
 

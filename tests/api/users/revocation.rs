@@ -110,10 +110,7 @@ async fn an_email_change_needs_the_current_password() {
 #[actix_web::test]
 async fn wrong_current_passwords_lock_the_account_out_like_failed_logins() {
     let app = TestApp::builder()
-        .with(|settings| {
-            settings.login_max_failures = 3;
-            settings.login_max_failures_per_ip = 100;
-        })
+        .with(email_lockout_after_three)
         .spawn()
         .await;
     let (id, token, email) = app.new_user().await;
