@@ -88,12 +88,14 @@ pub async fn rebuild(
 
     let mut conn = db::connect(&url).await?;
     let unfinished = diesel::sql_query(
-        "SELECT records FROM projection_rebuilds WHERE service = $1 AND finished_at IS NULL",
+        "SELECT EXISTS (SELECT 1 FROM projection_rebuilds \
+           WHERE service = $1 AND finished_at IS NULL) AS unfinished",
     )
     .bind::<Text, _>(service.name())
-    .load::<Records>(&mut conn)
-    .await?;
-    let resumed = !unfinished.is_empty() && !restart;
+    .get_result::<Unfinished>(&mut conn)
+    .await?
+    .unfinished;
+    let resumed = unfinished && !restart;
     if resumed {
         info!(logger, "resuming the unfinished rebuild"; "service" => service.name());
     } else {
@@ -182,10 +184,9 @@ pub async fn rebuild(
 }
 
 #[derive(QueryableByName)]
-struct Records {
-    #[diesel(sql_type = BigInt)]
-    #[allow(dead_code)]
-    records: i64,
+struct Unfinished {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    unfinished: bool,
 }
 
 #[derive(QueryableByName)]
