@@ -12,6 +12,7 @@ use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
 use actix_web::{web, HttpResponse};
 use rdkafka::producer::FutureProducer;
 use recsys_actors::kafka::{self, SlogContext};
+use recsys_actors::request::{self, RequestId};
 use serde::Serialize;
 use slog::{debug, error, info, warn, Logger};
 use uuid::Uuid;
@@ -205,45 +206,50 @@ pub async fn observe(
         .map(str::to_string)
         .unwrap_or_else(|| Uuid::new_v4().to_string());
     let method = req.method().clone();
-    let mut res = next.call(req).await?;
-    let elapsed = started.elapsed();
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_string());
-    let status = res.status();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        res.headers_mut()
-            .insert(header::HeaderName::from_static("x-request-id"), value);
-    }
-    if let Some(info) = info {
-        let label = method_label(&method, status);
-        metrics::HTTP_REQUESTS
-            .with_label_values(&[info.name, label, &route, status.as_str()])
-            .inc();
-        metrics::HTTP_DURATION
-            .with_label_values(&[info.name, label, &route])
-            .observe(elapsed.as_secs_f64());
-        // Probes and scrapes come every few seconds from machines: DEBUG, so that INFO is what
-        // clients did.
-        let probe = QUIET_ROUTES.contains(&route.as_str());
-        let log = info.logger.new(slog::o!(
-            "request_id" => request_id,
-            "method" => method.to_string(),
-            "route" => route,
-            "status" => status.as_u16(),
-            "duration_ms" => elapsed.as_secs_f64() * 1000.0,
-        ));
-        match res.response().error() {
-            Some(e) if status.is_server_error() => {
-                error!(log, "request failed"; "error" => format!("{:#}", anyhow_chain(e)))
-            }
-            Some(e) => info!(log, "request rejected"; "reason" => e.to_string()),
-            None if probe => debug!(log, "request"),
-            None => info!(log, "request"),
+    // Everything the request causes, in this task or in the actors it sends to, and its
+    // access-log line below, is logged with its id.
+    let id = RequestId::new(&request_id);
+    request::scope(id, async move {
+        let mut res = next.call(req).await?;
+        let elapsed = started.elapsed();
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_string());
+        let status = res.status();
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            res.headers_mut()
+                .insert(header::HeaderName::from_static("x-request-id"), value);
         }
-    }
-    Ok(res)
+        if let Some(info) = info {
+            let label = method_label(&method, status);
+            metrics::HTTP_REQUESTS
+                .with_label_values(&[info.name, label, &route, status.as_str()])
+                .inc();
+            metrics::HTTP_DURATION
+                .with_label_values(&[info.name, label, &route])
+                .observe(elapsed.as_secs_f64());
+            // Probes and scrapes come every few seconds from machines: DEBUG, so that INFO is
+            // what clients did.
+            let probe = QUIET_ROUTES.contains(&route.as_str());
+            let log = info.logger.new(slog::o!(
+                "method" => method.to_string(),
+                "route" => route,
+                "status" => status.as_u16(),
+                "duration_ms" => elapsed.as_secs_f64() * 1000.0,
+            ));
+            match res.response().error() {
+                Some(e) if status.is_server_error() => {
+                    error!(log, "request failed"; "error" => format!("{:#}", anyhow_chain(e)))
+                }
+                Some(e) => info!(log, "request rejected"; "reason" => e.to_string()),
+                None if probe => debug!(log, "request"),
+                None => info!(log, "request"),
+            }
+        }
+        Ok(res)
+    })
+    .await
 }
 
 /// Routes that health checks and Prometheus call: their successful requests are logged at

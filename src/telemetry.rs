@@ -2,11 +2,15 @@
 //!
 //! Logging is synchronous (a mutex around the drain) so that no line is lost when the process
 //! exits. [`logger_from_drain`] lets tests pass their own drain.
+//!
+//! A line written while a request is handled carries its `request_id` ([`RequestIds`]),
+//! whichever actor or task writes it.
 
 use std::str::FromStr;
 use std::sync::Mutex;
 
-use slog::{o, Drain, Level, Logger};
+use recsys_actors::request;
+use slog::{o, Drain, Level, Logger, OwnedKV, OwnedKVList, Record, SingleKV};
 
 use crate::config::LogFormat;
 
@@ -33,6 +37,32 @@ where
     D: Drain + Send + 'static,
     D::Err: std::fmt::Debug,
 {
-    let drain = Mutex::new(drain).map(slog::Fuse).filter_level(level).fuse();
+    let drain = RequestIds(Mutex::new(drain).map(slog::Fuse).filter_level(level)).fuse();
     Logger::root(drain, o!("app" => "recsys"))
+}
+
+/// A drain adding `request_id` to every line written as part of a request (see
+/// [`recsys_actors::request`]); lines of other work pass unchanged.
+pub struct RequestIds<D>(pub D);
+
+impl<D: Drain> Drain for RequestIds<D> {
+    type Ok = D::Ok;
+    type Err = D::Err;
+
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<D::Ok, D::Err> {
+        match request::current() {
+            Some(id) => {
+                let values = OwnedKVList::from(OwnedKV((
+                    SingleKV("request_id", id.to_string()),
+                    values.clone(),
+                )));
+                self.0.log(record, &values)
+            }
+            None => self.0.log(record, values),
+        }
+    }
+
+    fn is_enabled(&self, level: Level) -> bool {
+        self.0.is_enabled(level)
+    }
 }

@@ -22,6 +22,7 @@
 //!   look the same to callers.
 //! - [`observe`]: the envelope, addresses and handler macro that count every actor's mailbox
 //!   depth, messages, handling time and restarts.
+//! - [`request`]: the request a piece of work is done for, carried into actors for the logs.
 //! - [`metrics`]: the metric families this machinery records (Kafka produce, outbox, Redis cache).
 
 pub mod cache;
@@ -31,6 +32,7 @@ pub mod kafka_consumer;
 pub mod metrics;
 pub mod observe;
 pub mod outbox_relay;
+pub mod request;
 pub mod retry;
 pub mod sequence;
 pub mod supervision;

@@ -25,6 +25,9 @@
 //! and the message (`outcome` `panicked`, or `dropped` for the answer future's message) and
 //! the supervisor restarts the actor (see [`crate::supervision`]).
 //!
+//! The envelope also carries the request its sender was handling ([`crate::request`]): the
+//! handler and its answer future run as part of that request, so their log lines name it.
+//!
 //! Mailboxes are bounded: once `limit` messages of an actor are in flight, a further send is
 //! refused at once with [`Refused::Overloaded`] (counted with outcome `shed`) instead of
 //! queueing without end, and the HTTP layer answers `503`. An address may also carry a
@@ -50,6 +53,7 @@ use slog::{error, Logger};
 use tokio::sync::oneshot;
 
 use crate::metrics::{ACTOR_MAILBOX_DEPTH, ACTOR_MESSAGES, ACTOR_MESSAGE_DURATION, ACTOR_RESTARTS};
+use crate::request::{InRequest, RequestId};
 
 /// `Foo` for `my_crate::module::Foo<Bar>`: a bounded label value for a type.
 pub fn short_type_name<T: ?Sized>() -> &'static str {
@@ -211,6 +215,7 @@ impl Probe {
             message: short_type_name::<M>(),
             started: None,
             outcome: None,
+            request: crate::request::current(),
         };
         Ok(Observed { message, ticket })
     }
@@ -225,6 +230,15 @@ pub struct Ticket {
     started: Option<Instant>,
     /// Set once answered.
     outcome: Option<&'static str>,
+    /// The request the sender was handling, which the handling is part of.
+    request: Option<RequestId>,
+}
+
+impl Ticket {
+    /// The request the message was sent for, if any.
+    pub fn request(&self) -> Option<&RequestId> {
+        self.request.as_ref()
+    }
 }
 
 impl Drop for Ticket {
@@ -285,8 +299,9 @@ pub trait ContainPanics {
 impl<T: 'static> ContainPanics for actix::ResponseFuture<T> {
     fn contain(self, ticket: &Ticket) -> Self {
         let (probe, message) = (ticket.probe.clone(), ticket.message);
+        let answer = crate::request::future(ticket.request.clone(), self);
         Box::pin(async move {
-            match AssertUnwindSafe(self).catch_unwind().await {
+            match AssertUnwindSafe(answer).catch_unwind().await {
                 Ok(answer) => answer,
                 Err(payload) => {
                     probe.panicked(Some(message), &*payload);
@@ -310,8 +325,17 @@ macro_rules! contained_by_the_supervisor {
         })+
     };
 }
+/// Computed in the actor's context, polled as part of the sender's request.
+impl<A: Actor, T: 'static> ContainPanics for ResponseActFuture<A, T> {
+    fn contain(self, ticket: &Ticket) -> Self {
+        match &ticket.request {
+            Some(id) => Box::pin(InRequest::new(id.clone(), self)),
+            None => self,
+        }
+    }
+}
+
 contained_by_the_supervisor!(
-    [A: Actor, T] ResponseActFuture<A, T>,
     [A: Actor, T] AtomicResponse<A, T>,
     [] (),
     [] bool,
@@ -387,7 +411,9 @@ macro_rules! observed_handlers {
                 ctx: &mut Self::Context,
             ) -> Self::Result {
                 let (message, ticket) = envelope.open();
-                let response = <Self as $crate::actix::Handler<$message>>::handle(self, message, ctx);
+                let response = $crate::request::within(ticket.request(), || {
+                    <Self as $crate::actix::Handler<$message>>::handle(self, message, ctx)
+                });
                 let response = $crate::observe::ContainPanics::contain(response, &ticket);
                 $crate::observe::ObservedResponse::new(response, ticket)
             }

@@ -688,10 +688,11 @@ pub fn free_port() -> u16 {
 /// Log messages captured by [`captured_logger`].
 pub type Captured = Arc<Mutex<Vec<String>>>;
 
-/// A logger that records every message (with its key-values) for assertions.
+/// A logger that records every message (with its key-values, `request_id` included as the
+/// runtime's own loggers add it) for assertions.
 pub fn captured_logger() -> (Logger, Captured) {
     let lines: Captured = Arc::default();
-    let drain = Capture(lines.clone());
+    let drain = recsys::telemetry::RequestIds(Capture(lines.clone()));
     (Logger::root(drain.fuse(), o!()), lines)
 }
 

@@ -478,3 +478,74 @@ async fn probes_and_scrapes_are_logged_at_debug() {
         "{lines:?}"
     );
 }
+
+/// A line logged while a request is handled names the request, whether the HTTP handler, an
+/// actor or the actor's answer future writes it; lines of other work name none.
+#[actix_web::test]
+async fn every_line_logged_for_a_request_carries_its_id() {
+    let (logger, logs) = captured_logger();
+    let app = TestApp::builder().logger(logger).spawn().await;
+    let register = app
+        .client
+        .post(format!("{}/users/register", app.url(Service::Users)))
+        .header("X-Request-Id", "req-register-1")
+        .json(&serde_json::json!({
+            "name": "Ada", "email": "ada-request-id@example.com", "password": "correct horse 1"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(register.status(), 201);
+    assert_eq!(register.headers()["x-request-id"], "req-register-1");
+    let create = app
+        .client
+        .post(format!("{}/products", app.url(Service::Products)))
+        .header("X-Request-Id", "req-product-1")
+        .bearer_auth(&app.admin_token)
+        .json(&serde_json::json!({
+            "name": "Lamp", "description": "", "price": "12.50", "category": "home"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(create.status(), 201);
+
+    let lines = logs.lock().unwrap().clone();
+    let with = |msg: &str| -> Vec<&String> {
+        lines
+            .iter()
+            .filter(|l| l.split_once(' ').is_some_and(|(_, rest)| rest.starts_with(msg)))
+            .collect()
+    };
+    for (msg, id) in [
+        ("user registered", "req-register-1"),
+        ("product created", "req-product-1"),
+    ] {
+        let found = with(msg);
+        assert_eq!(found.len(), 1, "{msg}: {lines:#?}");
+        assert!(
+            found[0].contains(&format!(" request_id={id}")),
+            "{msg} names its request: {}",
+            found[0]
+        );
+    }
+    let access: Vec<_> = with("request ")
+        .into_iter()
+        .chain(with("request"))
+        .filter(|l| l.contains("route=/users/register") || l.contains("route=/products"))
+        .collect();
+    assert!(
+        access.iter().any(|l| l.contains(" request_id=req-register-1"))
+            && access.iter().any(|l| l.contains(" request_id=req-product-1")),
+        "the access lines name their requests: {access:#?}"
+    );
+    for line in &access {
+        assert_eq!(line.matches(" request_id=").count(), 1, "one id per line: {line}");
+    }
+    let started = with("users actor started");
+    assert!(!started.is_empty(), "{lines:#?}");
+    assert!(
+        started.iter().all(|l| !l.contains("request_id=")),
+        "work no request started names none: {started:?}"
+    );
+}
