@@ -74,11 +74,13 @@ start_stack() {
 }
 
 # The deployment, dashboard and browser tests run these programs; install them if missing
-# (the browser test drives headless Chromium through a real CORS preflight).
+# (the browser tests drive headless Chromium: a real CORS preflight, and the /docs and
+# analytics pages through chromedriver's WebDriver).
 ensure_test_tools() {
   have docker-compose || apt_install docker-compose
   { have prometheus && have promtool; } || apt_install prometheus
   have chromium || apt_install chromium
+  have chromedriver || apt_install chromium-driver
 }
 
 stop_stack_in_ci() {

@@ -109,6 +109,7 @@ pub fn common_routes(api: &mut Api) {
     api.add_plain(__path_healthz, healthz)
         .add_plain(__path_readyz, readyz)
         .add_plain(__path_metrics_text, metrics_text);
+    crate::reference::routes(api);
 }
 
 /// JSON bodies of at most `limit` bytes, every malformed one a JSON 4xx.

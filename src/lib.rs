@@ -14,9 +14,12 @@
 //! - [`host`]: what the runtime hands a service when it starts it, and what it hands back.
 //! - [`http`]: health, readiness, metrics and JSON errors shared by every port.
 //! - [`cors`]: CORS headers and preflights for the origins `CORS_ORIGINS` allows.
+//! - [`reference`]: `/docs`, the interactive API reference of each port.
 //! - [`openapi`]: registers each route and documents it in the service's `/openapi.json`.
 //! - [`auth`]: JWTs, password hashing, the [`auth::Caller`] extractor, token revocation.
 //! - [`rebuild`]: `recsys rebuild`: a read model recomputed from the topics.
+//! - [`demo`]: `recsys demo`: a catalog, shoppers and their actions, through the public APIs.
+//! - [`progress`]: the progress bar (or lines) of `rebuild` and `demo`.
 //! - [`db`], [`outbox`]: the Postgres pool and migrations; the transactional outbox.
 //! - [`idempotency`]: `Idempotency-Key`: a retried write answered from its first commit.
 //! - [`consumption`]: consumer positions and applied event ids in Postgres; record decoding.
@@ -42,8 +45,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod products;
+pub mod progress;
 pub mod rebuild;
 pub mod recommendations;
+pub mod reference;
 pub mod startup;
 pub mod telemetry;
 pub mod users;
