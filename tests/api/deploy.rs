@@ -330,7 +330,7 @@ fn compose_runs_the_kafka_version_of_the_local_stack() {
 }
 
 /// Redis is a bounded cache in both the deployment and the local stack: the same `maxmemory`
-/// and eviction policy, and nothing written to disk in the deployment.
+/// and eviction policy, and nothing written to disk in the deployment, which runs Valkey.
 #[test]
 fn redis_is_a_bounded_cache_in_compose_and_the_stack() {
     let compose = resolved();
@@ -358,6 +358,17 @@ fn redis_is_a_bounded_cache_in_compose_and_the_stack() {
     assert_eq!(value_of("--maxmemory-policy"), Some("allkeys-lru"));
     assert_eq!(stack_value("REDIS_POLICY").as_deref(), Some("allkeys-lru"));
     assert_eq!(value_of("--appendonly"), Some("no"));
+    // The BSD-licensed server (docs/operations.md, "Which Redis"): its image, its binaries.
+    let service = &compose["services"]["redis"];
+    assert!(
+        service["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("valkey/valkey:")),
+        "{:?}",
+        service["image"]
+    );
+    assert_eq!(command[0], "valkey-server");
+    assert_eq!(service["healthcheck"]["test"][1].as_str(), Some("valkey-cli"));
 }
 
 /// Every document of every manifest under `deploy/kubernetes/`.
@@ -509,4 +520,108 @@ fn kubernetes_manifests_match_the_code() {
             .any(|j| j["spec"]["template"]["spec"]["containers"][0]["args"][0] == "migrate"),
         "a migration Job"
     );
+}
+
+/// The image's entrypoint, run the way the image runs it: the binary the builder stage installs
+/// at the path the entrypoint names, as the image's numeric user, with only the image's
+/// environment. `--help` answers and lists the image's default command; so does that command's
+/// own `--help`, and the health check's that the compose file uses instead of curl.
+#[test]
+fn the_image_entrypoint_runs_the_binary_as_the_image_user() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let runtime = dockerfile
+        .split("AS runtime")
+        .nth(1)
+        .expect("a runtime stage");
+    let instruction = |name: &str| -> Vec<String> {
+        let line = runtime
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("a {name} line"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{name} in exec form: {e}"))
+    };
+    let (entrypoint, cmd) = (instruction("ENTRYPOINT"), instruction("CMD"));
+    let installed = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("COPY --from=builder /out/recsys "))
+        .expect("the runtime stage copies the built binary")
+        .trim()
+        .to_string();
+    let program = Path::new(&installed);
+    assert_eq!(
+        program.file_name().unwrap().to_str(),
+        Some(entrypoint[0].as_str()),
+        "the entrypoint names the installed binary"
+    );
+    let env: Vec<(String, String)> = runtime
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER line")
+        .trim()
+        .to_string();
+
+    // The image's filesystem as far as the binary is concerned: the binary at the installed
+    // path in a directory the image user may read.
+    let image = std::env::temp_dir().join(format!("recsys-image-{}", uuid::Uuid::new_v4()));
+    let bin_dir = image.join(program.parent().unwrap().strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let binary = bin_dir.join(program.file_name().unwrap());
+    std::fs::copy(env!("CARGO_BIN_EXE_recsys"), &binary).unwrap();
+    let run = |args: &[&str]| -> (bool, String) {
+        let (uid, gid) = user.split_once(':').unwrap();
+        // As root (CI), become the image's user; otherwise run as whoever runs the tests.
+        let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        let mut command = if as_root {
+            // By its path: the child's PATH is the image's.
+            let setpriv = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|dir| dir.join("setpriv"))
+                .find(|p| p.is_file())
+                .expect("setpriv (util-linux) on PATH");
+            let mut c = Command::new(setpriv);
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={gid}"),
+                "--clear-groups".to_string(),
+                "--".to_string(),
+            ]);
+            c.arg(&entrypoint[0]);
+            c
+        } else {
+            Command::new(&entrypoint[0])
+        };
+        command
+            .args(&entrypoint[1..])
+            .args(args)
+            .env_clear()
+            .env("PATH", &bin_dir)
+            .envs(env.iter().cloned())
+            .current_dir("/");
+        let out = command.output().expect("the entrypoint runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, help) = run(&["--help"]);
+    assert!(ok, "--help fails: {help}");
+    for command in [cmd[0].as_str(), "healthcheck", "migrate"] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{command} "))),
+            "--help lists `{command}`:\n{help}"
+        );
+    }
+    let (ok, serve_help) = run(&[&cmd[0], "--help"]);
+    assert!(ok && serve_help.contains("--services"), "{serve_help}");
+    let (ok, check_help) = run(&["healthcheck", "--help"]);
+    assert!(ok && check_help.contains("--port"), "{check_help}");
+    let _ = std::fs::remove_dir_all(&image);
 }
