@@ -10,6 +10,7 @@
 #   JWT_SECRET=<random, kept in $RECSYS_CACHE/dev-jwt-secret>
 #   ADMIN_EMAIL=admin@example.com
 #   ADMIN_PASSWORD=admin-password
+#   CORS_ORIGINS=http://localhost:8083,http://127.0.0.1:8083 (the analytics page's origins)
 # The release binary is built into $CARGO_TARGET_DIR (default
 # ~/.cache/recsys/target). Stop the Kafka nodes afterwards with `scripts/stack.sh down`.
 set -euo pipefail
@@ -44,11 +45,15 @@ dev_env() {
   fi
   export ADMIN_EMAIL="${ADMIN_EMAIL:-admin@example.com}"
   export ADMIN_PASSWORD="${ADMIN_PASSWORD:-admin-password}"
+  # The analytics page logs in at the users port straight from the browser: allow its origins.
+  local page="${ANALYTICS_PORT:-8083}"
+  export CORS_ORIGINS="${CORS_ORIGINS:-http://localhost:$page,http://127.0.0.1:$page}"
   section "serve"
   info "ADMIN_EMAIL=$ADMIN_EMAIL"
   info "ADMIN_PASSWORD=$ADMIN_PASSWORD"
   info "services: users http://localhost:8080, products http://localhost:8081," \
     "recommendations http://localhost:8082, analytics http://localhost:8083"
+  info "analytics page: http://localhost:$page/ (CORS_ORIGINS=$CORS_ORIGINS)"
 }
 
 main() {

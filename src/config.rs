@@ -213,6 +213,13 @@ pub struct Settings {
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', value_parser = origin)]
     pub cors_origins: Vec<String>,
 
+    /// Where the admin's browser reaches the users service (`scheme://host[:port]`), for the
+    /// login of the analytics page (`GET /` on the analytics port); this origin must allow the
+    /// page's in CORS_ORIGINS. Unset: the host the page was loaded from, with the port of the
+    /// users service (the one this runtime listens on, else USERS_PORT).
+    #[arg(long, env = "ANALYTICS_USERS_URL", value_parser = origin)]
+    pub analytics_users_url: Option<String>,
+
     /// Port of the users service (0 picks a free one).
     #[arg(long, env = "USERS_PORT", default_value_t = 8080)]
     pub users_port: u16,
@@ -508,7 +515,7 @@ fn percent_encode(s: &str) -> String {
 
 /// An origin as browsers send it: `http` or `https`, `://`, a host and maybe a port, nothing
 /// after (no path, not even `/`). Lower-cased, as browsers send them.
-fn origin(text: &str) -> Result<String, String> {
+pub(crate) fn origin(text: &str) -> Result<String, String> {
     let origin = text.trim().to_ascii_lowercase();
     let rest = origin
         .strip_prefix("https://")

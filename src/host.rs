@@ -3,7 +3,8 @@
 //! service folder starts its own actors and registers its own routes, and [`crate::startup`]
 //! only orders start and shutdown.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use actix::Arbiter;
@@ -19,7 +20,7 @@ use recsys_schema::topics;
 use slog::{info, o, warn, Logger};
 
 use crate::auth::JwtKeys;
-use crate::config::Settings;
+use crate::config::{Service, Settings};
 use crate::consumption::{self, Fact, Snapshots};
 use crate::db::Pool;
 use crate::openapi::Api;
@@ -113,6 +114,31 @@ impl Host<'_> {
                 logger.new(o!("actor" => "consumer")),
             ),
         )
+    }
+}
+
+/// The ports this runtime's services listen on, filled in as each server binds (a port of 0
+/// is known only then), so that a page one service serves can point at another service of the
+/// same runtime. Every server's handlers can read it (`web::Data<Listening>`).
+#[derive(Clone, Default)]
+pub struct Listening(Arc<RwLock<BTreeMap<Service, u16>>>);
+
+impl Listening {
+    /// Records that `service` listens on `port`.
+    pub fn insert(&self, service: Service, port: u16) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(service, port);
+    }
+
+    /// The port `service` listens on, when this runtime hosts it.
+    pub fn port(&self, service: Service) -> Option<u16> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&service)
+            .copied()
     }
 }
 

@@ -26,7 +26,7 @@ use crate::auth::{self, JwtKeys};
 use crate::config::{Service, Settings};
 use crate::cors::{self, Origins};
 use crate::db::{self, Pool};
-use crate::host::{Host, Hosted};
+use crate::host::{Host, Hosted, Listening};
 use crate::http::{self, Readiness, ServiceInfo};
 use crate::idempotency::Fingerprints;
 use crate::metrics;
@@ -157,6 +157,7 @@ impl Application {
             pool,
             logger,
         };
+        let listening = Listening::default();
         for &service in services {
             let hosted = app
                 .hosted(service)
@@ -172,6 +173,8 @@ impl Application {
             let (keys, fingerprints, readiness) =
                 (keys.clone(), fingerprints.clone(), readiness.clone());
             let origins = Origins::new(&settings.cors_origins);
+            listening.insert(service, port);
+            let listening = listening.clone();
             let server = HttpServer::new(move || {
                 let mut api = Api::new(service.name());
                 http::common_routes(&mut api);
@@ -182,6 +185,7 @@ impl Application {
                     .app_data(web::Data::new(keys.clone()))
                     .app_data(web::Data::new(fingerprints.clone()))
                     .app_data(web::Data::new(origins.clone()))
+                    .app_data(web::Data::new(listening.clone()))
                     .configure(http::extractor_config)
                     .wrap(http::json_error_bodies())
                     .wrap(from_fn(cors::cors))

@@ -3,6 +3,7 @@
 //! - [`Analytics`]: starts the service (aggregation, queries, the consumer) and registers its
 //!   routes.
 //! - [`http`]: the routes (admin token required: statistics about users are private).
+//! - [`page`]: `GET /`, the admin's page over those routes (its files embedded in the binary).
 //! - [`aggregation`]: [`aggregation::AggregationActor`], the consumer sink: folds each batch in
 //!   memory and upserts once per batch, with positions and seen publication sequences in the same
 //!   transaction.
@@ -18,6 +19,7 @@ pub mod aggregation;
 pub mod error;
 pub mod fold;
 pub mod http;
+pub mod page;
 pub mod query;
 pub mod store;
 
@@ -50,6 +52,7 @@ pub struct Analytics {
     /// Reads both topics (group `<prefix>analytics`).
     pub consumer: ObservedAddr<KafkaConsumer<Fact>>,
     timeout: Duration,
+    page: page::PageSettings,
     logger: Logger,
 }
 
@@ -86,6 +89,7 @@ impl Analytics {
             aggregation,
             consumer,
             timeout: host.request_timeout(),
+            page: page::PageSettings::new(host.settings),
             logger,
         }
     }
@@ -94,7 +98,9 @@ impl Analytics {
 impl Hosted for Analytics {
     fn configure(&self, cfg: &mut web::ServiceConfig, api: &mut Api) {
         cfg.app_data(web::Data::new(self.queries.with_timeout(self.timeout)));
+        cfg.app_data(web::Data::new(self.page.clone()));
         http::routes(api);
+        page::routes(api);
     }
 
     fn leave(&self) -> BoxFuture<'static, ()> {
