@@ -6,6 +6,7 @@
 
 mod actors;
 mod analytics;
+mod analytics_page;
 mod attacks;
 mod backup;
 mod browser;
