@@ -51,7 +51,7 @@ pub struct Rebuilt {
 fn tables(service: Service) -> anyhow::Result<&'static str> {
     match service {
         Service::Recommendations => Ok("rec_catalog, rec_scores, rec_user_products"),
-        Service::Analytics => Ok("an_products, an_users, an_event_counts"),
+        Service::Analytics => Ok("an_products, an_users, an_event_counts, an_product_hours"),
         other => anyhow::bail!(
             "{} has no read model to rebuild (recommendations or analytics)",
             other.name()

@@ -254,6 +254,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// The analytics service's product counters per hour (of `occurred_at`): the top products
+    /// of a recent window are sums over it.
+    an_product_hours (hour, product_id) {
+        hour -> Timestamptz,
+        product_id -> Uuid,
+        views -> Int8,
+        cart_adds -> Int8,
+        cart_removes -> Int8,
+        purchases -> Int8,
+        units_sold -> Int8,
+        updates -> Int8,
+    }
+}
+
 diesel::joinable!(user_activity -> users (user_id));
 diesel::joinable!(rec_scores -> rec_catalog (product_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -275,11 +290,12 @@ diesel::allow_tables_to_appear_in_same_query!(
     an_products,
     an_users,
     an_event_counts,
+    an_product_hours,
 );
 
 /// Every table of the schema, by name: what the migrations create (a test holds the two
 /// together).
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
     "users",
     "user_activity",
     "products",
@@ -298,4 +314,5 @@ pub const ALL: [&str; 18] = [
     "an_products",
     "an_users",
     "an_event_counts",
+    "an_product_hours",
 ];

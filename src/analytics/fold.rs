@@ -1,5 +1,6 @@
-//! [`Fold`]: one batch of analytics events folded in memory into per-product, per-user and
-//! per-minute deltas, which [`super::store::apply`] writes with one upsert per table.
+//! [`Fold`]: one batch of analytics events folded in memory into per-product, per-product-hour,
+//! per-user and per-minute deltas, which [`super::store::apply`] writes with one upsert per
+//! table.
 
 use std::collections::HashMap;
 
@@ -23,6 +24,17 @@ pub struct ProductDelta {
     pub last_event_at: Option<DateTime<Utc>>,
 }
 
+/// Deltas of one product in one hour.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HourDelta {
+    pub views: i64,
+    pub cart_adds: i64,
+    pub cart_removes: i64,
+    pub purchases: i64,
+    pub units_sold: i64,
+    pub updates: i64,
+}
+
 /// Deltas of one user.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct UserDelta {
@@ -44,6 +56,8 @@ pub struct Fold {
     pub users: HashMap<Uuid, UserDelta>,
     /// (minute, event type) → count.
     pub counts: HashMap<(DateTime<Utc>, &'static str), i64>,
+    /// (hour, product) → the product's counters in that hour.
+    pub product_hours: HashMap<(DateTime<Utc>, Uuid), HourDelta>,
 }
 
 fn later(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -65,6 +79,9 @@ impl Fold {
             .counts
             .entry((minute, fact.what.type_name()))
             .or_default() += 1;
+        let hour = minute
+            .duration_trunc(TimeDelta::hours(1))
+            .expect("an hour always divides a timestamp");
         match &fact.what {
             What::UserRegistered { user_id } => {
                 let user = self.users.entry(*user_id).or_default();
@@ -75,6 +92,16 @@ impl Fold {
             }
             What::Activity(a) => {
                 let quantity = i64::from(a.quantity);
+                let in_hour = self.product_hours.entry((hour, a.product_id)).or_default();
+                match a.action {
+                    Action::View => in_hour.views += 1,
+                    Action::CartAdd => in_hour.cart_adds += 1,
+                    Action::CartRemove => in_hour.cart_removes += 1,
+                    Action::Purchase => {
+                        in_hour.purchases += 1;
+                        in_hour.units_sold += quantity;
+                    }
+                }
                 let product = self.products.entry(a.product_id).or_default();
                 product.last_event_at = later(product.last_event_at, at);
                 let user = self.users.entry(a.user_id).or_default();
@@ -107,6 +134,10 @@ impl Fold {
                 product.last_event_at = later(product.last_event_at, at);
             }
             What::ProductUpdated(change) => {
+                self.product_hours
+                    .entry((hour, change.product_id))
+                    .or_default()
+                    .updates += 1;
                 let product = self.products.entry(change.product_id).or_default();
                 product.updates += 1;
                 product.last_event_at = later(product.last_event_at, at);
@@ -237,6 +268,23 @@ mod tests {
         );
         let minute = Utc.with_ymd_and_hms(2026, 3, 1, 10, 15, 0).unwrap();
         assert_eq!(fold.counts[&(minute, "user.activity")], 4);
+        let hour = Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap();
+        assert_eq!(
+            fold.product_hours[&(hour, product)],
+            HourDelta {
+                views: 1,
+                cart_adds: 1,
+                cart_removes: 1,
+                purchases: 2,
+                units_sold: 5,
+                updates: 1
+            }
+        );
+        assert_eq!(
+            fold.product_hours.len(),
+            1,
+            "creation and deletion count nothing"
+        );
         assert_eq!(fold.counts.values().sum::<i64>(), events.len() as i64);
     }
 }

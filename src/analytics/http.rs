@@ -70,13 +70,39 @@ async fn summary(
     ask(&queries, StatsQuery::Summary).await
 }
 
-/// `?by=&limit=`.
+/// The `window` values of `top`, and how far back each reaches.
+const TOP_WINDOWS: [&str; 4] = ["1h", "24h", "7d", "30d"];
+
+string_enum_schema!(
+    /// The `window` values: [`TOP_WINDOWS`]; absent means all time.
+    TopWindow,
+    TOP_WINDOWS,
+    None
+);
+
+/// How far back a `window` value reaches.
+fn window_length(window: &str) -> Option<chrono::TimeDelta> {
+    match window {
+        "1h" => Some(chrono::TimeDelta::hours(1)),
+        "24h" => Some(chrono::TimeDelta::hours(24)),
+        "7d" => Some(chrono::TimeDelta::days(7)),
+        "30d" => Some(chrono::TimeDelta::days(30)),
+        _ => None,
+    }
+}
+
+/// `?by=&limit=&window=`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct TopParams {
     /// The counter to order by, descending (ties by product id); default `views`.
     #[param(value_type = Option<TopBy>, inline)]
     by: Option<String>,
+    /// Count only the events of the last hour, 24 hours, 7 or 30 days (whole hours of
+    /// `occurred_at`: the window starts at the top of the hour it reaches back to); absent,
+    /// every event since the first.
+    #[param(value_type = Option<TopWindow>, inline)]
+    window: Option<String>,
     /// How many products at most, 1 to 100.
     #[param(minimum = 1, maximum = 100, default = 10)]
     limit: Option<i64>,
@@ -91,7 +117,8 @@ struct TopParams {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "At most `limit` products, by `by` descending, ties by \
-            `product_id`", body = Vec<ProductStats>),
+            `product_id`; with `window`, the counters are those of the window and only products \
+            with events in it are listed", body = Vec<ProductStats>),
     )
 )]
 async fn top(
@@ -107,7 +134,16 @@ async fn top(
             })?,
         };
     let limit = validate::limit(params.limit, 10, 100)?;
-    ask(&queries, StatsQuery::Top { by, limit }).await
+    let since = match params.window.as_deref() {
+        None => None,
+        Some(window) => Some(
+            Utc::now()
+                - window_length(window).ok_or_else(|| {
+                    ApiError::invalid(format!("window must be one of {}", TOP_WINDOWS.join(", ")))
+                })?,
+        ),
+    };
+    ask(&queries, StatsQuery::Top { by, limit, since }).await
 }
 
 /// The statistics of one product.

@@ -33,6 +33,8 @@ pub enum StatsQuery {
     Top {
         by: &'static str,
         limit: i64,
+        /// Only events since then (whole hours), or all time.
+        since: Option<DateTime<Utc>>,
     },
     Product(Uuid),
     User(Uuid),
@@ -60,7 +62,9 @@ impl Handler<Stats> for AnalyticsQueries {
             let json = |v: &dyn erased::Json| v.to_value();
             Ok(match msg.0 {
                 StatsQuery::Summary => json(&store::summary(&mut conn).await?),
-                StatsQuery::Top { by, limit } => json(&store::top(&mut conn, by, limit).await?),
+                StatsQuery::Top { by, limit, since } => {
+                    json(&store::top(&mut conn, by, limit, since).await?)
+                }
                 StatsQuery::Product(id) => json(
                     &store::product(&mut conn, id)
                         .await?

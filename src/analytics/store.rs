@@ -10,7 +10,7 @@ use recsys_schema::tables::{an_products, an_users};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::fold::Fold;
+use super::fold::{Fold, HourDelta};
 
 /// A column of `rows` for an `unnest` insert, in the map's iteration order (the same order as
 /// its keys).
@@ -81,6 +81,34 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
         .execute(conn)
         .await?;
     }
+    if !fold.product_hours.is_empty() {
+        let (keys, deltas): (Vec<_>, Vec<_>) = fold.product_hours.iter().unzip();
+        let hours: Vec<DateTime<Utc>> = keys.iter().map(|(h, _)| *h).collect();
+        let ids: Vec<Uuid> = keys.iter().map(|(_, p)| *p).collect();
+        let col =
+            |field: fn(&HourDelta) -> i64| deltas.iter().map(|d| field(d)).collect::<Vec<_>>();
+        crate::db::prepared(
+            "INSERT INTO an_product_hours AS h (hour, product_id, views, cart_adds, cart_removes, \
+               purchases, units_sold, updates) \
+             SELECT * FROM unnest($1::timestamptz[], $2::uuid[], $3::int8[], $4::int8[], \
+               $5::int8[], $6::int8[], $7::int8[], $8::int8[]) \
+             ON CONFLICT (hour, product_id) DO UPDATE SET \
+               views = h.views + EXCLUDED.views, cart_adds = h.cart_adds + EXCLUDED.cart_adds, \
+               cart_removes = h.cart_removes + EXCLUDED.cart_removes, \
+               purchases = h.purchases + EXCLUDED.purchases, \
+               units_sold = h.units_sold + EXCLUDED.units_sold, updates = h.updates + EXCLUDED.updates",
+        )
+        .bind::<Array<Timestamptz>, _>(&hours)
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<BigInt>, _>(col(|d| d.views))
+        .bind::<Array<BigInt>, _>(col(|d| d.cart_adds))
+        .bind::<Array<BigInt>, _>(col(|d| d.cart_removes))
+        .bind::<Array<BigInt>, _>(col(|d| d.purchases))
+        .bind::<Array<BigInt>, _>(col(|d| d.units_sold))
+        .bind::<Array<BigInt>, _>(col(|d| d.updates))
+        .execute(conn)
+        .await?;
+    }
     if !fold.counts.is_empty() {
         let (keys, counts): (Vec<_>, Vec<i64>) = fold.counts.iter().map(|(k, v)| (*k, *v)).unzip();
         let minutes: Vec<DateTime<Utc>> = keys.iter().map(|(m, _)| *m).collect();
@@ -100,7 +128,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
 }
 
 /// Statistics of one product.
-#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = an_products, check_for_backend(diesel::pg::Pg))]
 pub struct ProductStats {
     pub product_id: Uuid,
@@ -160,13 +188,39 @@ pub async fn user(
 /// The counters `top` may order by.
 pub const TOP_BY: [&str; 5] = ["views", "cart_adds", "purchases", "units_sold", "updates"];
 
-/// Products ordered by `by` (one of [`TOP_BY`]) descending, ties by id.
+/// Products ordered by `by` (one of [`TOP_BY`]) descending, ties by id: over all time, or
+/// over the hours since `since` (counters summed over those hours; the lifecycle stamps are
+/// the product's own). A product without events in the window is not listed.
 pub async fn top(
     conn: &mut AsyncPgConnection,
     by: &'static str,
     limit: i64,
+    since: Option<DateTime<Utc>>,
 ) -> diesel::QueryResult<Vec<ProductStats>> {
     use an_products::dsl as p;
+    if !TOP_BY.contains(&by) {
+        return Err(diesel::result::Error::QueryBuilderError(
+            format!("{by} is not one of the top counters").into(),
+        ));
+    }
+    if let Some(since) = since {
+        // `by` is one of TOP_BY (checked above): a column name, never client text.
+        return diesel::sql_query(format!(
+            "SELECT h.product_id, SUM(h.views)::int8 AS views, \
+               SUM(h.cart_adds)::int8 AS cart_adds, SUM(h.cart_removes)::int8 AS cart_removes, \
+               SUM(h.purchases)::int8 AS purchases, SUM(h.units_sold)::int8 AS units_sold, \
+               SUM(h.updates)::int8 AS updates, \
+               p.created_at, p.deleted_at, p.last_event_at \
+             FROM an_product_hours h JOIN an_products p ON p.product_id = h.product_id \
+             WHERE h.hour >= date_trunc('hour', $1 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
+             GROUP BY h.product_id, p.created_at, p.deleted_at, p.last_event_at \
+             ORDER BY {by} DESC, h.product_id LIMIT $2"
+        ))
+        .bind::<Timestamptz, _>(since)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await;
+    }
     let query = p::an_products
         .select(ProductStats::as_select())
         .into_boxed();

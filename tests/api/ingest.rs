@@ -256,3 +256,90 @@ async fn a_bad_batch_writes_nothing_and_names_every_problem() {
     .await;
     assert_eq!(counted, 1, "a refused batch published events");
 }
+
+/// The top products of a window count only the actions whose `occurred_at` falls in it: a
+/// backfill three days and thirty hours old is in the 7-day window and not in the 24-hour
+/// one; all time counts everything; an unknown window is a 400.
+#[actix_web::test]
+async fn top_products_of_a_window_count_actions_by_their_time() {
+    let app = spawn_with_key().await;
+    let (ann, _, _) = app.new_user().await;
+    let id = |p: Value| p["id"].as_str().unwrap().to_string();
+    let old = id(app.create_product("Old", json!("1.00"), Some("w")).await);
+    let mid = id(app.create_product("Mid", json!("1.00"), Some("w")).await);
+    let new = id(app.create_product("New", json!("1.00"), Some("w")).await);
+    let ago = |delta: TimeDelta| (Utc::now() - delta).to_rfc3339_opts(SecondsFormat::Micros, true);
+    let (days3, hours30, hours20, now) = (
+        ago(TimeDelta::days(3)),
+        ago(TimeDelta::hours(30)),
+        ago(TimeDelta::hours(20)),
+        ago(TimeDelta::minutes(1)),
+    );
+    let buy = |product: &str, at: &str| json!({"user_id": ann, "type": "purchase", "product_id": product, "occurred_at": at});
+    let reply = post_with_key(
+        &app,
+        "/activity/batch",
+        json!({"actions": [
+            buy(&old, &days3), buy(&old, &days3), buy(&old, &days3),
+            buy(&mid, &hours30), buy(&mid, &hours30),
+            buy(&new, &hours20),
+            {"user_id": ann, "type": "view", "product_id": new, "occurred_at": now},
+        ]}),
+        KEY,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+
+    let top = |query: &'static str| {
+        let app = &app;
+        async move {
+            let reply = app
+                .get(
+                    Service::Analytics,
+                    &format!("/analytics/products/top?{query}"),
+                    Some(&app.admin_token),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.text);
+            reply
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let by = if query.contains("by=views") {
+                        "views"
+                    } else {
+                        "purchases"
+                    };
+                    (
+                        p["product_id"].as_str().unwrap().to_string(),
+                        p[by].as_i64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let all_time = vec![(old.clone(), 3), (mid.clone(), 2), (new.clone(), 1)];
+    eventually(Duration::from_secs(30), "the batch counted", || async {
+        (top("by=purchases").await == all_time).then_some(())
+    })
+    .await;
+    assert_eq!(top("by=purchases&window=30d").await, all_time);
+    assert_eq!(top("by=purchases&window=7d").await, all_time);
+    assert_eq!(top("by=purchases&window=24h").await, vec![(new.clone(), 1)]);
+    assert_eq!(top("by=views&window=1h").await, vec![(new.clone(), 1)]);
+    assert_eq!(top("by=purchases&window=1h").await, vec![(new.clone(), 0)]);
+
+    for bad in ["2h", "", "7D", "all"] {
+        let reply = app
+            .get(
+                Service::Analytics,
+                &format!("/analytics/products/top?window={bad}"),
+                Some(&app.admin_token),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "window={bad}");
+        assert_eq!(reply.body["error"]["code"], "invalid_request");
+    }
+}

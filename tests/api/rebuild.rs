@@ -195,6 +195,7 @@ async fn tables(app: &TestApp) -> Vec<(&'static str, Value)> {
         ("an_products", "product_id"),
         ("an_users", "user_id"),
         ("an_event_counts", "minute, event_type"),
+        ("an_product_hours", "hour, product_id"),
     ] {
         out.push((table, db.rows(table, order).await));
     }

@@ -1,0 +1,1 @@
+DROP TABLE an_product_hours;
