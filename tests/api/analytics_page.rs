@@ -17,7 +17,7 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use fantoccini::Locator;
-use recsys::config::Service;
+use recsys::config::{Secret, Service};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -98,12 +98,18 @@ async fn forward(
     answer.body(response.bytes().await.expect("the answer's body"))
 }
 
+/// The `X-API-Key` of the test runtimes (a backfill with `occurred_at` needs it).
+const KEY: &str = "analytics-page-test-key-of-at-least-32-bytes";
+
 /// A runtime whose `CORS_ORIGINS` is the proxy's origin, and the proxy forwarding to it.
 async fn runtime_behind_proxy() -> (TestApp, Proxy) {
     let proxy = Proxy::start();
     let origin = proxy.origin.clone();
     let app = TestApp::builder()
-        .with(|settings| settings.cors_origins = vec![origin])
+        .with(|settings| {
+            settings.cors_origins = vec![origin];
+            settings.api_key = Some(Secret::new(KEY));
+        })
         .spawn()
         .await;
     proxy.forward_to(app.url(Service::Analytics));
@@ -220,6 +226,43 @@ async fn looked_up(browser: &Browser, result: &str, id_field: &str, id: &str) ->
         .await
 }
 
+/// The rows of the top products table once its caption says `caption`, each with the product's
+/// id and counters as shown.
+async fn top_rows(browser: &Browser, caption: &str) -> Vec<Value> {
+    browser
+        .wait_for("#top-caption", caption, |text| text.contains(caption))
+        .await;
+    let rows = browser
+        .eval(
+            "return [...document.querySelectorAll('#top-table tbody tr')].map(row =>
+               Object.assign({product_id: row.dataset.productId},
+                 Object.fromEntries([...row.querySelectorAll('td[data-counter]')]
+                   .map(td => [td.dataset.counter, td.textContent]))));",
+            vec![],
+        )
+        .await;
+    rows.as_array().unwrap().clone()
+}
+
+/// The table shows the products of `top` (an API answer) in its order, with their counters.
+fn assert_top_shown(rows: &[Value], top: &Value) {
+    let top = top.as_array().unwrap();
+    assert_eq!(rows.len(), top.len(), "top rows: {rows:?}, API: {top:?}");
+    for (row, product) in rows.iter().zip(top) {
+        assert_eq!(row["product_id"], product["product_id"], "order: {rows:?}");
+        for counter in [
+            "views",
+            "cart_adds",
+            "cart_removes",
+            "purchases",
+            "units_sold",
+            "updates",
+        ] {
+            assert_eq!(row[counter], shown(&product[counter]), "{counter} of {row}");
+        }
+    }
+}
+
 /// Every field of `expected` (an API answer) as the page shows it in `seen`.
 fn assert_fields_shown(what: &str, expected: &Value, seen: &Value) {
     let expected = expected.as_object().unwrap();
@@ -264,6 +307,18 @@ async fn the_admin_sees_the_numbers_the_api_gives() {
         app.post_activity(user, token, product, kind, quantity)
             .await;
     }
+    // Three days ago, a purchase of 5 mugs: in the totals, outside the last 24 hours.
+    let backfill = json!({"actions": [{"user_id": ann, "type": "purchase", "product_id": mug,
+        "quantity": 5, "occurred_at": chrono::Utc::now() - chrono::TimeDelta::days(3)}]});
+    let reply = app
+        .client
+        .post(format!("{}/activity/batch", app.url(Service::Users)))
+        .header("X-API-Key", KEY)
+        .json(&backfill)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202, "{}", reply.text().await.unwrap());
     eventually(
         Duration::from_secs(20),
         "analytics counts the activity",
@@ -271,7 +326,7 @@ async fn the_admin_sees_the_numbers_the_api_gives() {
             let app = &app;
             async move {
                 let summary = analytics(app, "/analytics/summary").await;
-                (summary["events_by_type"]["user.activity"] == 8
+                (summary["events_by_type"]["user.activity"] == 9
                     && summary["events_by_type"]["user.registered"] == 3
                     && summary["events_by_type"]["product.created"] == 3)
                     .then_some(())
@@ -320,7 +375,8 @@ async fn the_admin_sees_the_numbers_the_api_gives() {
     }
     assert_fields_shown("events by type", &summary["events_by_type"], &seen["types"]);
 
-    // The top products, by another counter than the default.
+    // The top products by units sold: of all time (the backfilled mugs first), then of the
+    // last 24 hours (the lamp and the kettle tie at 3 units; the lamp's id is the smaller).
     choose(&browser, "#top-by", "units_sold").await;
     browser
         .wait_for(
@@ -329,37 +385,21 @@ async fn the_admin_sees_the_numbers_the_api_gives() {
             |text| text == "units sold",
         )
         .await;
+    let rows = top_rows(&browser, "since the first event").await;
     let top = analytics(&app, "/analytics/products/top?by=units_sold&limit=10").await;
-    let rows = browser
-        .eval(
-            "return [...document.querySelectorAll('#top-table tbody tr')].map(row =>
-               Object.assign({product_id: row.dataset.productId},
-                 Object.fromEntries([...row.querySelectorAll('td[data-counter]')]
-                   .map(td => [td.dataset.counter, td.textContent]))));",
-            vec![],
-        )
-        .await;
-    let top = top.as_array().unwrap();
-    let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), top.len(), "top rows: {rows:?}");
-    for (row, product) in rows.iter().zip(top) {
-        assert_eq!(row["product_id"], product["product_id"], "order: {rows:?}");
-        for counter in [
-            "views",
-            "cart_adds",
-            "cart_removes",
-            "purchases",
-            "units_sold",
-            "updates",
-        ] {
-            assert_eq!(row[counter], shown(&product[counter]), "{counter} of {row}");
-        }
-    }
-    assert_eq!(
-        rows[0]["product_id"],
-        lamp.to_string(),
-        "the lamp and the kettle tie at 3 units; the lamp's id is the smaller: {rows:?}"
-    );
+    assert_top_shown(&rows, &top);
+    assert_eq!(rows[0]["product_id"], mug.to_string(), "{rows:?}");
+    choose(&browser, "#top-window", "24h").await;
+    let rows = top_rows(&browser, "last 24 hours").await;
+    let top = analytics(
+        &app,
+        "/analytics/products/top?by=units_sold&limit=10&window=24h",
+    )
+    .await;
+    eprintln!("top by units_sold of 24 hours: the page shows {rows:?}");
+    assert_top_shown(&rows, &top);
+    assert_eq!(rows[0]["product_id"], lamp.to_string(), "{rows:?}");
+    assert_eq!(rows[2]["units_sold"], "0", "the mugs are older: {rows:?}");
 
     // The hourly series of the last 24 hours, then the daily one of the last 7 days.
     let hourly = chart(&browser).await;
@@ -379,7 +419,7 @@ async fn the_admin_sees_the_numbers_the_api_gives() {
     .await;
     let expected = series_from_api(&app, &daily).await;
     assert_eq!(points(&daily), expected);
-    assert_eq!(expected.iter().map(|(_, c)| c).sum::<i64>(), 8);
+    assert_eq!(expected.iter().map(|(_, c)| c).sum::<i64>(), 9);
 
     // A product: a click on the lamp in the table.
     browser
@@ -396,7 +436,7 @@ async fn the_admin_sees_the_numbers_the_api_gives() {
     let seen = looked_up(&browser, "user-result", "user_id", &ann.to_string()).await;
     let expected = analytics(&app, &format!("/analytics/users/{ann}")).await;
     assert_fields_shown("Ann", &expected, &seen);
-    assert_eq!(seen["units_bought"], "2");
+    assert_eq!(seen["units_bought"], "7");
 
     if let Ok(path) = std::env::var("ANALYTICS_PAGE_SCREENSHOT") {
         // The whole page: the window as tall as the document.

@@ -82,6 +82,7 @@
     $('events-by-type').tBodies[0].replaceChildren();
     $('top-table').tBodies[0].replaceChildren();
     show('series-caption', '');
+    show('top-caption', '');
     show('dashboard-error', '');
     view('login');
   }
@@ -193,10 +194,13 @@
   async function loadTop() {
     const by = $('top-by').value;
     const limit = $('top-limit').value;
+    const recent = $('top-window').value;
+    const query = new URLSearchParams({ by, limit });
+    if (recent) query.set('window', recent);
     const request = ++latest.top;
     let products;
     try {
-      products = await api(`/analytics/products/top?by=${encodeURIComponent(by)}&limit=${encodeURIComponent(limit)}`);
+      products = await api(`/analytics/products/top?${query}`);
     } catch (error) {
       if (request === latest.top) failed(error, 'dashboard-error');
       return;
@@ -225,12 +229,17 @@
     });
     if (rows.length === 0) {
       const empty = element('tr');
-      const td = element('td', 'No product event yet.', 'note');
+      const td = element('td', recent ? 'No product event in this window.' : 'No product event yet.', 'note');
       td.colSpan = 9;
       empty.append(td);
       rows.push(empty);
     }
     $('top-table').tBodies[0].replaceChildren(...rows);
+    const windowName = $('top-window').selectedOptions[0].textContent;
+    show('top-caption', recent
+      ? `Counts of the events of the ${windowName}, from the top of the hour it reaches back to; ` +
+        'only products with an event in it. Click a product to look it up (its totals).'
+      : 'Counts since the first event. Click a product to look it up.');
   }
 
   /** `date` as `MM-DD HH:00` (hourly) or `YYYY-MM-DD` (daily), in UTC. */
@@ -366,6 +375,7 @@
   $('refresh').addEventListener('click', refresh);
   $('top-by').addEventListener('change', loadTop);
   $('top-limit').addEventListener('change', loadTop);
+  $('top-window').addEventListener('change', loadTop);
   for (const id of ['series-type', 'series-window', 'series-resolution']) {
     $(id).addEventListener('change', loadSeries);
   }
