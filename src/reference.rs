@@ -99,7 +99,8 @@ struct AssetPath {
     tag = "meta",
     params(AssetPath),
     responses(
-        (status = 200, description = "The asset", body = String, content_type = "text/javascript"),
+        (status = 200, description = "The asset: a script or a stylesheet",
+            content((String = "text/javascript"), (String = "text/css"))),
         (status = 404, description = "No such asset", body = ErrorBody),
     )
 )]
