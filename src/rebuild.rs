@@ -20,7 +20,6 @@
 //! positions and seen streams commit with the state.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -34,6 +33,7 @@ use slog::{info, Logger};
 
 use crate::config::{Service, Settings};
 use crate::db;
+use crate::progress::Progress;
 use crate::startup::Application;
 
 /// What a rebuild did.
@@ -146,7 +146,7 @@ pub async fn rebuild(
     let app = Application::build(settings, &[service], logger.clone())
         .await?
         .spawn();
-    let mut bar = Progress::new(records);
+    let mut bar = Progress::new("rebuild progress", "records", records);
     loop {
         let positions = diesel::sql_query(
             "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = $1",
@@ -252,54 +252,4 @@ async fn check_kafka(
         Ok(ends)
     })
     .await?
-}
-
-/// A progress bar on a terminal; a log line every 5 s otherwise.
-struct Progress {
-    total: i64,
-    tty: bool,
-    last_log: Option<Instant>,
-}
-
-impl Progress {
-    fn new(total: i64) -> Self {
-        Self {
-            total,
-            tty: std::io::stderr().is_terminal(),
-            last_log: None,
-        }
-    }
-
-    fn show(&mut self, done: i64, logger: &Logger) {
-        let share = if self.total == 0 {
-            1.0
-        } else {
-            done as f64 / self.total as f64
-        };
-        if self.tty {
-            let width = 40;
-            let filled = ((share * width as f64) as usize).min(width);
-            eprint!(
-                "\r[{}{}] {done}/{} records ({:.0}%)",
-                "#".repeat(filled),
-                ".".repeat(width - filled),
-                self.total,
-                share * 100.0
-            );
-            let _ = std::io::stderr().flush();
-        } else if self
-            .last_log
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
-        {
-            self.last_log = Some(Instant::now());
-            info!(logger, "rebuild progress"; "records" => done, "of" => self.total,
-                "percent" => format!("{:.1}", share * 100.0));
-        }
-    }
-
-    fn finish(&self) {
-        if self.tty {
-            eprintln!();
-        }
-    }
 }
