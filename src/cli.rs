@@ -1,9 +1,10 @@
 //! The command line: `recsys serve [--services a,b]`, `recsys migrate`,
-//! `recsys rebuild recommendations|analytics` and `recsys healthcheck [--port P]`.
+//! `recsys rebuild recommendations|analytics`, `recsys healthcheck [--port P]` and `recsys demo`.
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{Service, Settings};
+use crate::demo::DemoArgs;
 
 /// recsys: users, products, recommendations and analytics on one actix runtime.
 #[derive(Debug, Parser)]
@@ -51,6 +52,10 @@ pub enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Fill a running system with demo data through its HTTP APIs: a catalog, shoppers and a
+    /// month of their actions (idempotent: a second run writes nothing); `--traffic RATE` then
+    /// keeps live actions coming until SIGINT/SIGTERM.
+    Demo(DemoArgs),
 }
 
 /// `GET path` on `host:port` over plain HTTP/1.1 within 3 s: `Ok` on a 200, else why not.

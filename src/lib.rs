@@ -37,6 +37,7 @@ pub mod config;
 pub mod consumption;
 pub mod cors;
 pub mod db;
+pub mod demo;
 pub mod error;
 pub mod host;
 pub mod http;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use recsys::cli::{Cli, Command};
 use recsys::startup::Application;
-use recsys::{db, rebuild, telemetry};
+use recsys::{db, demo, rebuild, telemetry};
 use slog::{error, info};
 
 fn main() -> ExitCode {
@@ -19,8 +19,19 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Demo(args) = &cli.command {
+        let logger = telemetry::logger(args.log_format, &args.log_level);
+        let result = actix_web::rt::System::new().block_on(demo::run(args.clone(), logger.clone()));
+        return match result {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("recsys demo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match &cli.command {
-        Command::Healthcheck { .. } => unreachable!("answered above"),
+        Command::Healthcheck { .. } | Command::Demo(_) => unreachable!("answered above"),
         Command::Serve { settings, .. }
         | Command::Migrate { settings }
         | Command::Rebuild { settings, .. } => settings.clone(),
@@ -39,7 +50,7 @@ fn main() -> ExitCode {
                 info!(logger, "migrations applied"; "versions" => applied.join(","));
                 Ok(())
             }
-            Command::Healthcheck { .. } => unreachable!("answered above"),
+            Command::Healthcheck { .. } | Command::Demo(_) => unreachable!("answered above"),
             Command::Rebuild {
                 service,
                 restart,
