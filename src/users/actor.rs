@@ -208,6 +208,27 @@ impl Handler<RegisterUser> for UsersActor {
     fn handle(&mut self, msg: RegisterUser, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
         Box::pin(async move {
+            // A replay answers before the password is hashed: the hash is most of the work and
+            // would be thrown away. The write's own transaction asks again under the key's
+            // lock, for a first request that commits in between.
+            if msg.claim.is_some() && msg.password.is_some() {
+                let claim = msg.claim.clone();
+                let recorded = ctx
+                    .pool
+                    .get()
+                    .await?
+                    .transaction(async move |conn| -> Result<_, UsersError> {
+                        Ok(idempotency::replay::<NewAccount>(conn, claim.as_ref()).await?)
+                    })
+                    .await?;
+                if let Some(account) = recorded {
+                    let answer = Answer {
+                        value: account,
+                        replayed: true,
+                    };
+                    return Ok(answer.map(|account| account.registered(&ctx.keys)));
+                }
+            }
             let password_hash = match msg.password {
                 Some(p) => Some(ctx.hash(p).await?),
                 None => None,

@@ -127,7 +127,8 @@ async fn score(app: &TestApp, category: &str, product: &str) -> f64 {
 }
 
 /// A registration sent twice with its key is one account and one event: the second answer is
-/// the first (the same token too) marked `Idempotent-Replayed: true`; the key with another
+/// the first (the same token too) marked `Idempotent-Replayed: true`, given without hashing
+/// the password again; the key with another
 /// body is 422 and writes nothing; without a key, the second is the usual 409.
 #[actix_web::test]
 async fn a_retried_registration_is_answered_again_and_made_once() {
@@ -149,8 +150,21 @@ async fn a_retried_registration_is_answered_again_and_made_once() {
         }
     };
 
+    // Passwords hashed so far (the admin's at start-up included).
+    let hashes = || async {
+        crate::consumer::metric_sum(
+            &app,
+            "actor_messages_total",
+            &["actor=\"HashWorker\"", "message=\"HashPassword\""],
+        )
+        .await
+    };
+    let before = hashes().await;
     let first = register(body.clone(), Some(key.clone())).await;
+    let hashed_once = hashes().await;
     let again = register(body.clone(), Some(key.clone())).await;
+    assert_eq!(hashed_once - before, 1.0, "the first registration hashes");
+    assert_eq!(hashes().await, hashed_once, "a replay answers before hashing");
     let other = register(
         json!({"name": "Ida", "email": "ida2@example.com", "password": "ida-password"}),
         Some(key.clone()),
