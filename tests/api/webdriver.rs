@@ -6,8 +6,10 @@
 //! profile, no first-run pages and no background networking, so the only requests the browser
 //! makes are the test's. [`Browser::client`] is the `fantoccini` client; [`Browser::text`] and
 //! [`Browser::wait_for`] read the page with a deadline instead of a fixed sleep. Call
-//! [`Browser::close`] at the end; a test that panics first still stops chromedriver (killed on
-//! drop), whose Chromium exits with it.
+//! [`Browser::close`] at the end; a test that panics first still stops them: chromedriver
+//! runs in a process group of its own with the Chromium it starts, and dropping the
+//! [`Browser`] kills the whole group (killing chromedriver alone would leave Chromium
+//! running).
 //!
 //! Needs `chromedriver` (`CHROMEDRIVER_BIN`, or on `PATH`) and Chromium (`CHROMIUM_BIN`, or
 //! `chromium` on `PATH`); `scripts/test.sh` installs both.
@@ -30,9 +32,22 @@ pub const PAGE_DEADLINE: Duration = Duration::from_secs(20);
 /// One chromedriver and the Chromium session it drives.
 pub struct Browser {
     client: Client,
-    /// Killed on drop, taking its Chromium with it.
-    _driver: Child,
+    /// chromedriver, leader of the process group its Chromium joins.
+    driver: Child,
     profile: PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            // The group's id is the leader's pid; `-pid` names the group.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
 }
 
 impl Browser {
@@ -43,6 +58,7 @@ impl Browser {
             .arg("--port=0")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
@@ -102,7 +118,7 @@ impl Browser {
             .expect("chromedriver opens a Chromium session");
         Browser {
             client,
-            _driver: driver,
+            driver,
             profile,
         }
     }
@@ -167,16 +183,9 @@ impl Browser {
         self.client.screenshot().await.expect("a screenshot")
     }
 
-    /// Ends the session (Chromium exits) and stops chromedriver.
+    /// Ends the session (Chromium exits); dropping `self` then stops chromedriver.
     pub async fn close(self) {
-        let Browser {
-            client,
-            _driver: mut driver,
-            profile,
-        } = self;
-        let _ = client.close().await;
-        let _ = driver.kill().await;
-        let _ = std::fs::remove_dir_all(profile);
+        let _ = self.client.clone().close().await;
     }
 }
 
