@@ -368,7 +368,10 @@ fn redis_is_a_bounded_cache_in_compose_and_the_stack() {
         service["image"]
     );
     assert_eq!(command[0], "valkey-server");
-    assert_eq!(service["healthcheck"]["test"][1].as_str(), Some("valkey-cli"));
+    assert_eq!(
+        service["healthcheck"]["test"][1].as_str(),
+        Some("valkey-cli")
+    );
 }
 
 /// Every document of every manifest under `deploy/kubernetes/`.

@@ -49,7 +49,10 @@ async fn every_port_serves_its_reference_and_try_it_calls_the_same_port() {
         );
         let shown = eventually(PAGE_DEADLINE, "every operation rendered", || async {
             let n = browser
-                .eval("return document.querySelectorAll('.opblock').length", vec![])
+                .eval(
+                    "return document.querySelectorAll('.opblock').length",
+                    vec![],
+                )
                 .await;
             (n.as_u64() == Some(expected as u64)).then_some(n)
         })
@@ -63,7 +66,12 @@ async fn every_port_serves_its_reference_and_try_it_calls_the_same_port() {
                 vec![],
             )
             .await;
-        assert_eq!(foreign, json!([]), "{}: loaded from elsewhere", service.name());
+        assert_eq!(
+            foreign,
+            json!([]),
+            "{}: loaded from elsewhere",
+            service.name()
+        );
     }
 
     // "Try it out" on `GET /products`: the operation opens with its Execute button (try-it is on
@@ -132,8 +140,15 @@ async fn the_reference_page_allows_only_its_own_origin() {
     let base = app.url(Service::Analytics);
     let page = app.client.get(format!("{base}/docs")).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
-    for rule in ["default-src 'none'", "script-src 'self'", "connect-src 'self'"] {
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for rule in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+    ] {
         assert!(csp.contains(rule), "{csp}");
     }
     assert!(page.headers()["content-type"]
@@ -160,7 +175,9 @@ async fn the_reference_page_allows_only_its_own_origin() {
             "{file}"
         );
     }
-    let missing = app.get(Service::Analytics, "/docs/assets/index.html", None).await;
+    let missing = app
+        .get(Service::Analytics, "/docs/assets/index.html", None)
+        .await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.body["error"]["code"], "not_found");
 }

@@ -164,7 +164,11 @@ async fn a_retried_registration_is_answered_again_and_made_once() {
     let hashed_once = hashes().await;
     let again = register(body.clone(), Some(key.clone())).await;
     assert_eq!(hashed_once - before, 1.0, "the first registration hashes");
-    assert_eq!(hashes().await, hashed_once, "a replay answers before hashing");
+    assert_eq!(
+        hashes().await,
+        hashed_once,
+        "a replay answers before hashing"
+    );
     let other = register(
         json!({"name": "Ida", "email": "ida2@example.com", "password": "ida-password"}),
         Some(key.clone()),

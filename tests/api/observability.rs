@@ -514,7 +514,10 @@ async fn every_line_logged_for_a_request_carries_its_id() {
     let with = |msg: &str| -> Vec<&String> {
         lines
             .iter()
-            .filter(|l| l.split_once(' ').is_some_and(|(_, rest)| rest.starts_with(msg)))
+            .filter(|l| {
+                l.split_once(' ')
+                    .is_some_and(|(_, rest)| rest.starts_with(msg))
+            })
             .collect()
     };
     for (msg, id) in [
@@ -535,12 +538,20 @@ async fn every_line_logged_for_a_request_carries_its_id() {
         .filter(|l| l.contains("route=/users/register") || l.contains("route=/products"))
         .collect();
     assert!(
-        access.iter().any(|l| l.contains(" request_id=req-register-1"))
-            && access.iter().any(|l| l.contains(" request_id=req-product-1")),
+        access
+            .iter()
+            .any(|l| l.contains(" request_id=req-register-1"))
+            && access
+                .iter()
+                .any(|l| l.contains(" request_id=req-product-1")),
         "the access lines name their requests: {access:#?}"
     );
     for line in &access {
-        assert_eq!(line.matches(" request_id=").count(), 1, "one id per line: {line}");
+        assert_eq!(
+            line.matches(" request_id=").count(),
+            1,
+            "one id per line: {line}"
+        );
     }
     let started = with("users actor started");
     assert!(!started.is_empty(), "{lines:#?}");
