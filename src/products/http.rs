@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use super::actor::{
@@ -27,11 +27,48 @@ use crate::error::{ApiError, ErrorBody};
 use crate::http::QueryParams;
 use crate::idempotency::{IdempotencyKey, KeyOwner};
 use crate::openapi::Api;
-use crate::validate;
+use crate::validate::{self, Given, MAX_CATEGORY};
 
 const MAX_NAME: usize = 200;
-const MAX_CATEGORY: usize = 100;
 const MAX_DESCRIPTION: usize = 5000;
+
+/// The documented `name` of a new product.
+fn name_schema() -> RefOr<Schema> {
+    validate::text_schema(MAX_NAME, false, "")
+}
+
+/// The documented `name` of an update.
+fn optional_name_schema() -> RefOr<Schema> {
+    validate::text_schema(MAX_NAME, true, "Absent or `null` leaves the name as it is.")
+}
+
+/// The documented `category` of a new product.
+fn category_schema() -> RefOr<Schema> {
+    validate::optional_text_schema(MAX_CATEGORY, true, "Absent or `null` means none.")
+}
+
+/// The documented `description` of a new product.
+fn description_schema() -> RefOr<Schema> {
+    validate::optional_text_schema(MAX_DESCRIPTION, true, "Absent or `null` means none.")
+}
+
+/// The documented `category` of an update.
+fn new_category_schema() -> RefOr<Schema> {
+    validate::optional_text_schema(
+        MAX_CATEGORY,
+        true,
+        "`null` or empty clears it, absent leaves it as it is.",
+    )
+}
+
+/// The documented `description` of an update.
+fn new_description_schema() -> RefOr<Schema> {
+    validate::optional_text_schema(
+        MAX_DESCRIPTION,
+        true,
+        "`null` or empty clears it, absent leaves it as it is.",
+    )
+}
 
 /// Registers (and documents) the products routes.
 pub fn routes(api: &mut Api) {
@@ -55,18 +92,37 @@ fn max_price() -> BigDecimal {
     BigDecimal::from_str("9999999999.99").expect("literal")
 }
 
-/// A price from its JSON literal: a string (`"19.99"`) or a number (`19.99`); at most two
-/// decimal places, not negative, below 10^10.
+/// What a price given as a string must look like: 1 to 10 digits, then optionally a point and
+/// 1 or 2 digits (the documents' `pattern`; [`is_price_text`] checks it).
+const PRICE_PATTERN: &str = r"^[0-9]{1,10}(\.[0-9]{1,2})?$";
+
+/// Whether `text` matches [`PRICE_PATTERN`].
+fn is_price_text(text: &str) -> bool {
+    let digits =
+        |s: &str, max: usize| (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    match text.split_once('.') {
+        None => digits(text, 10),
+        Some((whole, cents)) => digits(whole, 10) && digits(cents, 2),
+    }
+}
+
+/// A price from its JSON literal: a string matching [`PRICE_PATTERN`] (`"19.99"`) or a JSON
+/// number (`19.99`, `1e2`) that is a multiple of 0.01; not negative, below 10^10.
 pub fn parse_price(raw: &RawValue) -> Result<BigDecimal, ApiError> {
     let invalid =
         || ApiError::invalid("price must be a non-negative decimal with at most 2 decimal places");
     let text = raw.get().trim();
     let literal = if text.starts_with('"') {
-        serde_json::from_str::<String>(text).map_err(|_| invalid())?
+        let literal = serde_json::from_str::<String>(text).map_err(|_| invalid())?;
+        if !is_price_text(&literal) {
+            return Err(invalid());
+        }
+        literal
     } else {
+        // A JSON number (serde_json has checked its grammar): digits, `-`, `.`, `e`, `+`.
         text.to_string()
     };
-    let literal = literal.trim();
+    let literal = literal.as_str();
     let plain = !literal.is_empty()
         && literal
             .bytes()
@@ -86,8 +142,9 @@ pub fn parse_price(raw: &RawValue) -> Result<BigDecimal, ApiError> {
 fn price_schema() -> RefOr<Schema> {
     price_one_of(
         false,
-        "0 to 9999999999.99 with at most 2 decimal places: a decimal string (\"19.99\") or a \
-         JSON number (19.99), read from its literal text, never through a float.",
+        "0 to 9999999999.99 with at most 2 decimal places: a decimal string (\"19.99\": digits, \
+         then optionally a point and one or two digits) or a JSON number (19.99), read from its \
+         literal text, never through a float.",
     )
 }
 
@@ -95,9 +152,9 @@ fn price_schema() -> RefOr<Schema> {
 fn optional_price_schema() -> RefOr<Schema> {
     price_one_of(
         true,
-        "0 to 9999999999.99 with at most 2 decimal places: a decimal string (\"19.99\") or a \
-         JSON number (19.99), read from its literal text, never through a float; absent or \
-         null leaves the price as it is.",
+        "0 to 9999999999.99 with at most 2 decimal places: a decimal string (\"19.99\": digits, \
+         then optionally a point and one or two digits) or a JSON number (19.99), read from its \
+         literal text, never through a float; absent or null leaves the price as it is.",
     )
 }
 
@@ -105,12 +162,14 @@ fn optional_price_schema() -> RefOr<Schema> {
 fn price_one_of(nullable: bool, description: &str) -> RefOr<Schema> {
     let text = ObjectBuilder::new()
         .schema_type(Type::String)
-        .pattern(Some(r"^[0-9]{1,10}(\.[0-9]{1,2})?$"))
+        .pattern(Some(PRICE_PATTERN))
         .examples(["19.99"]);
+    // `multipleOf` is exact (decimal) in JSON Schema, as the literal's parse is here.
     let number = ObjectBuilder::new()
         .schema_type(Type::Number)
         .minimum(Some(0))
         .maximum(Some(9_999_999_999.99))
+        .multiple_of(Some(0.01))
         .examples([19.99]);
     let mut one_of = OneOfBuilder::new().item(text).item(number);
     if nullable {
@@ -131,16 +190,13 @@ where
 /// `POST /products` and `POST /products/create`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 struct CreateBody {
-    /// 1 to 200 characters (surrounding whitespace is trimmed), no control characters.
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(schema_with = name_schema)]
     name: String,
     #[schema(schema_with = price_schema)]
     price: Box<RawValue>,
-    /// At most 100 characters; absent, `null` or empty means none.
-    #[schema(max_length = 100)]
+    #[schema(schema_with = category_schema)]
     category: Option<String>,
-    /// At most 5000 characters; absent, `null` or empty means none.
-    #[schema(max_length = 5000)]
+    #[schema(schema_with = description_schema)]
     description: Option<String>,
 }
 
@@ -208,9 +264,9 @@ async fn get_product(
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Only products of any of these categories (repeat the parameter: `?category=a&category=b`;
-    /// at most 20, each at most 100 characters; none or only empty ones: every product). An
-    /// unknown category matches nothing.
-    #[param(style = Form, explode, max_items = 20)]
+    /// at most 20 values, each at most 100 characters without control characters; none or only
+    /// empty ones: every product). An unknown category matches nothing.
+    #[param(style = Form, explode, value_type = Option<validate::Categories>, inline)]
     category: Option<Vec<String>>,
     /// Page size, 1 to 100; default 20.
     #[param(minimum = 1, maximum = 100, default = 20)]
@@ -234,7 +290,7 @@ async fn list_products(
     query: QueryParams,
 ) -> Result<HttpResponse, ApiError> {
     let msg = ListProducts {
-        categories: validate::categories(query.all("category"), MAX_CATEGORY)?,
+        categories: validate::categories(query.all("category"))?,
         limit: validate::limit(query.one("limit")?, 20, 100)?,
         after: query.one("after")?,
     };
@@ -245,20 +301,41 @@ async fn list_products(
 /// `PUT`/`PATCH /products/{id}`: any subset of the fields; `null` clears category/description.
 #[derive(Debug, Deserialize, ToSchema)]
 struct UpdateBody {
-    /// 1 to 200 characters (surrounding whitespace is trimmed), no control characters; absent
-    /// or `null` leaves the name as it is.
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(schema_with = optional_name_schema)]
     name: Option<String>,
     #[schema(schema_with = optional_price_schema)]
     price: Option<Box<RawValue>>,
-    /// At most 100 characters; `null` or empty clears it, absent leaves it as it is.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, max_length = 100)]
+    #[schema(schema_with = new_category_schema)]
     category: Option<Option<String>>,
-    /// At most 5000 characters; `null` or empty clears it, absent leaves it as it is.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, max_length = 5000)]
+    #[schema(schema_with = new_description_schema)]
     description: Option<Option<String>>,
+}
+
+/// Schema only: an [`UpdateBody`] that changes something ([`validate::at_least_one`]): a `name`
+/// or `price` other than `null`, or a `category` or `description` (`null` clears it).
+struct UpdateRequest;
+
+impl utoipa::PartialSchema for UpdateRequest {
+    fn schema() -> RefOr<Schema> {
+        validate::at_least_one(
+            &UpdateBody::name(),
+            &[
+                ("name", Given::Value(&[Type::String])),
+                ("price", Given::Value(&[Type::String, Type::Number])),
+                ("category", Given::Present),
+                ("description", Given::Present),
+            ],
+        )
+    }
+}
+
+impl ToSchema for UpdateRequest {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((UpdateBody::name().into(), UpdateBody::schema()));
+        <UpdateBody as ToSchema>::schemas(schemas);
+    }
 }
 
 /// Changes any of name, price, category and description (at least one; admins only).
@@ -267,7 +344,7 @@ struct UpdateBody {
     path = "/products/{id}",
     tag = "products",
     params(("id" = Uuid, Path, description = "The product's id")),
-    request_body = UpdateBody,
+    request_body = UpdateRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The updated product", body = ProductView),
@@ -374,6 +451,82 @@ mod tests {
     }
 
     #[test]
+    /// The documented price schema (read by a JSON Schema validator) and [`parse_price`] agree on
+    /// every literal: strings only in the plain form, numbers by their exact decimal value.
+    fn the_documented_price_is_the_check() {
+        let schema = serde_json::to_value(price_schema()).unwrap();
+        let [string, number] = [0, 1].map(|i| schema["oneOf"][i].clone());
+        assert_eq!(
+            (&string["type"], &number["type"]),
+            (&"string".into(), &"number".into())
+        );
+        let string = jsonschema::validator_for(&string).expect("the string schema compiles");
+        // The number branch by the letter of JSON Schema, with exact decimals: `multipleOf` means
+        // exact division (jsonschema 0.26 divides in f64, where 19.99 / 0.01 is not 1999;
+        // jsonschema-rs 0.60, which schemathesis uses, divides exactly).
+        let decimal = |v: &serde_json::Value| BigDecimal::from_str(&v.to_string()).unwrap();
+        let (min, max, step) = (
+            decimal(&number["minimum"]),
+            decimal(&number["maximum"]),
+            decimal(&number["multipleOf"]),
+        );
+        let documented = |value: &serde_json::Value| match value {
+            serde_json::Value::String(_) => string.is_valid(value),
+            serde_json::Value::Number(_) => {
+                let n = decimal(value);
+                n >= min && n <= max && (n / &step).is_integer()
+            }
+            _ => false,
+        };
+        for literal in [
+            "0",
+            "0.5",
+            "19.99",
+            "0.29",
+            "0.57",
+            "1e2",
+            "1.5e1",
+            "1E+2",
+            "5.00",
+            "-0",
+            "-0.0",
+            "9999999999.99",
+            "0.001",
+            "1e-7",
+            "0.1e-1",
+            "9999999999.995",
+            "1e10",
+            "-0.01",
+            "123456.789",
+            "\"19.99\"",
+            "\"0\"",
+            "\"0.5\"",
+            "\"9999999999.99\"",
+            "\"1e2\"",
+            "\" 5\"",
+            "\"+5\"",
+            "\"5.\"",
+            "\".5\"",
+            "\"1.000\"",
+            "\"00000000001\"",
+            "\"-0\"",
+            "\"\"",
+            "\"19,99\"",
+            "\"0x10\"",
+            "true",
+            "null",
+            "[]",
+        ] {
+            let value: serde_json::Value = serde_json::from_str(literal).unwrap();
+            assert_eq!(
+                documented(&value),
+                parse_price(&raw(literal)).is_ok(),
+                "the document and parse_price disagree on {literal}"
+            );
+        }
+    }
+
+    #[test]
     /// Negative, over-precise, too large, or non-numeric prices are rejected.
     fn bad_prices_are_rejected() {
         for bad in [
@@ -387,6 +540,9 @@ mod tests {
             "\"1,5\"",
             "\"\"",
             "\"NaN\"",
+            "\"1e2\"",
+            "\" 5\"",
+            "\"1.000\"",
         ] {
             assert!(parse_price(&raw(bad)).is_err(), "{bad} accepted");
         }

@@ -33,9 +33,9 @@ struct Params {
     #[param(minimum = 1, maximum = 100, default = 10)]
     limit: Option<i64>,
     /// Only products of any of these categories (repeat the parameter: `?category=a&category=b`;
-    /// at most 20, each at most 100 characters; none or only empty ones: every category). An
-    /// unknown category matches nothing.
-    #[param(style = Form, explode, max_items = 20)]
+    /// at most 20 values, each at most 100 characters without control characters; none or only
+    /// empty ones: every category). An unknown category matches nothing.
+    #[param(style = Form, explode, value_type = Option<validate::Categories>, inline)]
     category: Option<Vec<String>>,
 }
 
@@ -48,7 +48,7 @@ struct GlobalParams {
     #[param(minimum = 1, maximum = 100, default = 10)]
     limit: Option<i64>,
     /// As for every route: products of any of these categories.
-    #[param(style = Form, explode, max_items = 20)]
+    #[param(style = Form, explode, value_type = Option<validate::Categories>, inline)]
     category: Option<Vec<String>>,
     /// `popular` (the default: decayed with `RANKING_HALF_LIFE`) or `trending` (decayed with
     /// `RANKING_TRENDING_HALF_LIFE`, 1 h by default: what is popular now).
@@ -72,7 +72,7 @@ struct PersonalParams {
     #[param(minimum = 1, maximum = 100, default = 10)]
     limit: Option<i64>,
     /// As for the global ranking.
-    #[param(style = Form, explode, max_items = 20)]
+    #[param(style = Form, explode, value_type = Option<validate::Categories>, inline)]
     category: Option<Vec<String>>,
     /// Which of the user's own products to leave out: `purchased` (the default), `interacted`
     /// (everything the user viewed, carted or bought) or `none`.
@@ -91,7 +91,7 @@ string_enum_schema!(
 fn limit_and_categories(params: &QueryParams) -> Result<(i64, Vec<String>), ApiError> {
     Ok((
         validate::limit(params.one("limit")?, 10, 100)?,
-        validate::categories(params.all("category"), 100)?,
+        validate::categories(params.all("category"))?,
     ))
 }
 

@@ -6,7 +6,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use recsys_actors::observe::ObservedAddr;
 use recsys_schema::events::Action;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use super::actor::{
@@ -18,10 +20,20 @@ use crate::auth::{Backend, Caller, JwtKeys, Recorder};
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{IdempotencyKey, KeyOwner};
 use crate::openapi::Api;
-use crate::validate;
+use crate::validate::{self, Given};
 
 /// Longest accepted name.
 const MAX_NAME: usize = 100;
+
+/// The documented `name` of a new account.
+fn name_schema() -> RefOr<Schema> {
+    validate::text_schema(MAX_NAME, false, "")
+}
+
+/// The documented `name` of an update.
+fn optional_name_schema() -> RefOr<Schema> {
+    validate::text_schema(MAX_NAME, true, "Absent or `null` leaves the name as it is.")
+}
 
 /// Registers (and documents) the users routes.
 pub fn routes(api: &mut Api) {
@@ -50,8 +62,7 @@ const MAX_BATCH_BYTES: usize = 512 * 1024;
 /// `POST /users/register` and `POST /users`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 struct RegisterBody {
-    /// 1 to 100 characters.
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(schema_with = name_schema)]
     name: String,
     #[schema(format = Email, max_length = 254)]
     email: String,
@@ -170,16 +181,38 @@ async fn get_user(
 /// `PUT`/`PATCH /users/{id}`: any subset of the fields.
 #[derive(Debug, Deserialize, ToSchema)]
 struct UpdateBody {
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(schema_with = optional_name_schema)]
     name: Option<String>,
     #[schema(format = Email, max_length = 254)]
     email: Option<String>,
     #[schema(min_length = 8, max_length = 128)]
     password: Option<String>,
     /// The user's password now: required to change `email` or `password`, except for an admin
-    /// changing another user's. A wrong one counts as a failed login.
+    /// changing another user's (`403` without it or with a wrong one). A wrong one counts as a
+    /// failed login.
     #[schema(write_only)]
     current_password: Option<String>,
+}
+
+/// Schema only: an [`UpdateBody`] that changes something ([`validate::at_least_one`]): a `name`,
+/// `email` or `password` other than `null`.
+struct UpdateRequest;
+
+impl utoipa::PartialSchema for UpdateRequest {
+    fn schema() -> RefOr<Schema> {
+        let text = Given::Value(&[Type::String]);
+        validate::at_least_one(
+            &UpdateBody::name(),
+            &[("name", text), ("email", text), ("password", text)],
+        )
+    }
+}
+
+impl ToSchema for UpdateRequest {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((UpdateBody::name().into(), UpdateBody::schema()));
+        <UpdateBody as ToSchema>::schemas(schemas);
+    }
 }
 
 /// The updated profile, and a fresh token when the caller changed their own password (every
@@ -200,12 +233,12 @@ struct UpdatedBody {
     path = "/users/{id}",
     tag = "users",
     params(("id" = Uuid, Path, description = "The user's id")),
-    request_body = UpdateBody,
+    request_body = UpdateRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The updated profile (with a new token after the caller's own password change)", body = UpdatedBody),
-        (status = 400, description = "Nothing to update, an invalid field, or no `current_password` for a new email or password", body = ErrorBody),
-        (status = 403, description = "`current_password` is wrong, or not the caller's account", body = ErrorBody),
+        (status = 400, description = "Nothing to update, or an invalid field", body = ErrorBody),
+        (status = 403, description = "No `current_password` for a new email or password, a wrong one, or not the caller's account", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 409, description = "The email is already registered", body = ErrorBody),
         (status = 429, description = "Too many failed attempts at the current password; see Retry-After", body = ErrorBody,
@@ -245,8 +278,12 @@ async fn update_user(
     };
     let credentials = msg.email.is_some() || msg.password.is_some();
     if credentials && msg.by_admin.is_none() {
+        // Not a malformed request (the same body is fine from an admin for another account):
+        // the caller has not proved they hold the account, as with a wrong one.
         let current = body.current_password.as_deref().ok_or_else(|| {
-            ApiError::invalid("current_password is required to change the email or the password")
+            ApiError::Forbidden(
+                "current_password is required to change the email or the password".into(),
+            )
         })?;
         check_current_password(&users, &request, &caller, id, current).await?;
     }
@@ -325,6 +362,7 @@ struct ActivityBody {
     action: Action,
     product_id: Uuid,
     /// 1 to 1000; default 1.
+    #[serde(default, deserialize_with = "validate::optional_count")]
     #[schema(minimum = 1, maximum = 1000)]
     quantity: Option<u32>,
 }
@@ -521,8 +559,7 @@ fn batch_action(
     }
     let quantity = match fields.get("quantity") {
         None | Some(serde_json::Value::Null) => Some(1),
-        Some(v) => v
-            .as_u64()
+        Some(v) => validate::integral(v)
             .filter(|q| (1..=1000).contains(q))
             .map(|q| q as u32),
     };

@@ -11,6 +11,8 @@ use uuid::Uuid;
 
 use crate::helpers::{spawn_app, TestApp};
 
+mod rules;
+
 /// Methods the check sends to every documented path.
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 

@@ -50,7 +50,7 @@ async fn a_password_change_needs_the_current_password_and_revokes_earlier_tokens
     let new = json!({"password": "a-brand-new-password"});
 
     let bare = patch(&app, id, new.clone(), &registered).await;
-    assert_rejected("no current_password", &bare, INVALID);
+    assert_rejected("no current_password", &bare, FORBIDDEN);
     let mut wrong = new.clone();
     wrong["current_password"] = json!("not-the-password");
     let wrong = patch(&app, id, wrong, &registered).await;
@@ -88,7 +88,7 @@ async fn an_email_change_needs_the_current_password() {
     let email = format!("moved-{}@example.com", Uuid::new_v4().simple());
 
     let bare = patch(&app, id, json!({"email": email}), &token).await;
-    assert_rejected("no current_password", &bare, INVALID);
+    assert_rejected("no current_password", &bare, FORBIDDEN);
     let changed = patch(
         &app,
         id,
