@@ -348,14 +348,19 @@ impl Handler<Login> for UsersActor {
                             _ => Err(UsersError::BadCredentials),
                         }
                     };
-                    verify
+                    // The shared counts hear the outcome before the client does, so that the
+                    // client's next attempt, on any instance, is judged with it.
+                    let settled = async move {
+                        let answer = verify.await;
+                        if let Some(shared_attempt) = shared_attempt {
+                            shared.settle(shared_attempt, decided(&answer)).await;
+                        }
+                        answer
+                    };
+                    settled
                         .into_actor(act)
                         .map(move |answer, act, _| {
-                            let decided = decided(&answer);
-                            if let Some(shared_attempt) = shared_attempt {
-                                shared.settle(shared_attempt, decided);
-                            }
-                            match decided {
+                            match decided(&answer) {
                                 Some(succeeded) => {
                                     act.throttle.finish(attempt, succeeded, Instant::now())
                                 }

@@ -313,20 +313,22 @@ impl SharedThrottle {
         }
     }
 
-    /// Records how an attempt ended (without waiting: an unrecorded end only leaves the attempt
-    /// pending until `PENDING_FOR` passes).
-    pub fn settle(&self, attempt: SharedAttempt, succeeded: Option<bool>) {
+    /// Records how an attempt ended, within the cache's operation timeout (an end Redis did not
+    /// record only leaves the attempt pending until `PENDING_FOR` passes).
+    pub async fn settle(&self, attempt: SharedAttempt, succeeded: Option<bool>) {
         let outcome = match succeeded {
             Some(true) => Settled::Succeeded,
             Some(false) => Settled::Failed,
             None => Settled::Abandoned,
         };
-        self.cache.do_send(WindowSettle {
+        let settle = WindowSettle {
             subjects: attempt.subjects,
             attempt: attempt.id,
             window: self.limits.window,
             outcome,
-        });
+        };
+        // Whether Redis recorded it changes nothing here: see above.
+        let _ = self.cache.send(settle).await;
     }
 }
 
