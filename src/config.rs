@@ -274,7 +274,8 @@ pub struct Settings {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 100)]
     pub redis_timeout_ms: u64,
 
-    /// Backstop TTL of a cached recommendation answer (seconds).
+    /// Backstop TTL of a cached recommendation answer, and how long a global query is refreshed
+    /// after it was last computed on a miss (seconds).
     #[arg(long, env = "RECOMMENDATION_CACHE_TTL_SECS", default_value_t = 60)]
     pub recommendation_cache_ttl_secs: u64,
 

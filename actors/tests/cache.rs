@@ -5,6 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use recsys_actors::cache::refresh::{
+    CacheDelete, CacheGetStamped, CacheMark, CacheMarked, CacheSetNewer, Stamped,
+};
 use recsys_actors::cache::{CacheActor, CacheGet, CacheRaise, CacheSet};
 use recsys_actors::metrics::{ACTOR_RESTARTS, REDIS_REQUESTS};
 use recsys_actors::supervision::{start_supervised, Fail};
@@ -206,6 +209,129 @@ async fn raise_never_goes_backwards() {
     );
 
     delete(&[&key]).await;
+}
+
+/// `CacheSetNewer` writes a missing key and a value of a greater version, never one of a smaller
+/// or the same version, whatever order the writers arrive in; `CacheGetStamped` reads the value
+/// with its version, and a value written without a stamp reads as nothing.
+#[actix_rt::test]
+async fn stamped_values_never_go_back_to_an_older_version() {
+    let cache = start(&redis_address());
+    let key = format!("{}answer", prefix());
+    let set = |version: u64, value: &str| {
+        cache.send(CacheSetNewer {
+            key: key.clone(),
+            version,
+            value: value.to_owned(),
+            ttl: Duration::from_secs(60),
+        })
+    };
+    let get = || cache.send(CacheGetStamped { key: key.clone() });
+    let stamped = |version, value: &str| {
+        Some(Stamped {
+            version,
+            value: value.to_owned(),
+        })
+    };
+
+    assert!(
+        set(9, "[\"nine\"]").await.unwrap(),
+        "a missing key is written"
+    );
+    assert_eq!(get().await.unwrap(), stamped(9, "[\"nine\"]"));
+    assert!(
+        !set(8, "[\"eight\"]").await.unwrap(),
+        "an older version is refused"
+    );
+    assert!(
+        !set(9, "[\"again\"]").await.unwrap(),
+        "the same version is kept"
+    );
+    assert_eq!(get().await.unwrap(), stamped(9, "[\"nine\"]"));
+    assert!(set(10, "line one\nline two").await.unwrap());
+    assert_eq!(get().await.unwrap(), stamped(10, "line one\nline two"));
+    assert!(
+        (1..=60_000).contains(&pttl(&key).await),
+        "the value expires"
+    );
+    assert!(set(u64::MAX, "max").await.unwrap());
+    assert!(
+        !set(u64::MAX - 1, "less").await.unwrap(),
+        "u64s compare exactly"
+    );
+
+    cache
+        .send(CacheSet {
+            key: key.clone(),
+            value: "no stamp".into(),
+            ttl: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    assert_eq!(get().await.unwrap(), None, "an unstamped value is not read");
+    assert!(
+        set(1, "stamped").await.unwrap(),
+        "and is replaced by any stamp"
+    );
+
+    assert!(cache
+        .send(CacheDelete {
+            keys: vec![key.clone()]
+        })
+        .await
+        .unwrap());
+    assert_eq!(pttl(&key).await, -2, "deleted");
+}
+
+/// Marked members are read back most recent first while they are within `keep`; older ones are
+/// answered as expired once and removed; the set keeps only its `cap` most recent members and
+/// answers the ones it dropped; the set itself expires.
+#[actix_rt::test]
+async fn marked_members_are_live_within_keep_and_capped() {
+    let cache = start(&redis_address());
+    let set = format!("{}asked", prefix());
+    let mark = |member: &str, cap: usize| {
+        cache.send(CacheMark {
+            set: set.clone(),
+            member: member.to_owned(),
+            keep: Duration::from_secs(60),
+            cap,
+        })
+    };
+    let marked = |keep_ms: u64| {
+        cache.send(CacheMarked {
+            set: set.clone(),
+            keep: Duration::from_millis(keep_ms),
+        })
+    };
+
+    assert_eq!(mark("a", 3).await.unwrap(), Some(vec![]));
+    // Redis' clock has millisecond scores: apart by a few, "b" is the more recent.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(mark("b", 3).await.unwrap(), Some(vec![]));
+    let both = marked(60_000).await.unwrap().unwrap();
+    assert_eq!(both.live, ["b", "a"]);
+    assert!(both.expired.is_empty());
+    assert!((1..=60_000).contains(&pttl(&set).await), "the set expires");
+
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(mark("c", 3).await.unwrap(), Some(vec![]));
+    let recent = marked(50).await.unwrap().unwrap();
+    assert_eq!(recent.live, ["c"]);
+    assert_eq!(recent.expired.len(), 2, "{recent:?}");
+    let again = marked(60_000).await.unwrap().unwrap();
+    assert_eq!(again.live, ["c"], "expired members were removed");
+    assert!(again.expired.is_empty());
+
+    for member in ["d", "e"] {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        mark(member, 3).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(mark("f", 3).await.unwrap(), Some(vec!["c".to_owned()]));
+    assert_eq!(marked(60_000).await.unwrap().unwrap().live, ["f", "e", "d"]);
+
+    delete(&[&set]).await;
 }
 
 /// With Redis unreachable, get answers `None` and set answers `false` within the operation

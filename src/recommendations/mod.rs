@@ -96,21 +96,6 @@ impl Recommendations {
         let cache = host.cache(logger.new(o!("actor" => "cache")))?;
         let cache = start_supervised(&arbiter, NAME, limit, &host.logger, cache);
         let group = host.group(NAME);
-        let ranking = start_supervised(
-            &arbiter,
-            NAME,
-            limit,
-            &host.logger,
-            RankingActor::new(
-                host.pool.clone(),
-                group.clone(),
-                weights,
-                half_lives,
-                cache.clone(),
-                query::generation_key(&settings.redis_key_prefix),
-                logger.new(o!("actor" => "ranking")),
-            ),
-        );
         let query = start_supervised(
             &arbiter,
             NAME,
@@ -124,6 +109,20 @@ impl Recommendations {
                 half_lives,
                 Duration::from_secs(settings.recommendation_cache_ttl_secs.max(1)),
                 logger.new(o!("actor" => "query")),
+            ),
+        );
+        let ranking = start_supervised(
+            &arbiter,
+            NAME,
+            limit,
+            &host.logger,
+            RankingActor::new(
+                host.pool.clone(),
+                group.clone(),
+                weights,
+                half_lives,
+                query.clone(),
+                logger.new(o!("actor" => "ranking")),
             ),
         );
         let consumer = host.start_consumer(NAME, group, Snapshots::Keep, ranking.clone(), &logger);

@@ -1,6 +1,13 @@
 //! [`RecommendationsActor`]: answers recommendation queries, through the cache actor when Redis
-//! answers and from Postgres otherwise. Cache keys carry every parameter and the ranking
-//! generation, so a flushed change is never hidden by the cache; the TTL is only a backstop.
+//! answers and from Postgres otherwise.
+//!
+//! The global rankings (`GET /recommendations`, the answers every storefront page shares) are
+//! refreshed ahead of their readers: each is kept under a key of its own, stamped with the
+//! ranking generation it was computed at, and after every flush that changes the ranking the
+//! ranking actor sends [`Refresh`], which recomputes every global answer asked for within the
+//! cache TTL and replaces it (an older stamp never replaces a newer one). Steady writes therefore
+//! keep these answers fresh instead of emptying the cache. Personal and similar answers, one per
+//! user or product, carry the generation in their key instead: a flush makes them misses.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -8,12 +15,16 @@ use std::time::Duration;
 use actix::prelude::*;
 use bigdecimal::BigDecimal;
 use chrono::Utc;
+use futures_util::{stream, StreamExt};
 use prometheus::{register_int_counter_vec, IntCounterVec};
-use recsys_actors::cache::{CacheActor, CacheGet, CacheSet};
+use recsys_actors::cache::refresh::{
+    CacheDelete, CacheGetStamped, CacheMark, CacheMarked, CacheSetNewer,
+};
+use recsys_actors::cache::{CacheActor, CacheGet, CacheRaise, CacheSet};
 use recsys_actors::observe::ObservedAddr;
 use recsys_schema::events::price_string;
-use serde::Serialize;
-use slog::{warn, Logger};
+use serde::{Deserialize, Serialize};
+use slog::{debug, warn, Logger};
 use uuid::Uuid;
 
 use super::error::RecommendationsError;
@@ -46,8 +57,21 @@ pub struct Item {
     pub score: f64,
 }
 
+/// How long the published generation lives in Redis unless published again: it is every 2 s
+/// while the ranking actor runs, so only the key of a deployment that stopped expires.
+const GENERATION_TTL: Duration = Duration::from_secs(3600);
+
+/// Global answers a refresh recomputes at most: the most recently asked for. Their number bounds
+/// the work of one refresh whatever clients ask; an answer beyond it is dropped, and computed on
+/// its next read.
+const MAX_REFRESHED: usize = 128;
+
+/// Global answers one refresh computes at once (each holds a Postgres connection).
+const REFRESH_CONCURRENCY: usize = 4;
+
 /// How the global ranking orders products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Sort {
     /// By popularity: the accumulator with `RANKING_HALF_LIFE` (the default).
     #[default]
@@ -189,6 +213,36 @@ pub struct Recommend {
     pub limit: i64,
 }
 
+/// The ranking reached `generation` (sent by the ranking actor after each flush that changed it,
+/// and every 2 s with the stored generation): publish it, and recompute the global answers asked
+/// for recently. One refresh runs at a time; generations that arrive meanwhile are refreshed
+/// once, after it.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Refresh {
+    pub generation: u64,
+}
+
+/// A global query as kept in the set of asked-for queries (a member of `rec:asked`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Asked {
+    categories: Vec<String>,
+    sort: Sort,
+    limit: i64,
+}
+
+impl Asked {
+    fn recommend(self) -> Recommend {
+        Recommend {
+            query: Query::Global {
+                categories: self.categories,
+                sort: self.sort,
+            },
+            limit: self.limit,
+        }
+    }
+}
+
 /// The query actor.
 pub struct RecommendationsActor {
     pool: Pool,
@@ -198,6 +252,12 @@ pub struct RecommendationsActor {
     weights: Weights,
     half_lives: HalfLives,
     ttl: Duration,
+    /// The highest generation this process has refreshed the global answers to.
+    refreshed: u64,
+    /// Whether a refresh is running.
+    refreshing: bool,
+    /// The highest generation asked for while a refresh was running.
+    pending: Option<u64>,
     logger: Logger,
 }
 
@@ -219,6 +279,9 @@ impl RecommendationsActor {
             weights,
             half_lives,
             ttl,
+            refreshed: 0,
+            refreshing: false,
+            pending: None,
             logger,
         }
     }
@@ -227,15 +290,26 @@ impl RecommendationsActor {
 /// The Redis key of an answer: the generation it was computed at, and a digest of the query
 /// (`query` may name 20 categories of 100 characters; the digest keeps every key within 57
 /// bytes plus the prefix, whatever a client asks).
-fn answer_key(prefix: &str, generation: u64, query: &str) -> String {
+fn answer_key(prefix: &str, generation: impl std::fmt::Display, query: &str) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(query.as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("{prefix}rec:{generation}:{hex}")
 }
 
+/// The Redis key of a global answer: a digest of the query, as for [`answer_key`], without the
+/// generation (the value carries it).
+fn top_key(prefix: &str, query: &str) -> String {
+    answer_key(prefix, "top", query)
+}
+
+/// The Redis key of the set of global queries asked for recently.
+fn asked_key(prefix: &str) -> String {
+    format!("{prefix}rec:asked")
+}
+
 /// The Redis key holding the current ranking generation under `prefix`.
-pub fn generation_key(prefix: &str) -> String {
+fn generation_key(prefix: &str) -> String {
     format!("{prefix}rec:generation")
 }
 
@@ -249,7 +323,8 @@ impl Supervised for RecommendationsActor {
     }
 }
 
-/// Cache first (keyed by the current generation), Postgres on a miss or without Redis.
+/// Cache first, Postgres on a miss or without Redis: a global query by its own key (kept fresh
+/// by [`Refresh`]), any other by the current generation.
 impl Handler<Recommend> for RecommendationsActor {
     type Result = ResponseFuture<Result<Answer, RecommendationsError>>;
 
@@ -261,6 +336,43 @@ impl Handler<Recommend> for RecommendationsActor {
         );
         let (weights, half_lives, ttl) = (self.weights, self.half_lives, self.ttl);
         Box::pin(async move {
+            if let Query::Global { categories, sort } = &msg.query {
+                let key = top_key(&prefix, &msg.query.key(msg.limit));
+                if let Ok(Some(answer)) = cache.send(CacheGetStamped { key: key.clone() }).await {
+                    return Ok(hit(answer.value));
+                }
+                let (items, generation) = query(&pool, &msg, &weights, half_lives).await?;
+                let json = encode(&items)?;
+                cache.do_send(CacheSetNewer {
+                    key,
+                    version: generation,
+                    value: json.clone(),
+                    ttl,
+                });
+                let asked = Asked {
+                    categories: categories.clone(),
+                    sort: *sort,
+                    limit: msg.limit,
+                };
+                let member = serde_json::to_string(&asked)
+                    .map_err(|e| RecommendationsError::Encoding(e.into()))?;
+                // Marked after the answer is computed: a refresh that reads the mark finds a
+                // stamp to compare with. The queries dropped to keep the set bounded lose
+                // their answers, which no refresh would renew.
+                tokio::spawn(async move {
+                    let mark = CacheMark {
+                        set: asked_key(&prefix),
+                        member,
+                        keep: ttl,
+                        cap: MAX_REFRESHED,
+                    };
+                    if let Ok(Some(dropped)) = cache.send(mark).await {
+                        let keys = top_keys(&prefix, &dropped);
+                        cache.do_send(CacheDelete { keys });
+                    }
+                });
+                return Ok(miss(json));
+            }
             let generation = cache
                 .send(CacheGet {
                     key: generation_key(&prefix),
@@ -272,16 +384,11 @@ impl Handler<Recommend> for RecommendationsActor {
             let key = generation.map(|g| answer_key(&prefix, g, &msg.query.key(msg.limit)));
             if let Some(key) = &key {
                 if let Ok(Some(json)) = cache.send(CacheGet { key: key.clone() }).await {
-                    CACHE_REQUESTS.with_label_values(&["hit"]).inc();
-                    return Ok(Answer {
-                        json,
-                        cache: CacheResult::Hit,
-                    });
+                    return Ok(hit(json));
                 }
             }
-            let items = query(&pool, &msg, &weights, half_lives).await?;
-            let json = serde_json::to_string(&items)
-                .map_err(|e| RecommendationsError::Encoding(e.into()))?;
+            let (items, _) = query(&pool, &msg, &weights, half_lives).await?;
+            let json = encode(&items)?;
             if let Some(key) = key {
                 cache.do_send(CacheSet {
                     key,
@@ -289,23 +396,138 @@ impl Handler<Recommend> for RecommendationsActor {
                     ttl,
                 });
             }
-            CACHE_REQUESTS.with_label_values(&["miss"]).inc();
-            Ok(Answer {
-                json,
-                cache: CacheResult::Miss,
-            })
+            Ok(miss(json))
         })
     }
 }
 
+/// Publishes the generation (a Lua script that only ever raises it, so a late or concurrent
+/// publisher never moves it back), then recomputes the global answers asked for within the
+/// cache TTL and forgets the older ones.
+impl Handler<Refresh> for RecommendationsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Refresh, ctx: &mut Self::Context) {
+        self.cache.do_send(CacheRaise {
+            key: generation_key(&self.key_prefix),
+            value: msg.generation,
+            ttl: GENERATION_TTL,
+        });
+        if msg.generation <= self.refreshed {
+            return;
+        }
+        if self.refreshing {
+            self.pending = self.pending.max(Some(msg.generation));
+            return;
+        }
+        self.refreshing = true;
+        let (pool, cache, prefix) = (
+            self.pool.clone(),
+            self.cache.clone(),
+            self.key_prefix.clone(),
+        );
+        let (weights, half_lives, ttl) = (self.weights, self.half_lives, self.ttl);
+        let logger = self.logger.clone();
+        let refresh = async move {
+            let marked = cache
+                .send(CacheMarked {
+                    set: asked_key(&prefix),
+                    keep: ttl,
+                })
+                .await
+                .ok()
+                .flatten()?;
+            let keys = top_keys(&prefix, &marked.expired);
+            cache.do_send(CacheDelete { keys });
+            let asked: Vec<Asked> = marked
+                .live
+                .iter()
+                .filter_map(|member| serde_json::from_str(member).ok())
+                .collect();
+            let count = asked.len();
+            let written = stream::iter(asked)
+                .map(|asked| {
+                    let (pool, cache, prefix) = (&pool, &cache, &prefix);
+                    async move {
+                        let msg = asked.recommend();
+                        let key = top_key(prefix, &msg.query.key(msg.limit));
+                        let (items, generation) =
+                            query(pool, &msg, &weights, half_lives).await.ok()?;
+                        let value = encode(&items).ok()?;
+                        let set = CacheSetNewer {
+                            key,
+                            version: generation,
+                            value,
+                            ttl,
+                        };
+                        cache.send(set).await.ok()
+                    }
+                })
+                .buffer_unordered(REFRESH_CONCURRENCY)
+                .filter(|written| std::future::ready(*written == Some(true)))
+                .count()
+                .await;
+            debug!(logger, "global answers refreshed"; "generation" => msg.generation,
+                "asked" => count, "written" => written, "forgotten" => marked.expired.len());
+            Some(())
+        };
+        ctx.spawn(refresh.into_actor(self).map(move |done, act, ctx| {
+            act.refreshing = false;
+            // A refresh that could not read the set (Redis away) leaves the generation to the
+            // next one; stored answers still expire with the TTL.
+            if done.is_some() {
+                act.refreshed = act.refreshed.max(msg.generation);
+            }
+            if let Some(generation) = act.pending.take() {
+                ctx.notify(Refresh { generation });
+            }
+        }));
+    }
+}
+
+/// The keys of the global answers of `members` of the asked-for set.
+fn top_keys(prefix: &str, members: &[String]) -> Vec<String> {
+    members
+        .iter()
+        .filter_map(|member| serde_json::from_str::<Asked>(member).ok())
+        .map(|asked| {
+            let msg = asked.recommend();
+            top_key(prefix, &msg.query.key(msg.limit))
+        })
+        .collect()
+}
+
+fn encode(items: &[Item]) -> Result<String, RecommendationsError> {
+    serde_json::to_string(items).map_err(|e| RecommendationsError::Encoding(e.into()))
+}
+
+fn hit(json: String) -> Answer {
+    CACHE_REQUESTS.with_label_values(&["hit"]).inc();
+    Answer {
+        json,
+        cache: CacheResult::Hit,
+    }
+}
+
+fn miss(json: String) -> Answer {
+    CACHE_REQUESTS.with_label_values(&["miss"]).inc();
+    Answer {
+        json,
+        cache: CacheResult::Miss,
+    }
+}
+
+/// Answers `msg` from Postgres, with the ranking generation read before the ranking (the answer
+/// reflects at least that generation).
 async fn query(
     pool: &Pool,
     msg: &Recommend,
     weights: &Weights,
     half_lives: HalfLives,
-) -> Result<Vec<Item>, RecommendationsError> {
+) -> Result<(Vec<Item>, u64), RecommendationsError> {
     let mut conn = pool.get().await?;
     let state = store::state(&mut conn).await?;
+    let generation = u64::try_from(state.generation).unwrap_or(0);
     let decays = half_lives.decays(state.t0, state.trend_t0);
     let decay = decays.popular;
     let now = Utc::now();
@@ -321,7 +543,7 @@ async fn query(
             .collect()
     };
     let decayed = |rows: Vec<Ranked>| items(rows, &|w| decay.score(w, now));
-    match &msg.query {
+    let items: Result<Vec<Item>, RecommendationsError> = match &msg.query {
         Query::Global { categories, sort } => {
             let decay = match sort {
                 Sort::Popular => decays.popular,
@@ -354,7 +576,8 @@ async fn query(
             // Co-occurrence weights are counts, not decayed.
             Ok(items(rows, &|w| w))
         }
-    }
+    };
+    Ok((items?, generation))
 }
 
 /// Registers the query metric family.
@@ -362,5 +585,5 @@ pub fn init_metrics() {
     LazyLock::force(&CACHE_REQUESTS);
 }
 
-recsys_actors::observed_handlers!(RecommendationsActor => Recommend);
+recsys_actors::observed_handlers!(RecommendationsActor => Recommend, Refresh);
 recsys_actors::restart_on_fail!(RecommendationsActor);

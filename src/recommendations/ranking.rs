@@ -1,7 +1,9 @@
 //! [`RankingActor`]: the popularity-ranking actor. It owns the scores: it is the sink of the
 //! recommendations consumer, folds each batch in memory and writes it — scores, user activity,
-//! catalog changes, the seen publication sequences and consumer positions — in one transaction, then bumps
-//! the ranking generation (part of every cache key) and publishes it to the cache.
+//! catalog changes, the seen publication sequences and consumer positions — in one transaction,
+//! bumping the ranking generation; then it tells the query actor, which publishes the generation
+//! to the cache (part of the keys of personal and similar answers) and refreshes the global
+//! answers.
 
 use std::time::{Duration, Instant};
 
@@ -9,21 +11,17 @@ use actix::prelude::*;
 use chrono::Utc;
 use diesel_async::AsyncConnection;
 use prometheus::{register_histogram, Histogram};
-use recsys_actors::cache::{CacheActor, CacheRaise};
 use recsys_actors::kafka_consumer::{ApplyBatch, LoadPositions};
 use recsys_actors::observe::ObservedAddr;
 use slog::{debug, info, warn, Logger};
 use std::sync::LazyLock;
 
 use super::fold::Fold;
+use super::query::{RecommendationsActor, Refresh};
 use super::score::{HalfLives, Weights};
 use super::store;
 use crate::consumption::{self, Fact};
 use crate::db::Pool;
-
-/// How long the published generation lives in Redis unless published again: it is every 2 s
-/// while this actor runs, so only the key of a deployment that stopped expires.
-const GENERATION_TTL: Duration = Duration::from_secs(3600);
 
 /// `ranking_flush_duration_seconds`: one batch written.
 pub static FLUSH_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
@@ -52,9 +50,8 @@ pub struct RankingActor {
     group: String,
     weights: Weights,
     half_lives: HalfLives,
-    cache: ObservedAddr<CacheActor>,
-    /// Redis key of the published generation.
-    generation_key: String,
+    /// The query actor, told each new generation.
+    query: ObservedAddr<RecommendationsActor>,
     logger: Logger,
 }
 
@@ -65,8 +62,7 @@ impl RankingActor {
         group: String,
         weights: Weights,
         half_lives: HalfLives,
-        cache: ObservedAddr<CacheActor>,
-        generation_key: String,
+        query: ObservedAddr<RecommendationsActor>,
         logger: Logger,
     ) -> Self {
         Self {
@@ -74,30 +70,24 @@ impl RankingActor {
             group,
             weights,
             half_lives,
-            cache,
-            generation_key,
+            query,
             logger,
         }
     }
 
-    /// Publishes the stored generation (at start, and periodically so that a restarted Redis
-    /// learns it again).
+    /// Tells the query actor the stored generation (at start, and every 2 s: so that a restarted
+    /// Redis learns it again, its key's expiry is renewed, and a refresh lost with a process or
+    /// missed while Redis was away is made up).
     fn publish_generation(&self, ctx: &mut Context<Self>) {
-        let pool = self.pool.clone();
-        let cache = self.cache.clone();
-        let key = self.generation_key.clone();
+        let (pool, query) = (self.pool.clone(), self.query.clone());
         ctx.spawn(
             async move {
                 let mut conn = pool.get().await.ok()?;
                 let state = store::state(&mut conn).await.ok()?;
-                cache
-                    .send(CacheRaise {
-                        key,
-                        value: state.generation as u64,
-                        ttl: GENERATION_TTL,
-                    })
-                    .await
-                    .ok()
+                query.do_send(Refresh {
+                    generation: state.generation as u64,
+                });
+                Some(())
             }
             .into_actor(self)
             .map(|_, _, _| ()),
@@ -134,11 +124,7 @@ impl Handler<ApplyBatch<Fact>> for RankingActor {
             self.weights,
             self.half_lives,
         );
-        let (cache, key, logger) = (
-            self.cache.clone(),
-            self.generation_key.clone(),
-            self.logger.clone(),
-        );
+        let (query, logger) = (self.query.clone(), self.logger.clone());
         Box::pin(async move {
             let started = Instant::now();
             let batch = msg.0;
@@ -177,10 +163,8 @@ impl Handler<ApplyBatch<Fact>> for RankingActor {
             BATCH_SIZE.observe(applied.len() as f64);
             debug!(logger, "ranking batch flushed"; "records" => applied.len(), "generation" => generation);
             if let Some(generation) = generation {
-                cache.do_send(CacheRaise {
-                    key,
-                    value: generation as u64,
-                    ttl: GENERATION_TTL,
+                query.do_send(Refresh {
+                    generation: generation as u64,
                 });
             }
             Ok(applied)

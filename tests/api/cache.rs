@@ -1,6 +1,8 @@
 //! The Redis cache stays bounded: every key recsys writes expires (the ranking generation too,
 //! renewed while the ranking runs), a query's text never reaches a key whole, and a batch that
-//! changes nothing a query reads keeps the generation, so cached answers stay valid.
+//! changes nothing a query reads keeps the generation, so cached answers stay valid. Global
+//! answers are refreshed ahead of their readers: writes change them in Redis instead of
+//! emptying it.
 
 use std::time::Duration;
 
@@ -192,4 +194,70 @@ async fn a_batch_that_changes_nothing_keeps_the_generation() {
         .await
         .body;
     assert!(fresh[0]["score"].as_f64().unwrap() > 1.5, "{fresh}");
+}
+
+/// Each flush that changes the ranking replaces the cached global answers that were asked for
+/// instead of dropping them: while purchases keep changing the scores, every read of the same
+/// global queries (the home page, a category page, trending) is answered from Redis, and each
+/// purchase shows in them.
+#[actix_web::test]
+async fn flushes_refresh_cached_global_answers_instead_of_dropping_them() {
+    let app = TestApp::builder()
+        .with(|settings| settings.recommendation_local_ttl_ms = 0)
+        .spawn()
+        .await;
+    let (user, token, _) = app.new_user().await;
+    let product = app
+        .create_product("Refreshed", json!("5.00"), Some("fresh"))
+        .await;
+    let product = product["id"].as_str().unwrap().to_string();
+    let paths = [
+        "/recommendations",
+        "/recommendations?category=fresh",
+        "/recommendations?sort=trending&limit=5",
+    ];
+    // The product's score in each answer (0 until it has one), and whether it came from Redis.
+    let read = |path: &'static str| {
+        let app = &app;
+        let product = product.clone();
+        async move {
+            let reply = app.get(Service::Recommendations, path, None).await;
+            assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+            let score = reply
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|item| item["product_id"] == product.as_str())
+                .and_then(|item| item["score"].as_f64())
+                .unwrap_or(0.0);
+            (score, reply.headers["x-cache"] == "hit")
+        }
+    };
+    eventually(Duration::from_secs(30), "every answer cached", || async {
+        let mut hits = 0;
+        for path in paths {
+            hits += usize::from(read(path).await.1);
+        }
+        (hits == paths.len()).then_some(())
+    })
+    .await;
+
+    let mut seen = [0.0; 3];
+    for round in 1..=3 {
+        app.post_activity(user, &token, &product, "purchase", 1)
+            .await;
+        for (i, path) in paths.into_iter().enumerate() {
+            let before = seen[i];
+            seen[i] = eventually(Duration::from_secs(30), "the purchase shown", || async {
+                let (score, hit) = read(path).await;
+                assert!(
+                    hit,
+                    "round {round}: {path} was a miss: the flush dropped it"
+                );
+                (score > before).then_some(score)
+            })
+            .await;
+        }
+    }
 }

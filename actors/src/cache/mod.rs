@@ -16,7 +16,8 @@
 //! handling: each handler clones the pool into its future.
 //!
 //! [`window`] adds attempt windows (a limit on attempts shared by every process on one Redis)
-//! to the same actor.
+//! to the same actor; [`refresh`] adds what a cache refreshed ahead of its readers needs
+//! (values stamped with a version, a set of what was recently asked for).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,7 @@ use slog::{info, warn, Logger};
 
 use crate::metrics::{REDIS_REQUESTS, REDIS_REQUEST_DURATION};
 
+pub mod refresh;
 pub mod window;
 
 /// Connections kept by one actor's pool; requests are multiplexed, so a few suffice.
