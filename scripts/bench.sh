@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # scripts/bench.sh — the benchmarks (bench/, the recsys-bench binary): read path,
-# write path, event pipeline, freshness, memory and scale-out, each against a
-# ceiling measured in the same run on this machine. Not part of scripts/test.sh.
+# write path, event pipeline, freshness, cache under writes, memory and scale-out,
+# each against a ceiling measured in the same run on this machine or an absolute
+# target. Not part of scripts/test.sh.
 #
 # Usage:
 #   scripts/bench.sh [RECSYS_BENCH_ARGS...]
 #     e.g. scripts/bench.sh --phases read,write --rounds 5
 #          scripts/bench.sh --events 200000          (a shorter pipeline phase)
+#          scripts/bench.sh --phases cache           (the Redis hit ratio under writes)
 #
 # Steps:
 #   1. scripts/stack.sh up (Postgres, Redis, the three-node Kafka cluster)

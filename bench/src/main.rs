@@ -13,13 +13,18 @@
 //! 6. scale-out: one, two and three runtimes hosting recommendations and analytics drain the same
 //!    backlog; events/s of each, and their answers checked against one runtime's.
 //!
-//! 7. soak (`--phases soak`, `scripts/soak.sh`): a mixed load for `--soak-minutes` with one
+//! 7. cache (`--phases cache`): the Redis hit ratio of `GET /recommendations?limit=10` at 2 000
+//!    reads/s (half the home page, half a category page) while 1 000 actions/s are posted, both
+//!    open loop, on a runtime with the micro-cache off; against an absolute target (>= 0.9).
+//!
+//! 8. soak (`--phases soak`, `scripts/soak.sh`): a mixed load for `--soak-minutes` with one
 //!    fault a minute; its own report (`bench/soak.json`).
 //!
 //! `scripts/bench.sh` builds everything and runs this against the local stack's Kafka cluster
 //! and Postgres; it starts its own databases and runtime processes, and deletes the topics and
 //! consumer groups it created.
 
+mod cache;
 mod freshness;
 mod load;
 mod pipeline;
@@ -86,7 +91,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "read,write,freshness,pipeline,scale"
+        default_value = "read,write,freshness,cache,pipeline,scale"
     )]
     phases: Vec<String>,
     /// Minutes of the soak phase.
@@ -251,6 +256,9 @@ async fn main() -> anyhow::Result<()> {
                 users.stop().await;
             }
         }
+        if wants("cache") {
+            rows.push(cache::phase(&args, &paths, &config).await?);
+        }
         if wants("pipeline") {
             rows.extend(pipeline_phase(&args, &paths, &config).await?);
         }
@@ -269,6 +277,7 @@ async fn main() -> anyhow::Result<()> {
         "write",
         WRITE_ALL,
         "freshness",
+        "cache",
         "pipeline",
         "memory",
         "scale-out",
@@ -295,11 +304,17 @@ const WRITE_ALL: &str = "write (all-in-one)";
 struct Seed {
     users: Vec<freshness::User>,
     background: Vec<String>,
+    /// The categories of `background`, ten products in each.
+    categories: Vec<String>,
     probes: Vec<(String, String)>,
 }
 
-/// 100 products, 40 users with some activity each, and `probes_needed` freshness probes (one
-/// product per category, no activity); waits until the ranking has scores.
+/// Categories of the seeded products.
+const SEED_CATEGORIES: usize = 10;
+
+/// 100 products in [`SEED_CATEGORIES`] categories, 40 users with some activity each, and
+/// `probes_needed` freshness probes (one product per category, no activity); waits until the
+/// ranking has scores.
 async fn seed(runtime: &Runtime, config: &Config, probes_needed: usize) -> anyhow::Result<Seed> {
     let client = reqwest::Client::new();
     let users_url = runtime.url("users");
@@ -326,9 +341,11 @@ async fn seed(runtime: &Runtime, config: &Config, probes_needed: usize) -> anyho
             anyhow::Ok(product["id"].as_str().context("product id")?.to_string())
         }
     };
+    let categories: Vec<String> = (0..SEED_CATEGORIES).map(|c| format!("seed-{c}")).collect();
     let mut background = Vec::new();
     for i in 0..100 {
-        background.push(create(format!("Seed {i}"), format!("seed-{}", i % 10)).await?);
+        let category = categories[i % categories.len()].clone();
+        background.push(create(format!("Seed {i}"), category).await?);
     }
     let mut probes = Vec::new();
     for i in 0..probes_needed {
@@ -384,6 +401,7 @@ async fn seed(runtime: &Runtime, config: &Config, probes_needed: usize) -> anyho
     Ok(Seed {
         users,
         background,
+        categories,
         probes,
     })
 }
