@@ -63,6 +63,21 @@ impl Fold {
         self.scores.is_empty() && self.user_products.is_empty() && self.catalog.is_empty()
     }
 
+    /// The products whose score or catalog row the batch changes: what the global rankings
+    /// read of it.
+    pub fn ranked_products(&self) -> Vec<Uuid> {
+        let mut products: Vec<Uuid> = self
+            .scores
+            .keys()
+            .chain(self.catalog.keys())
+            .chain(self.superseded.keys())
+            .copied()
+            .collect();
+        products.sort_unstable();
+        products.dedup();
+        products
+    }
+
     /// Folds one event: `decays` are the popularity and the trending decay.
     pub fn add(&mut self, fact: &Fact, decays: &Decays, weights: &Weights) {
         match &fact.what {

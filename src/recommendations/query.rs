@@ -9,6 +9,7 @@
 //! keep these answers fresh instead of emptying the cache. Personal and similar answers, one per
 //! user or product, carry the generation in their key instead: a flush makes them misses.
 
+use std::collections::BTreeSet;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -217,10 +218,44 @@ pub struct Recommend {
 /// and every 2 s with the stored generation): publish it, and recompute the global answers asked
 /// for recently. One refresh runs at a time; generations that arrive meanwhile are refreshed
 /// once, after it.
-#[derive(Debug, Clone, Copy, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Refresh {
     pub generation: u64,
+    /// Which global answers the generations since the last refresh can have altered.
+    pub changed: Changed,
+}
+
+/// Which global answers a change can alter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Any of them (a refresh made up for ones that may have been lost).
+    Everything,
+    /// Those of these categories, and those of every category (no `category` parameter).
+    Categories(BTreeSet<String>),
+}
+
+impl Changed {
+    /// Both changes.
+    fn and(self, other: Changed) -> Changed {
+        match (self, other) {
+            (Changed::Categories(mut a), Changed::Categories(b)) => {
+                a.extend(b);
+                Changed::Categories(a)
+            }
+            _ => Changed::Everything,
+        }
+    }
+
+    /// Whether the answer of a query naming `categories` (none: every category) can change.
+    fn alters(&self, categories: &[String]) -> bool {
+        match self {
+            Changed::Everything => true,
+            Changed::Categories(changed) => {
+                categories.is_empty() || categories.iter().any(|c| changed.contains(c))
+            }
+        }
+    }
 }
 
 /// A global query as kept in the set of asked-for queries (a member of `rec:asked`).
@@ -256,8 +291,9 @@ pub struct RecommendationsActor {
     refreshed: u64,
     /// Whether a refresh is running.
     refreshing: bool,
-    /// The highest generation asked for while a refresh was running.
-    pending: Option<u64>,
+    /// The highest generation asked for while a refresh was running, and what the generations
+    /// since the running refresh's changed.
+    pending: Option<(u64, Changed)>,
     logger: Logger,
 }
 
@@ -341,14 +377,10 @@ impl Handler<Recommend> for RecommendationsActor {
                 if let Ok(Some(answer)) = cache.send(CacheGetStamped { key: key.clone() }).await {
                     return Ok(hit(answer.value));
                 }
-                let (items, generation) = query(&pool, &msg, &weights, half_lives).await?;
-                let json = encode(&items)?;
-                cache.do_send(CacheSetNewer {
-                    key,
-                    version: generation,
-                    value: json.clone(),
-                    ttl,
-                });
+                // Marked before it is computed: a flush that commits after this answer's
+                // generation was read is followed by a refresh that finds the mark and writes a
+                // newer answer (this one's older stamp then cannot replace it). A query dropped
+                // to keep the set bounded loses its answer, which no refresh would renew.
                 let asked = Asked {
                     categories: categories.clone(),
                     sort: *sort,
@@ -356,20 +388,25 @@ impl Handler<Recommend> for RecommendationsActor {
                 };
                 let member = serde_json::to_string(&asked)
                     .map_err(|e| RecommendationsError::Encoding(e.into()))?;
-                // Marked after the answer is computed: a refresh that reads the mark finds a
-                // stamp to compare with. The queries dropped to keep the set bounded lose
-                // their answers, which no refresh would renew.
-                tokio::spawn(async move {
-                    let mark = CacheMark {
-                        set: asked_key(&prefix),
-                        member,
-                        keep: ttl,
-                        cap: MAX_REFRESHED,
-                    };
-                    if let Ok(Some(dropped)) = cache.send(mark).await {
+                let mark = CacheMark {
+                    set: asked_key(&prefix),
+                    member,
+                    keep: ttl,
+                    cap: MAX_REFRESHED,
+                };
+                if let Ok(Some(dropped)) = cache.send(mark).await {
+                    if !dropped.is_empty() {
                         let keys = top_keys(&prefix, &dropped);
                         cache.do_send(CacheDelete { keys });
                     }
+                }
+                let (items, generation) = query(&pool, &msg, &weights, half_lives).await?;
+                let json = encode(&items)?;
+                cache.do_send(CacheSetNewer {
+                    key,
+                    version: generation,
+                    value: json.clone(),
+                    ttl,
                 });
                 return Ok(miss(json));
             }
@@ -417,7 +454,12 @@ impl Handler<Refresh> for RecommendationsActor {
             return;
         }
         if self.refreshing {
-            self.pending = self.pending.max(Some(msg.generation));
+            self.pending = Some(match self.pending.take() {
+                None => (msg.generation, msg.changed),
+                Some((generation, changed)) => {
+                    (generation.max(msg.generation), changed.and(msg.changed))
+                }
+            });
             return;
         }
         self.refreshing = true;
@@ -427,7 +469,7 @@ impl Handler<Refresh> for RecommendationsActor {
             self.key_prefix.clone(),
         );
         let (weights, half_lives, ttl) = (self.weights, self.half_lives, self.ttl);
-        let logger = self.logger.clone();
+        let (logger, generation, changed) = (self.logger.clone(), msg.generation, msg.changed);
         let refresh = async move {
             let marked = cache
                 .send(CacheMarked {
@@ -442,10 +484,11 @@ impl Handler<Refresh> for RecommendationsActor {
             let asked: Vec<Asked> = marked
                 .live
                 .iter()
-                .filter_map(|member| serde_json::from_str(member).ok())
+                .filter_map(|member| serde_json::from_str::<Asked>(member).ok())
+                .filter(|asked| changed.alters(&asked.categories))
                 .collect();
             let count = asked.len();
-            let written = stream::iter(asked)
+            let outcomes: Vec<Option<bool>> = stream::iter(asked)
                 .map(|asked| {
                     let (pool, cache, prefix) = (&pool, &cache, &prefix);
                     async move {
@@ -464,22 +507,27 @@ impl Handler<Refresh> for RecommendationsActor {
                     }
                 })
                 .buffer_unordered(REFRESH_CONCURRENCY)
-                .filter(|written| std::future::ready(*written == Some(true)))
-                .count()
+                .collect()
                 .await;
-            debug!(logger, "global answers refreshed"; "generation" => msg.generation,
-                "asked" => count, "written" => written, "forgotten" => marked.expired.len());
-            Some(())
+            let written = outcomes.iter().filter(|o| **o == Some(true)).count();
+            let failed = outcomes.iter().filter(|o| o.is_none()).count();
+            debug!(logger, "global answers refreshed"; "generation" => generation,
+                "altered" => count, "written" => written, "failed" => failed,
+                "forgotten" => marked.expired.len());
+            (failed == 0).then_some(())
         };
         ctx.spawn(refresh.into_actor(self).map(move |done, act, ctx| {
             act.refreshing = false;
-            // A refresh that could not read the set (Redis away) leaves the generation to the
-            // next one; stored answers still expire with the TTL.
+            // A refresh that could not read the set or write an answer (Redis or Postgres away)
+            // leaves the generation to the next one: the ranking actor's periodic `Everything`.
             if done.is_some() {
-                act.refreshed = act.refreshed.max(msg.generation);
+                act.refreshed = act.refreshed.max(generation);
             }
-            if let Some(generation) = act.pending.take() {
-                ctx.notify(Refresh { generation });
+            if let Some((generation, changed)) = act.pending.take() {
+                ctx.notify(Refresh {
+                    generation,
+                    changed,
+                });
             }
         }));
     }
@@ -587,3 +635,51 @@ pub fn init_metrics() {
 
 recsys_actors::observed_handlers!(RecommendationsActor => Recommend, Refresh);
 recsys_actors::restart_on_fail!(RecommendationsActor);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn categories(names: &[&str]) -> Changed {
+        Changed::Categories(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    fn named(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    /// A change of some categories alters the answers naming one of them and those naming none
+    /// (every category); `Everything` alters all; two changes alter what either alters.
+    fn changed_categories_alter_their_answers_and_the_unfiltered_ones() {
+        let books = categories(&["books"]);
+        assert!(books.alters(&[]));
+        assert!(books.alters(&named(&["books"])));
+        assert!(books.alters(&named(&["games", "books"])));
+        assert!(!books.alters(&named(&["games"])));
+        assert!(Changed::Everything.alters(&named(&["games"])));
+        let both = books.and(categories(&["games"]));
+        assert!(both.alters(&named(&["games"])) && both.alters(&named(&["books"])));
+        assert!(!both.alters(&named(&["toys"])));
+        assert_eq!(both.and(Changed::Everything), Changed::Everything);
+    }
+
+    #[test]
+    /// An asked-for global query survives the set's member encoding unchanged, and names the
+    /// same answer key as the query it came from.
+    fn asked_queries_round_trip() {
+        let asked = Asked {
+            categories: named(&["a b", "ü\"q"]),
+            sort: Sort::Trending,
+            limit: 7,
+        };
+        let member = serde_json::to_string(&asked).unwrap();
+        let back: Asked = serde_json::from_str(&member).unwrap();
+        assert_eq!(back, asked);
+        let query = Query::Global {
+            categories: named(&["a b", "ü\"q"]),
+            sort: Sort::Trending,
+        };
+        assert_eq!(top_keys("p:", &[member]), [top_key("p:", &query.key(7))]);
+    }
+}

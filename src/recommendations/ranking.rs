@@ -17,7 +17,7 @@ use slog::{debug, info, warn, Logger};
 use std::sync::LazyLock;
 
 use super::fold::Fold;
-use super::query::{RecommendationsActor, Refresh};
+use super::query::{Changed, RecommendationsActor, Refresh};
 use super::score::{HalfLives, Weights};
 use super::store;
 use crate::consumption::{self, Fact};
@@ -42,6 +42,10 @@ pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// What a flush that changed the ranking reached: the new generation and the categories its
+/// products had before and after it.
+type Flushed = (i64, Vec<String>);
 
 /// The ranking actor.
 pub struct RankingActor {
@@ -86,6 +90,7 @@ impl RankingActor {
                 let state = store::state(&mut conn).await.ok()?;
                 query.do_send(Refresh {
                     generation: state.generation as u64,
+                    changed: Changed::Everything,
                 });
                 Some(())
             }
@@ -131,7 +136,7 @@ impl Handler<ApplyBatch<Fact>> for RankingActor {
             let mut conn = pool.get().await?;
             let (applied, generation) = conn
                 .transaction(
-                    async move |conn| -> anyhow::Result<(Vec<bool>, Option<i64>)> {
+                    async move |conn| -> anyhow::Result<(Vec<bool>, Option<Flushed>)> {
                         let applied = consumption::claim(conn, &group, &batch).await?;
                         let state = store::state_for_update(conn).await?;
                         let now = Utc::now();
@@ -153,18 +158,25 @@ impl Handler<ApplyBatch<Fact>> for RankingActor {
                         if fold.is_empty() {
                             return Ok((applied, None));
                         }
+                        // The global answers a batch can alter are those of the categories its
+                        // products had before it and have after it (a product may move).
+                        let products = fold.ranked_products();
+                        let mut categories = store::categories_of(conn, &products).await?;
                         store::apply(conn, &fold).await?;
+                        categories.extend(store::categories_of(conn, &products).await?);
                         let generation = store::bump_generation(conn).await?;
-                        Ok((applied, Some(generation)))
+                        Ok((applied, Some((generation, categories))))
                     },
                 )
                 .await?;
             FLUSH_DURATION.observe(started.elapsed().as_secs_f64());
             BATCH_SIZE.observe(applied.len() as f64);
-            debug!(logger, "ranking batch flushed"; "records" => applied.len(), "generation" => generation);
-            if let Some(generation) = generation {
+            debug!(logger, "ranking batch flushed"; "records" => applied.len(),
+                "generation" => generation.as_ref().map(|(g, _)| *g));
+            if let Some((generation, categories)) = generation {
                 query.do_send(Refresh {
                     generation: generation as u64,
+                    changed: Changed::Categories(categories.into_iter().collect()),
                 });
             }
             Ok(applied)

@@ -11,7 +11,7 @@ use diesel::sql_types::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use recsys_schema::events::ProductSnapshot;
-use recsys_schema::tables::{rec_scores, rec_state};
+use recsys_schema::tables::{rec_catalog, rec_scores, rec_state};
 use uuid::Uuid;
 
 use super::fold::{CatalogChange, Fold};
@@ -44,6 +44,21 @@ pub async fn state(conn: &mut AsyncPgConnection) -> diesel::QueryResult<State> {
         .find(1)
         .select(State::as_select())
         .first(conn)
+        .await
+}
+
+/// The categories `products` have in the catalog projection (a product without one, or not in
+/// it, adds none), without duplicates.
+pub async fn categories_of(
+    conn: &mut AsyncPgConnection,
+    products: &[Uuid],
+) -> diesel::QueryResult<Vec<String>> {
+    rec_catalog::table
+        .filter(rec_catalog::product_id.eq_any(products))
+        .filter(rec_catalog::category.is_not_null())
+        .select(rec_catalog::category.assume_not_null())
+        .distinct()
+        .load(conn)
         .await
 }
 

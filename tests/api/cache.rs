@@ -261,3 +261,106 @@ async fn flushes_refresh_cached_global_answers_instead_of_dropping_them() {
         }
     }
 }
+
+/// The generation stamped on the cached global answer under `key` (`<generation>\n<json>`).
+async fn stamp(app: &TestApp, key: &str) -> u64 {
+    let value: String = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut redis(app).await)
+        .await
+        .unwrap();
+    value.split_once('\n').unwrap().0.parse().unwrap()
+}
+
+/// A refresh recomputes only the global answers a flush can alter: a purchase in one category
+/// rewrites that category's answer and the unfiltered one, and leaves another category's as it
+/// was (same stamp), still served from Redis.
+#[actix_web::test]
+async fn a_refresh_recomputes_only_the_categories_a_flush_changed() {
+    let app = TestApp::builder()
+        .with(|settings| settings.recommendation_local_ttl_ms = 0)
+        .spawn()
+        .await;
+    let (user, token, _) = app.new_user().await;
+    let alpha = app
+        .create_product("In alpha", json!("5.00"), Some("alpha"))
+        .await;
+    let alpha = alpha["id"].as_str().unwrap().to_string();
+    app.create_product("In beta", json!("5.00"), Some("beta"))
+        .await;
+    let db = app.db();
+    eventually(
+        Duration::from_secs(30),
+        "both products projected",
+        || async { (db.count("rec_catalog").await == 2).then_some(()) },
+    )
+    .await;
+    let top_keys = || async {
+        keys_and_ttls(&app)
+            .await
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| key.contains("rec:top:"))
+            .collect::<Vec<_>>()
+    };
+    let cached = |path: &'static str| {
+        let app = &app;
+        async move {
+            eventually(Duration::from_secs(30), path, || async {
+                let reply = app.get(Service::Recommendations, path, None).await;
+                (reply.headers["x-cache"] == "hit").then_some(reply.body)
+            })
+            .await
+        }
+    };
+    cached("/recommendations?category=beta").await;
+    let beta_key = top_keys().await;
+    assert_eq!(beta_key.len(), 1, "{beta_key:?}");
+    let beta_key = beta_key[0].clone();
+    cached("/recommendations?category=alpha").await;
+    cached("/recommendations").await;
+    let beta_before = stamp(&app, &beta_key).await;
+    let others: Vec<String> = top_keys()
+        .await
+        .into_iter()
+        .filter(|k| *k != beta_key)
+        .collect();
+    assert_eq!(others.len(), 2, "{others:?}");
+
+    app.post_activity(user, &token, &alpha, "purchase", 1).await;
+    eventually(
+        Duration::from_secs(30),
+        "the purchase in both answers it alters",
+        || async {
+            let shown = |body: Value| body[0]["score"].as_f64().is_some_and(|s| s > 0.0);
+            let alpha = app
+                .get(
+                    Service::Recommendations,
+                    "/recommendations?category=alpha",
+                    None,
+                )
+                .await;
+            let all = app
+                .get(Service::Recommendations, "/recommendations", None)
+                .await;
+            (shown(alpha.body) && shown(all.body)).then_some(())
+        },
+    )
+    .await;
+    for key in &others {
+        assert!(stamp(&app, key).await > beta_before, "{key} was refreshed");
+    }
+    assert_eq!(
+        stamp(&app, &beta_key).await,
+        beta_before,
+        "beta was left as it was"
+    );
+    let beta = app
+        .get(
+            Service::Recommendations,
+            "/recommendations?category=beta",
+            None,
+        )
+        .await;
+    assert_eq!(beta.headers["x-cache"], "hit");
+}

@@ -241,7 +241,8 @@ async fn every_metric_family_is_exposed_with_its_labels() {
         ("RankingActor", "ApplyBatch"),
         ("AggregationActor", "ApplyBatch"),
         ("RecommendationsActor", "Recommend"),
-        ("CacheActor", "CacheGet"),
+        ("RecommendationsActor", "Refresh"),
+        ("CacheActor", "CacheGetStamped"),
         ("AnalyticsQueries", "Stats"),
         ("OutboxRelay", "Wake"),
     ] {

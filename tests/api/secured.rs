@@ -404,7 +404,9 @@ async fn the_runtime_works_over_tls_with_passwords_to_kafka_postgres_and_redis()
                 .text;
             metrics
                 .lines()
-                .any(|l| l.starts_with("redis_requests_total{operation=\"set\",status=\"ok\"}"))
+                .any(|l| {
+                    l.starts_with("redis_requests_total{operation=\"set_newer\",status=\"ok\"}")
+                })
                 .then_some(())
         },
     )
