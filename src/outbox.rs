@@ -28,7 +28,7 @@ use slog::{debug, warn, Logger};
 use crate::db::Pool;
 
 /// Arbitrary constant naming the advisory lock that makes one relay publish at a time.
-const RELAY_LOCK: i64 = 0x7265_6373_7973; // "recsys"
+pub const RELAY_LOCK: i64 = 0x7265_6373_7973; // "recsys"
 
 /// Writes `envelopes` to the outbox, in their order, in one statement; call inside the
 /// transaction that makes the change. Every event recsys publishes is written by this module,

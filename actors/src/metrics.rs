@@ -1,8 +1,8 @@
 //! Metric families recorded by the generic machinery, registered on the default registry.
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
-    IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use std::sync::LazyLock;
 
@@ -22,6 +22,15 @@ pub static OUTBOX_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "outbox_pending",
         "Outbox rows not yet acknowledged by the broker"
+    )
+    .expect("metric registers once")
+});
+
+/// `outbox_relay_busy_total`: batches that found another process's relay publishing.
+pub static OUTBOX_RELAY_BUSY: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "outbox_relay_busy_total",
+        "Outbox batches that found another process's relay publishing"
     )
     .expect("metric registers once")
 });
@@ -95,6 +104,7 @@ pub fn init() {
     LazyLock::force(&KAFKA_MESSAGES_PRODUCED);
     LazyLock::force(&OUTBOX_PENDING);
     LazyLock::force(&OUTBOX_OLDEST_AGE);
+    LazyLock::force(&OUTBOX_RELAY_BUSY);
     LazyLock::force(&KAFKA_MESSAGES_CONSUMED);
     LazyLock::force(&KAFKA_PROCESSING_DURATION);
     LazyLock::force(&KAFKA_REBALANCES);

@@ -24,7 +24,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use slog::{debug, error, info, warn, Logger};
 
 use crate::kafka::{self, SlogContext};
-use crate::metrics::{KAFKA_MESSAGES_PRODUCED, OUTBOX_OLDEST_AGE, OUTBOX_PENDING};
+use crate::metrics::{
+    KAFKA_MESSAGES_PRODUCED, OUTBOX_OLDEST_AGE, OUTBOX_PENDING, OUTBOX_RELAY_BUSY,
+};
 use crate::sequence;
 
 /// One pending outbox row, stamped.
@@ -149,6 +151,9 @@ pub struct RelayConfig {
     pub delivery_timeout: Duration,
 }
 
+/// How soon a woken relay that found another process's relay publishing tries again.
+const BUSY_RETRY: Duration = Duration::from_millis(10);
+
 /// The relay actor. Start it under a supervisor; it resumes from the outbox table.
 pub struct OutboxRelay {
     config: RelayConfig,
@@ -159,6 +164,11 @@ pub struct OutboxRelay {
     busy: bool,
     /// Somebody asked for a batch while one was in flight.
     again: bool,
+    /// A write of this process woke the relay since its last batch started. Such a batch that
+    /// finds another process's relay publishing tries again after [`BUSY_RETRY`]: the other
+    /// relay may have read the outbox before the write committed, and nothing else would
+    /// publish the row before the next poll.
+    woken: bool,
     /// Partitions per logical topic, once the topics are known to exist.
     partitions: Option<PartitionCounts>,
     /// A pending-count query is in flight.
@@ -185,6 +195,7 @@ impl OutboxRelay {
             logger,
             busy: false,
             again: false,
+            woken: false,
             partitions: None,
             counting: false,
         })
@@ -234,6 +245,7 @@ impl OutboxRelay {
         }
         self.busy = true;
         self.again = false;
+        let woken = std::mem::take(&mut self.woken);
         let store = self.store.clone();
         let known = self.partitions.clone();
         let topics = self.topics_setup();
@@ -282,7 +294,7 @@ impl OutboxRelay {
         };
         ctx.spawn(
             work.into_actor(self)
-                .map(|(partitions, outcome), act, ctx| {
+                .map(move |(partitions, outcome), act, ctx| {
                     act.busy = false;
                     if act.partitions.is_none() {
                         act.partitions = partitions;
@@ -297,7 +309,13 @@ impl OutboxRelay {
                                 act.run_batch(ctx);
                             }
                         }
-                        Ok(BatchOutcome::Busy) => {}
+                        Ok(BatchOutcome::Busy) => {
+                            OUTBOX_RELAY_BUSY.inc();
+                            if woken || act.again {
+                                act.woken = true;
+                                ctx.run_later(BUSY_RETRY, |act, ctx| act.run_batch(ctx));
+                            }
+                        }
                         Err(e) => error!(act.logger, "outbox batch failed"; "error" => format!("{e:#}")),
                     }
                 }),
@@ -597,6 +615,7 @@ impl Handler<Wake> for OutboxRelay {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        self.woken = true;
         self.run_batch(ctx);
     }
 }

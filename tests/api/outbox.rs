@@ -176,3 +176,59 @@ async fn the_relay_vacuums_the_rows_it_removed() {
     )
     .await;
 }
+
+/// A relay woken by a write while another process's relay holds the outbox tries again shortly
+/// instead of waiting for its next poll: with the poll at 60 s, an action written while the test
+/// holds the relay lock is published soon after the lock is released.
+#[actix_web::test]
+async fn a_woken_relay_that_finds_the_outbox_busy_tries_again_without_waiting_for_its_poll() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    let app = TestApp::builder()
+        .with(|settings| settings.outbox_poll_ms = 60_000)
+        .spawn()
+        .await;
+    let (user, token, _) = app.new_user().await;
+    let db = app.db();
+    eventually(
+        Duration::from_secs(30),
+        "the registration published",
+        || async { (db.count("outbox").await == 0).then_some(()) },
+    )
+    .await;
+
+    // Another relay, as far as this one can tell: the lock held by a session of the test.
+    let mut holder = AsyncPgConnection::establish(&app.database_url)
+        .await
+        .unwrap();
+    let lock = |f: &str| format!("SELECT {f}({})::text", recsys::outbox::RELAY_LOCK);
+    diesel::sql_query(lock("pg_advisory_lock"))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let busy = app.metric("outbox_relay_busy_total").await.unwrap_or(0.0);
+    app.post_activity(user, &token, uuid::Uuid::new_v4(), "view", 1)
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the relay to find the outbox busy",
+        || async { (app.metric("outbox_relay_busy_total").await > Some(busy)).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        db.count("outbox").await,
+        1,
+        "nothing published while the lock is held"
+    );
+    diesel::sql_query(lock("pg_advisory_unlock"))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    eventually(
+        Duration::from_secs(10),
+        "the action published after the release",
+        || async { (db.count("outbox").await == 0).then_some(()) },
+    )
+    .await;
+}
