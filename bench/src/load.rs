@@ -89,7 +89,12 @@ fn duration_ms(text: &str) -> Option<f64> {
     })
 }
 
-/// A wrk script sending `POST` with a JSON body and a bearer token.
+/// A wrk script sending its `GET` with a bearer token.
+pub fn get_script(token: &str) -> String {
+    format!("wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n")
+}
+
+/// A wrk script posting `body` with `token`.
 pub fn post_script(body: &str, token: &str) -> String {
     format!(
         "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
