@@ -1,11 +1,12 @@
 //! Logging setup: slog-term for people, one JSON object per line with `LOG_FORMAT=json`.
 //!
 //! Logging is synchronous (a mutex around the drain) so that no line is lost when the process
-//! exits. [`logger_from_drain`] lets tests pass their own drain.
+//! exits; each line is written whole, with one system call. [`logger_from_drain`] lets tests pass their own drain.
 //!
 //! A line written while a request is handled carries its `request_id` ([`RequestIds`]),
 //! whichever actor or task writes it.
 
+use std::io::{IsTerminal, LineWriter};
 use std::str::FromStr;
 use std::sync::Mutex;
 
@@ -18,12 +19,21 @@ use crate::config::LogFormat;
 pub fn logger(format: LogFormat, level: &str) -> Logger {
     let level = Level::from_str(level).unwrap_or(Level::Info);
     match format {
-        LogFormat::Term => {
+        // A terminal gets colours; anything else (a file, a pipe, a container's log) the same
+        // lines through a line buffer, one write each (unbuffered, a line took dozens of
+        // system calls, which at INFO, a line per request, cost most of a read's time).
+        LogFormat::Term if std::io::stderr().is_terminal() => {
             let decorator = slog_term::TermDecorator::new().stderr().build();
             logger_from_drain(slog_term::FullFormat::new(decorator).build(), level)
         }
+        LogFormat::Term => {
+            let decorator = slog_term::PlainDecorator::new(LineWriter::new(std::io::stderr()));
+            logger_from_drain(slog_term::FullFormat::new(decorator).build(), level)
+        }
         LogFormat::Json => {
-            let drain = slog_json::Json::new(std::io::stderr())
+            // Serialized a value at a time: the line buffer makes each line one write, as soon
+            // as it is complete.
+            let drain = slog_json::Json::new(LineWriter::new(std::io::stderr()))
                 .add_default_keys()
                 .build();
             logger_from_drain(drain, level)
