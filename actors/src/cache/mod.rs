@@ -255,6 +255,23 @@ impl Shared {
         }
         None
     }
+
+    /// `GET key`: the stored string, `None` on a miss and on any failure.
+    async fn get(&self, key: &str) -> Option<String> {
+        self.run("get", |mut conn| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut *conn)
+                .await
+        })
+        .await
+        .flatten()
+    }
+}
+
+/// `d` in whole milliseconds, at least one (what Redis' `PX` and the scripts take).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Admits at most one warning per interval and counts the ones it holds back.
@@ -336,17 +353,7 @@ impl Handler<CacheGet> for CacheActor {
 
     fn handle(&mut self, msg: CacheGet, _ctx: &mut Self::Context) -> Self::Result {
         let shared = self.shared.clone();
-        Box::pin(async move {
-            shared
-                .run("get", |mut conn| async move {
-                    redis::cmd("GET")
-                        .arg(&msg.key)
-                        .query_async::<Option<String>>(&mut *conn)
-                        .await
-                })
-                .await
-                .flatten()
-        })
+        Box::pin(async move { shared.get(&msg.key).await })
     }
 }
 
@@ -385,13 +392,10 @@ impl Handler<CacheRaise> for CacheActor {
         Box::pin(async move {
             shared
                 .run("raise", |mut conn| async move {
-                    let ttl_ms = u64::try_from(msg.ttl.as_millis())
-                        .unwrap_or(u64::MAX)
-                        .max(1);
                     RAISE
                         .key(&msg.key)
                         .arg(msg.value)
-                        .arg(ttl_ms)
+                        .arg(millis(msg.ttl))
                         .invoke_async::<i64>(&mut *conn)
                         .await
                 })

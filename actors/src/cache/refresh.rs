@@ -18,7 +18,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use redis::Script;
 
-use super::CacheActor;
+use super::{millis, CacheActor};
 
 /// Sets `KEYS[1]` to `ARGV[1] .. "\n" .. ARGV[2]` with expiry `ARGV[3]` ms, unless it holds a
 /// value stamped with a version (the decimal number before the first newline) greater than or
@@ -148,10 +148,6 @@ pub struct CacheDelete {
     pub keys: Vec<String>,
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 impl Handler<CacheSetNewer> for CacheActor {
     type Result = ResponseFuture<bool>;
 
@@ -179,17 +175,7 @@ impl Handler<CacheGetStamped> for CacheActor {
 
     fn handle(&mut self, msg: CacheGetStamped, _ctx: &mut Self::Context) -> Self::Result {
         let shared = self.shared.clone();
-        Box::pin(async move {
-            let stored = shared
-                .run("get", |mut conn| async move {
-                    redis::cmd("GET")
-                        .arg(&msg.key)
-                        .query_async::<Option<String>>(&mut *conn)
-                        .await
-                })
-                .await??;
-            Stamped::parse(&stored)
-        })
+        Box::pin(async move { Stamped::parse(&shared.get(&msg.key).await?) })
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use redis::Script;
 
-use super::CacheActor;
+use super::{millis, CacheActor};
 
 /// KEYS: per subject, its failures set then its pending set. ARGV: window ms, pending ms,
 /// attempt id, then each subject's limit. Answers 0 and marks the attempt pending on every
@@ -124,10 +124,6 @@ pub struct WindowSettle {
     pub attempt: String,
     pub window: Duration,
     pub outcome: Settled,
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 impl Handler<WindowAdmit> for CacheActor {
