@@ -66,16 +66,16 @@ impl Fold {
     /// The products whose score or catalog row the batch changes: what the global rankings
     /// read of it.
     pub fn ranked_products(&self) -> Vec<Uuid> {
-        let mut products: Vec<Uuid> = self
-            .scores
-            .keys()
-            .chain(self.catalog.keys())
-            .chain(self.superseded.keys())
-            .copied()
-            .collect();
-        products.sort_unstable();
-        products.dedup();
-        products
+        sorted_unique(self.scores.keys().chain(self.catalogued_products()))
+    }
+
+    /// The products whose catalog row (and so, perhaps, category) the batch changes.
+    pub fn catalog_products(&self) -> Vec<Uuid> {
+        sorted_unique(self.catalogued_products())
+    }
+
+    fn catalogued_products(&self) -> impl Iterator<Item = &Uuid> {
+        self.catalog.keys().chain(self.superseded.keys())
     }
 
     /// Folds one event: `decays` are the popularity and the trending decay.
@@ -165,6 +165,14 @@ fn snapshot_of(change: &ProductChange) -> ProductSnapshot {
         .as_deref()
         .expect("the recommendations consumer keeps product snapshots");
     snapshot.clone()
+}
+
+/// `ids` sorted, each once.
+fn sorted_unique<'a>(ids: impl Iterator<Item = &'a Uuid>) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = ids.copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 #[cfg(test)]

@@ -335,8 +335,28 @@ fn answer_key(prefix: &str, generation: impl std::fmt::Display, query: &str) -> 
 
 /// The Redis key of a global answer: a digest of the query, as for [`answer_key`], without the
 /// generation (the value carries it).
-fn top_key(prefix: &str, query: &str) -> String {
-    answer_key(prefix, "top", query)
+fn top_key(prefix: &str, msg: &Recommend) -> String {
+    answer_key(prefix, "top", &msg.query.key(msg.limit))
+}
+
+/// Computes the global answer to `msg` from Postgres: its JSON, and the write that stores it
+/// under `key`, stamped with the generation it was computed at.
+async fn global_answer(
+    pool: &Pool,
+    msg: &Recommend,
+    (weights, half_lives): (&Weights, HalfLives),
+    key: String,
+    ttl: Duration,
+) -> Result<(String, CacheSetNewer), RecommendationsError> {
+    let (items, generation) = query(pool, msg, weights, half_lives).await?;
+    let json = encode(&items)?;
+    let set = CacheSetNewer {
+        key,
+        version: generation,
+        value: json.clone(),
+        ttl,
+    };
+    Ok((json, set))
 }
 
 /// The Redis key of the set of global queries asked for recently.
@@ -373,7 +393,7 @@ impl Handler<Recommend> for RecommendationsActor {
         let (weights, half_lives, ttl) = (self.weights, self.half_lives, self.ttl);
         Box::pin(async move {
             if let Query::Global { categories, sort } = &msg.query {
-                let key = top_key(&prefix, &msg.query.key(msg.limit));
+                let key = top_key(&prefix, &msg);
                 if let Ok(Some(answer)) = cache.send(CacheGetStamped { key: key.clone() }).await {
                     return Ok(hit(answer.value));
                 }
@@ -400,14 +420,9 @@ impl Handler<Recommend> for RecommendationsActor {
                         cache.do_send(CacheDelete { keys });
                     }
                 }
-                let (items, generation) = query(&pool, &msg, &weights, half_lives).await?;
-                let json = encode(&items)?;
-                cache.do_send(CacheSetNewer {
-                    key,
-                    version: generation,
-                    value: json.clone(),
-                    ttl,
-                });
+                let (json, set) =
+                    global_answer(&pool, &msg, (&weights, half_lives), key, ttl).await?;
+                cache.do_send(set);
                 return Ok(miss(json));
             }
             let generation = cache
@@ -493,16 +508,10 @@ impl Handler<Refresh> for RecommendationsActor {
                     let (pool, cache, prefix) = (&pool, &cache, &prefix);
                     async move {
                         let msg = asked.recommend();
-                        let key = top_key(prefix, &msg.query.key(msg.limit));
-                        let (items, generation) =
-                            query(pool, &msg, &weights, half_lives).await.ok()?;
-                        let value = encode(&items).ok()?;
-                        let set = CacheSetNewer {
-                            key,
-                            version: generation,
-                            value,
-                            ttl,
-                        };
+                        let key = top_key(prefix, &msg);
+                        let (_, set) = global_answer(pool, &msg, (&weights, half_lives), key, ttl)
+                            .await
+                            .ok()?;
                         cache.send(set).await.ok()
                     }
                 })
@@ -538,10 +547,7 @@ fn top_keys(prefix: &str, members: &[String]) -> Vec<String> {
     members
         .iter()
         .filter_map(|member| serde_json::from_str::<Asked>(member).ok())
-        .map(|asked| {
-            let msg = asked.recommend();
-            top_key(prefix, &msg.query.key(msg.limit))
-        })
+        .map(|asked| top_key(prefix, &asked.recommend()))
         .collect()
 }
 
@@ -680,6 +686,7 @@ mod tests {
             categories: named(&["a b", "ü\"q"]),
             sort: Sort::Trending,
         };
-        assert_eq!(top_keys("p:", &[member]), [top_key("p:", &query.key(7))]);
+        let msg = Recommend { query, limit: 7 };
+        assert_eq!(top_keys("p:", &[member]), [top_key("p:", &msg)]);
     }
 }

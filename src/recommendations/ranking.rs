@@ -159,11 +159,15 @@ impl Handler<ApplyBatch<Fact>> for RankingActor {
                             return Ok((applied, None));
                         }
                         // The global answers a batch can alter are those of the categories its
-                        // products had before it and have after it (a product may move).
+                        // products had before it and, for those whose catalog row it changes
+                        // (a product may move), have after it.
                         let products = fold.ranked_products();
                         let mut categories = store::categories_of(conn, &products).await?;
                         store::apply(conn, &fold).await?;
-                        categories.extend(store::categories_of(conn, &products).await?);
+                        let moved = fold.catalog_products();
+                        if !moved.is_empty() {
+                            categories.extend(store::categories_of(conn, &moved).await?);
+                        }
                         let generation = store::bump_generation(conn).await?;
                         Ok((applied, Some((generation, categories))))
                     },
