@@ -364,3 +364,65 @@ async fn a_refresh_recomputes_only_the_categories_a_flush_changed() {
         .await;
     assert_eq!(beta.headers["x-cache"], "hit");
 }
+
+/// A product moved to another category alters both categories' answers: once the move is
+/// consumed, the cached answer of its old category no longer lists it and that of its new one
+/// does, both still served from Redis.
+#[actix_web::test]
+async fn a_product_moved_to_another_category_leaves_one_cached_answer_and_joins_the_other() {
+    let app = TestApp::builder()
+        .with(|settings| settings.recommendation_local_ttl_ms = 0)
+        .spawn()
+        .await;
+    let product = app
+        .create_product("Mover", json!("5.00"), Some("from"))
+        .await;
+    let id = product["id"].as_str().unwrap().to_string();
+    let listed = |path: &'static str| {
+        let (app, id) = (&app, id.clone());
+        async move {
+            let reply = app.get(Service::Recommendations, path, None).await;
+            let ids: Vec<Value> = reply
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["product_id"].clone())
+                .collect();
+            (ids.contains(&json!(id)), reply.headers["x-cache"] == "hit")
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the product cached in its category",
+        || async { (listed("/recommendations?category=from").await == (true, true)).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the empty category cached",
+        || async { (listed("/recommendations?category=to").await == (false, true)).then_some(()) },
+    )
+    .await;
+
+    let moved = app
+        .request(
+            reqwest::Method::PATCH,
+            Service::Products,
+            &format!("/products/{id}"),
+            Some(json!({"category": "to"})),
+            Some(&app.admin_token),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.text);
+    eventually(
+        Duration::from_secs(30),
+        "both categories refreshed",
+        || async {
+            let from = listed("/recommendations?category=from").await;
+            let to = listed("/recommendations?category=to").await;
+            (from == (false, true) && to == (true, true)).then_some(())
+        },
+    )
+    .await;
+}
