@@ -8,7 +8,10 @@
 pub mod listener;
 pub mod revocations;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::{ready, Ready};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use anyhow::Context as _;
@@ -85,7 +88,25 @@ pub struct JwtKeys {
     validation: Validation,
     /// The users whose tokens of older versions are refused.
     revocations: Revocations,
+    /// Tells these keys' entries of [`VERIFIED`] from those of other keys in the same process
+    /// (tests build several); clones share it, as they share the keys.
+    id: u64,
 }
+
+/// Tokens whose signature this thread checked lately, at most this many. A storefront's user
+/// sends the same token with every request of a session, and checking it (base64, HMAC-SHA256,
+/// the claims' JSON) costs more than the rest of a cached answer; keeping the verified claims
+/// by the token's exact text skips that, and a byte-identical token cannot sign differently.
+const VERIFIED_PER_THREAD: usize = 512;
+
+thread_local! {
+    /// Verified tokens by their text: the [`JwtKeys::id`] that verified each, and its claims.
+    /// Emptied when full (a per-thread working set, not a record).
+    static VERIFIED: RefCell<HashMap<Box<str>, (u64, Claims)>> = RefCell::new(HashMap::new());
+}
+
+/// Numbers [`JwtKeys`] as they are built.
+static NEXT_KEYS_ID: AtomicU64 = AtomicU64::new(0);
 
 /// Refuses a configured secret shorter than [`MIN_SECRET_BYTES`], naming its variable.
 pub fn check_secret(name: &str, secret: &Secret) -> anyhow::Result<()> {
@@ -123,6 +144,7 @@ impl JwtKeys {
             previous: None,
             validation,
             revocations: Revocations::default(),
+            id: NEXT_KEYS_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -159,19 +181,46 @@ impl JwtKeys {
     }
 
     /// The claims of a valid, unexpired HS256 token signed with the current key or the
-    /// previous one, and not revoked.
+    /// previous one, and not revoked. The signature of a token this thread verified lately is
+    /// not checked again; its expiry and revocation are, every time.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let claims = std::iter::once(&self.decoding)
-            .chain(&self.previous)
-            .find_map(|key| jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok())
-            .map(|data| data.claims)
-            .ok_or_else(|| ApiError::Unauthorized("invalid or expired token".into()))?;
+        let claims = match self.verified_lately(token) {
+            Some(claims) => claims,
+            None => {
+                let claims = std::iter::once(&self.decoding)
+                    .chain(&self.previous)
+                    .find_map(|key| {
+                        jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok()
+                    })
+                    .map(|data| data.claims)
+                    .ok_or_else(|| ApiError::Unauthorized("invalid or expired token".into()))?;
+                VERIFIED.with_borrow_mut(|verified| {
+                    if verified.len() >= VERIFIED_PER_THREAD {
+                        verified.clear();
+                    }
+                    verified.insert(token.into(), (self.id, claims.clone()));
+                });
+                claims
+            }
+        };
         if self.revocations.refuses(claims.sub, claims.ver) {
             return Err(ApiError::Unauthorized(
                 "token revoked (password changed or logged out everywhere); log in again".into(),
             ));
         }
         Ok(claims)
+    }
+}
+
+impl JwtKeys {
+    /// The claims of `token` if these keys verified it on this thread and it has not expired
+    /// since. Without the leeway a fresh check grants: an entry near its expiry is checked
+    /// again, by the rule that applies to every token.
+    fn verified_lately(&self, token: &str) -> Option<Claims> {
+        VERIFIED.with_borrow(|verified| {
+            let (id, claims) = verified.get(token)?;
+            (*id == self.id && Utc::now().timestamp() < claims.exp).then(|| claims.clone())
+        })
     }
 }
 
@@ -466,6 +515,27 @@ mod tests {
         assert_eq!(claims.role, Role::Admin);
         let other = JwtKeys::new(&Secret::new("two")).unwrap();
         assert!(other.verify(&keys.issue(id, Role::User, 0)).is_err());
+    }
+
+    #[test]
+    /// A token this thread verified already is still refused by other keys, once revoked, and
+    /// with any byte changed.
+    fn verified_tokens_are_remembered_only_for_their_keys() {
+        let keys = JwtKeys::new(&Secret::new("one")).unwrap();
+        let id = Uuid::new_v4();
+        let token = keys.issue(id, Role::User, 1);
+        assert_eq!(keys.verify(&token).unwrap().sub, id);
+        assert_eq!(keys.clone().verify(&token).unwrap().sub, id);
+        let other = JwtKeys::new(&Secret::new("one, but other keys")).unwrap();
+        assert!(other.verify(&token).is_err());
+        let mut tampered = token.clone().into_bytes();
+        let last = tampered.len() - 5;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        assert!(keys
+            .verify(std::str::from_utf8(&tampered).unwrap())
+            .is_err());
+        keys.revocations().record(id, 2, Utc::now());
+        assert!(keys.verify(&token).is_err());
     }
 
     #[test]
