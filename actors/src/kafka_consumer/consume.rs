@@ -43,12 +43,10 @@ pub(super) async fn run<T: Send + Sync + 'static>(
     let consumer: StreamConsumer<GroupContext> = config.client().create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    let dlq = kafka::idempotent_producer(
-        &config.brokers,
-        &format!("{}-dlq", config.service),
-        Duration::from_secs(30),
-        logger.clone(),
-    )?;
+    // Made at the first poison record: an idle librdkafka producer still costs a polling thread
+    // that wakes every 100 ms (and spins through the last millisecond of each wait), plus its
+    // broker connections, and most consumers never dead-letter anything.
+    let mut dlq = None;
 
     // One stream for the consumer's life: `recv` makes (and registers a waker slot for) a new
     // one per record.
@@ -80,8 +78,18 @@ pub(super) async fn run<T: Send + Sync + 'static>(
         };
         let (batch, poison, started) = collected.split();
         // Poison records reach their dead-letter topic before the batch moves past them.
+        if !poison.is_empty() && dlq.is_none() {
+            dlq = Some(kafka::idempotent_producer(
+                &config.brokers,
+                &format!("{}-dlq", config.service),
+                Duration::from_secs(30),
+                logger.clone(),
+            )?);
+        }
         for (message, reason) in &poison {
-            dead_letter(&dlq, message, reason, &config, &logger).await;
+            if let Some(dlq) = &dlq {
+                dead_letter(dlq, message, reason, &config, &logger).await;
+            }
         }
         in_flight = Some((Arc::new(batch), started));
     }
