@@ -2,6 +2,7 @@
 //! every failure (bad JSON, bad path, unknown route, wrong method, oversized body), and the
 //! middleware that records metrics and access logs with the route template and a request id.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
@@ -14,13 +15,13 @@ use rdkafka::producer::FutureProducer;
 use recsys_actors::kafka::{self, SlogContext};
 use recsys_actors::request::{self, RequestId};
 use serde::Serialize;
-use slog::{debug, error, info, warn, Logger};
+use slog::{debug, error, info, warn, Drain as _, Logger};
 use uuid::Uuid;
 
 use crate::db::{self, Pool};
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics;
-use crate::openapi::Api;
+use crate::openapi::{Api, RouteTemplate};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -213,10 +214,16 @@ pub async fn observe(
     request::scope(id, async move {
         let mut res = next.call(req).await?;
         let elapsed = started.elapsed();
-        let route = res
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_string());
+        // Routes registered through `Api` carry their template; looking it up again in the
+        // resource map would match the path a second time (a regex for every `{param}`).
+        let route: Arc<str> = match res.request().app_data::<RouteTemplate>() {
+            Some(template) => template.0.clone(),
+            None => res
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_string())
+                .into(),
+        };
         let status = res.status();
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             res.headers_mut()
@@ -232,20 +239,29 @@ pub async fn observe(
                 .observe(elapsed.as_secs_f64());
             // Probes and scrapes come every few seconds from machines: DEBUG, so that INFO is
             // what clients did.
-            let probe = QUIET_ROUTES.contains(&route.as_str());
-            let log = info.logger.new(slog::o!(
-                "method" => method.to_string(),
-                "route" => route,
-                "status" => status.as_u16(),
-                "duration_ms" => elapsed.as_secs_f64() * 1000.0,
-            ));
-            match res.response().error() {
-                Some(e) if status.is_server_error() => {
-                    error!(log, "request failed"; "error" => format!("{:#}", anyhow_chain(e)))
+            let error = res.response().error();
+            let level = match error {
+                Some(_) if status.is_server_error() => slog::Level::Error,
+                Some(_) => slog::Level::Info,
+                None if QUIET_ROUTES.contains(&&*route) => slog::Level::Debug,
+                None => slog::Level::Info,
+            };
+            // The line's logger is built only when its level is written.
+            if info.logger.is_enabled(level) {
+                let log = info.logger.new(slog::o!(
+                    "method" => method.to_string(),
+                    "route" => route.to_string(),
+                    "status" => status.as_u16(),
+                    "duration_ms" => elapsed.as_secs_f64() * 1000.0,
+                ));
+                match error {
+                    Some(e) if status.is_server_error() => {
+                        error!(log, "request failed"; "error" => format!("{:#}", anyhow_chain(e)))
+                    }
+                    Some(e) => info!(log, "request rejected"; "reason" => e.to_string()),
+                    None if level == slog::Level::Debug => debug!(log, "request"),
+                    None => info!(log, "request"),
                 }
-                Some(e) => info!(log, "request rejected"; "reason" => e.to_string()),
-                None if probe => debug!(log, "request"),
-                None => info!(log, "request"),
             }
         }
         Ok(res)

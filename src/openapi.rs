@@ -39,6 +39,11 @@ struct Resource {
     resource: actix_web::Resource,
 }
 
+/// The template of the route a request matched (`/users/{user_id}`), kept with each resource
+/// `Api` registers: the `route` label of the HTTP metrics and of the access log.
+#[derive(Clone)]
+pub struct RouteTemplate(pub std::sync::Arc<str>);
+
 /// The served document, shared by the workers of one service.
 #[derive(Clone)]
 pub struct Document(pub std::sync::Arc<String>);
@@ -311,9 +316,12 @@ impl Api {
         let document = Document(std::sync::Arc::new(self.document_json()));
         cfg.app_data(web::Data::new(document));
         for Resource {
-            methods, resource, ..
+            path,
+            methods,
+            resource,
         } in self.resources
         {
+            let resource = resource.app_data(RouteTemplate(path.into()));
             let allow = methods
                 .iter()
                 .map(Method::as_str)
