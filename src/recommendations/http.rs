@@ -113,9 +113,10 @@ async fn answer(
     let (body, cache) = match micro.get(&key) {
         Some(body) => (body, CacheResult::Hit),
         None => {
+            let asked = micro.asking();
             let answer = actor.send(Recommend { query, limit }).await??;
             let body = web::Bytes::from(answer.json);
-            micro.put(key, body.clone());
+            micro.put(key, asked, body.clone());
             (body, answer.cache)
         }
     };

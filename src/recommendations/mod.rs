@@ -40,7 +40,7 @@ use slog::{o, Logger};
 use crate::consumption::{Fact, Snapshots};
 use crate::host::{self, Host, Hosted};
 use crate::openapi::Api;
-use micro::MicroCache;
+use micro::{MicroCache, Refreshes};
 use query::RecommendationsActor;
 use ranking::RankingActor;
 use score::{HalfLife, HalfLives, Weights};
@@ -63,6 +63,8 @@ pub struct Recommendations {
     timeout: Duration,
     /// How long a worker's micro-cache keeps an answer.
     micro_ttl: Duration,
+    /// The query actor's finished refreshes, which retire the micro-caches' answers.
+    refreshes: Refreshes,
     logger: Logger,
 }
 
@@ -96,6 +98,7 @@ impl Recommendations {
         let cache = host.cache(logger.new(o!("actor" => "cache")))?;
         let cache = start_supervised(&arbiter, NAME, limit, &host.logger, cache);
         let group = host.group(NAME);
+        let refreshes = Refreshes::default();
         let query = start_supervised(
             &arbiter,
             NAME,
@@ -105,9 +108,9 @@ impl Recommendations {
                 host.pool.clone(),
                 cache.clone(),
                 settings.redis_key_prefix.clone(),
-                weights,
-                half_lives,
+                (weights, half_lives),
                 Duration::from_secs(settings.recommendation_cache_ttl_secs.max(1)),
+                refreshes.clone(),
                 logger.new(o!("actor" => "query")),
             ),
         );
@@ -133,6 +136,7 @@ impl Recommendations {
             consumer,
             timeout: host.request_timeout(),
             micro_ttl: Duration::from_millis(settings.recommendation_local_ttl_ms),
+            refreshes,
             logger,
         })
     }
@@ -142,7 +146,10 @@ impl Hosted for Recommendations {
     fn configure(&self, cfg: &mut web::ServiceConfig, api: &mut Api) {
         cfg.app_data(web::Data::new(self.query.with_timeout(self.timeout)))
             // One micro-cache per worker: configure runs once per worker.
-            .app_data(web::Data::new(MicroCache::new(self.micro_ttl)));
+            .app_data(web::Data::new(MicroCache::new(
+                self.micro_ttl,
+                self.refreshes.clone(),
+            )));
         http::routes(api);
     }
 

@@ -29,6 +29,7 @@ use slog::{debug, warn, Logger};
 use uuid::Uuid;
 
 use super::error::RecommendationsError;
+use super::micro::Refreshes;
 use super::score::{HalfLives, Weights};
 use super::store::{self, Ranked};
 use crate::db::Pool;
@@ -291,6 +292,8 @@ pub struct RecommendationsActor {
     refreshed: u64,
     /// Whether a refresh is running.
     refreshing: bool,
+    /// Counts the refreshes finished, for the workers' micro-caches.
+    refreshes: Refreshes,
     /// The highest generation asked for while a refresh was running, and what the generations
     /// since the running refresh's changed.
     pending: Option<(u64, Changed)>,
@@ -298,14 +301,14 @@ pub struct RecommendationsActor {
 }
 
 impl RecommendationsActor {
-    /// A query actor reading `pool` through `cache`.
+    /// A query actor reading `pool` through `cache`, scoring with `(weights, half_lives)`.
     pub fn new(
         pool: Pool,
         cache: ObservedAddr<CacheActor>,
         key_prefix: String,
-        weights: Weights,
-        half_lives: HalfLives,
+        (weights, half_lives): (Weights, HalfLives),
         ttl: Duration,
+        refreshes: Refreshes,
         logger: Logger,
     ) -> Self {
         Self {
@@ -317,6 +320,7 @@ impl RecommendationsActor {
             ttl,
             refreshed: 0,
             refreshing: false,
+            refreshes,
             pending: None,
             logger,
         }
@@ -531,6 +535,7 @@ impl Handler<Refresh> for RecommendationsActor {
             // leaves the generation to the next one: the ranking actor's periodic `Everything`.
             if done.is_some() {
                 act.refreshed = act.refreshed.max(generation);
+                act.refreshes.finished();
             }
             if let Some((generation, changed)) = act.pending.take() {
                 ctx.notify(Refresh {

@@ -1139,11 +1139,12 @@ async fn wrong_method_on_a_recommendation_route_is_json_405() {
     reply.assert_error(405, "method_not_allowed");
 }
 
-/// The worker's micro-cache reuses an answer for its TTL: after the ranking changed (in
-/// Postgres and with a new Redis generation), the same query still gets the earlier body as a
-/// hit, without reaching the query actor; with the TTL at 0 (the other tests) every read does.
+/// The worker's micro-cache reuses an answer, without reaching the query actor, until its TTL
+/// passes or this runtime finishes refreshing the answers to a newer ranking: with a 60 s TTL, a
+/// purchase applied here still shows at once. With the TTL at 0 (the other tests) every read
+/// reaches the query actor.
 #[actix_web::test]
-async fn the_micro_cache_reuses_an_answer_for_its_ttl() {
+async fn the_micro_cache_reuses_an_answer_until_the_ranking_is_refreshed() {
     let app = TestApp::builder()
         .with(|settings| {
             settings.recommendation_local_ttl_ms = 60_000;
@@ -1151,24 +1152,6 @@ async fn the_micro_cache_reuses_an_answer_for_its_ttl() {
         })
         .spawn()
         .await;
-    let product = app.create_product("Micro", json!(1), Some("micro")).await;
-    let path = "/recommendations?category=micro";
-    let first = app.get(Service::Recommendations, path, None).await;
-    assert_eq!(first.status, 200, "{}", first.text);
-    let again = app.get(Service::Recommendations, path, None).await;
-    assert_eq!(again.text, first.text);
-    assert_eq!(again.headers["x-cache"], "hit");
-
-    let (user, token, _) = app.new_user().await;
-    app.post_activity(user, &token, product["id"].as_str().unwrap(), "purchase", 1)
-        .await;
-    let db = app.db();
-    eventually(
-        Duration::from_secs(30),
-        "the purchase to be scored",
-        || async { (db.count("rec_scores").await == 1).then_some(()) },
-    )
-    .await;
     let handled = |app: &TestApp| {
         let url = format!("{}/metrics", app.url(Service::Recommendations));
         let client = app.client.clone();
@@ -1183,9 +1166,39 @@ async fn the_micro_cache_reuses_an_answer_for_its_ttl() {
                 .sum::<f64>()
         }
     };
+    let product = app.create_product("Micro", json!(1), Some("micro")).await;
+    let path = "/recommendations?category=micro";
+    // The new product shows (unscored) once applied here, whatever the first read kept.
+    let first = eventually(
+        Duration::from_secs(30),
+        "the product to show through the micro-cache",
+        || async {
+            let answer = app.get(Service::Recommendations, path, None).await;
+            (answer.status == 200 && answer.body[0]["score"].as_f64() == Some(0.0))
+                .then_some(answer)
+        },
+    )
+    .await;
     let before = handled(&app).await;
-    let stale = app.get(Service::Recommendations, path, None).await;
-    assert_eq!(stale.text, first.text, "reused within the TTL");
-    assert_eq!(stale.headers["x-cache"], "hit");
+    let again = app.get(Service::Recommendations, path, None).await;
+    assert_eq!(again.text, first.text);
+    assert_eq!(again.headers["x-cache"], "hit");
+    assert_eq!(handled(&app).await, before, "the query actor was not asked");
+
+    let (user, token, _) = app.new_user().await;
+    app.post_activity(user, &token, product["id"].as_str().unwrap(), "purchase", 1)
+        .await;
+    let scored = eventually(
+        Duration::from_secs(30),
+        "the purchase to show through the micro-cache",
+        || async {
+            let answer = app.get(Service::Recommendations, path, None).await;
+            (answer.status == 200 && answer.body[0]["score"].as_f64() > Some(0.0)).then_some(answer)
+        },
+    )
+    .await;
+    let before = handled(&app).await;
+    let reused = app.get(Service::Recommendations, path, None).await;
+    assert_eq!(reused.text, scored.text, "the new answer is kept in turn");
     assert_eq!(handled(&app).await, before, "the query actor was not asked");
 }
