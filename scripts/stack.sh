@@ -407,6 +407,21 @@ start_nodes() {
     write_node_config "$n"
   done
   format_storage
+  # Nodes started with other JVM options than the configured ones (jvm.options changed since)
+  # are restarted, all together: `up` converges on the configuration.
+  local opts running stale=0
+  opts=$(jvm_opts)
+  for n in "${KAFKA_NODES[@]}"; do
+    if pid=$(node_pid "$n"); then
+      running=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+      # shellcheck disable=SC2086 # unquoted on purpose: the options as single-spaced words
+      [[ " $running " == *" $(echo $opts) "* ]] || stale=1
+    fi
+  done
+  if ((stale)); then
+    info "kafka: the JVM options changed since the nodes started; restarting them"
+    stop_nodes
+  fi
   started=$(now_ms)
   for n in "${KAFKA_NODES[@]}"; do
     port=$(kafka_port "$n")
