@@ -26,8 +26,11 @@
 
 mod cache;
 mod freshness;
+mod growth;
 mod load;
 mod pipeline;
+mod plot;
+mod profile;
 mod runtime;
 mod scale;
 mod soak;
@@ -94,6 +97,38 @@ struct Args {
         default_value = "read,write,freshness,cache,pipeline,scale"
     )]
     phases: Vec<String>,
+    /// Growth (`--phases growth`): catalog sizes of the read points (at the first of
+    /// `--growth-users`).
+    #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+    growth_products: Vec<u64>,
+    /// Growth: user counts of the read points (the first also for every catalog size; the others
+    /// at the first of `--growth-products`).
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+    growth_users: Vec<u64>,
+    /// Growth: user actions of each read point's backlog (at least two per user).
+    #[arg(long, default_value_t = 1_000_000)]
+    growth_activity: u64,
+    /// Growth: checkpoints of the pipeline backlog (its size is the largest), events per group.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+    growth_events: Vec<u64>,
+    /// Growth: products of the pipeline backlog.
+    #[arg(long, default_value_t = 100_000)]
+    growth_pipeline_products: usize,
+    /// Growth: users of the pipeline backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    growth_pipeline_users: usize,
+    /// Growth: seconds of each wrk round.
+    #[arg(long, default_value_t = 5)]
+    growth_seconds: u64,
+    /// Growth: wrk connections of the varied-key reads (the warm ones use 64, as the read phase).
+    #[arg(long, default_value_t = 16)]
+    growth_connections: u32,
+    /// Growth: users (and products) the varied-key reads go through.
+    #[arg(long, default_value_t = 10_000)]
+    growth_pool: usize,
+    /// Growth: where the SVG charts go.
+    #[arg(long, default_value = "docs")]
+    growth_plots: PathBuf,
     /// Minutes of the soak phase.
     #[arg(long, default_value_t = 10)]
     soak_minutes: u64,
@@ -110,6 +145,10 @@ struct Args {
     /// `--runtime-env CONSUMER_MAX_BATCH=2000`. Recorded in the results.
     #[arg(long, value_parser = key_value)]
     runtime_env: Vec<(String, String)>,
+    /// Profile the first round of the write phases and of the pipeline with `perf record -a`
+    /// and keep the reports in this directory (e.g. `bench/profiles`).
+    #[arg(long)]
+    profile: Option<PathBuf>,
 }
 
 /// The item of `items` whose `key` is their median (of an even count, the upper middle one).
@@ -206,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut rows = Vec::new();
+    let mut growth = None;
     let result = async {
         if wants("read") || wants("write") || wants("freshness") {
             let runtime = Runtime::start(
@@ -265,6 +305,15 @@ async fn main() -> anyhow::Result<()> {
         if wants("scale") {
             rows.extend(scale::phase(&args, &paths, &config).await?);
         }
+        if wants("growth") {
+            // The scale-out drains are part of the growth figures: run them unless done above.
+            if !wants("scale") {
+                rows.extend(scale::phase(&args, &paths, &config).await?);
+            }
+            let (growth_rows, object) = growth::phase(&args, &paths, &config, &rows).await?;
+            rows.extend(growth_rows);
+            growth = Some(object);
+        }
         anyhow::Ok(())
     }
     .await;
@@ -283,9 +332,10 @@ async fn main() -> anyhow::Result<()> {
         "memory",
         "cost",
         "scale-out",
+        "growth",
     ];
     rows.sort_by_key(|r| order.iter().position(|p| *p == r.phase));
-    report(&args, &rows)
+    report(&args, &rows, growth)
 }
 
 /// How the bench's topics are created (`--replication`).
@@ -522,11 +572,48 @@ async fn write_phase(
     }
     let duration = Duration::from_secs(args.seconds);
     let (mut ours, mut ceiling) = (Vec::new(), Vec::new());
+    // CPU microseconds per request of each round, by whom: where a write's cost goes. (Not
+    // for pgbench: its server processes exit with it, their CPU time with them.)
+    let mut cpu = Vec::new();
     for round in 0..args.rounds {
         eprintln!("{phase} round {}/{}", round + 1, args.rounds);
-        ceiling.push(load::pgbench(&database.url, CONCURRENCY, duration, &insert).await?);
-        ours.push(load::wrk(&url, CONCURRENCY, duration, Some(&script)).await?);
+        let pgbench = load::pgbench(&database.url, CONCURRENCY, duration, &insert).await?;
+        let recording = if round == 0 {
+            let title =
+                format!("{phase}: POST /users/{{id}}/activity, 16 connections, first round");
+            let name = phase.replace([' ', ',', '(', ')'], "-").replace("--", "-");
+            profile::start(
+                args.profile.as_deref(),
+                name.trim_matches('-'),
+                &title,
+                runtime.pid(),
+            )
+            .await?
+        } else {
+            None
+        };
+        let before = (
+            runtime.cpu_seconds().unwrap_or(f64::NAN),
+            runtime::postgres_cpu_seconds(),
+            runtime::brokers_cpu_seconds(),
+        );
+        let activity = load::wrk(&url, CONCURRENCY, duration, Some(&script)).await?;
+        if let Some(recording) = recording {
+            recording.finish().await?;
+        }
+        // The relay's publishing of this round belongs to its cost.
         wait_outbox_empty(&database.url).await?;
+        let requests = activity.per_sec * duration.as_secs_f64();
+        let per = |seconds: f64, n: f64| seconds * 1e6 / n;
+        cpu.push(json!({
+            "activity_us_per_request": {
+                "runtime": per(runtime.cpu_seconds().unwrap_or(f64::NAN) - before.0, requests),
+                "postgres": per(runtime::postgres_cpu_seconds() - before.1, requests),
+                "kafka_nodes": per(runtime::brokers_cpu_seconds() - before.2, requests),
+            },
+        }));
+        ceiling.push(pgbench);
+        ours.push(activity);
     }
     let (o, c) = (load::median(&ours), load::median(&ceiling));
     let hosted = if phase == WRITE_ALL {
@@ -542,7 +629,7 @@ async fn write_phase(
         // The targets: the users service alone as deployed, and all four services
         // sharing the process with both consumer groups.
         if phase == WRITE_ALL { 0.7 } else { 0.85 },
-        json!({"activity": o, "pgbench": c, "rounds": {"activity": ours, "pgbench": ceiling}}),
+        json!({"activity": o, "pgbench": c, "rounds": {"activity": ours, "pgbench": ceiling, "cpu": cpu}}),
     ))
 }
 
@@ -748,15 +835,12 @@ async fn pipeline_round(
     config: &Config,
     round: usize,
 ) -> anyhow::Result<PipelineRound> {
-    let database = Database::create(&paths.postgres).await?;
-    let mut config = config.clone();
-    config.database_url = database.url.clone();
-    config.topic_prefix = format!("{}pipe{round}.", config.topic_prefix);
-    let result = measure_pipeline(args, paths, &config).await;
-    database.drop_now().await;
+    let profile = args.profile.as_deref().filter(|_| round == 0);
     // Each round's backlog goes once measured: three replicas of a million events each.
-    pipeline::delete_topics_and_groups(&config.brokers, &config.topic_prefix).await?;
-    result
+    runtime::isolated(paths, config, &format!("pipe{round}"), async |config| {
+        measure_pipeline(args, paths, &config, profile).await
+    })
+    .await
 }
 
 /// One pipeline round on `config`'s database and topics: the backlog produced, drained by the
@@ -765,6 +849,7 @@ async fn measure_pipeline(
     args: &Args,
     paths: &Paths,
     config: &Config,
+    profile: Option<&std::path::Path>,
 ) -> anyhow::Result<PipelineRound> {
     let backlog = pipeline::produce(
         &config.brokers,
@@ -789,6 +874,11 @@ async fn measure_pipeline(
     .await?;
     let base = runtime.url("recommendations");
     let client = reqwest::Client::new();
+    let title = format!(
+        "pipeline: {} events applied by both groups, first round, from the runtime's readiness",
+        args.events
+    );
+    let recording = profile::start(profile, "pipeline", &title, runtime.pid()).await?;
     let ready_secs = spawned.elapsed().as_secs_f64();
     let bar = pipeline::bar(args.events * 2, "runtime consumers");
     let mut rss_samples = 0;
@@ -826,6 +916,9 @@ async fn measure_pipeline(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     bar.finish();
+    if let Some(recording) = recording {
+        recording.finish().await?;
+    }
     let runtime_cpu = runtime.cpu_seconds().unwrap_or(f64::NAN);
     let postgres_cpu = runtime::postgres_cpu_seconds() - postgres_before;
     let brokers_cpu = runtime::brokers_cpu_seconds() - brokers_before;
@@ -867,7 +960,7 @@ async fn measure_pipeline(
 }
 
 /// Prints the table and writes the JSON report.
-fn report(args: &Args, rows: &[Row]) -> anyhow::Result<()> {
+fn report(args: &Args, rows: &[Row], growth: Option<Value>) -> anyhow::Result<()> {
     println!();
     println!(
         "{:<10} {:>14} {:>14} {:>8} {:>14} {:>4}  metric",
@@ -886,7 +979,7 @@ fn report(args: &Args, rows: &[Row]) -> anyhow::Result<()> {
         );
     }
     let machine = machine();
-    let document = json!({
+    let mut document = json!({
         "when": chrono::Utc::now().to_rfc3339(),
         "label": args.label,
         "machine": machine,
@@ -903,6 +996,9 @@ fn report(args: &Args, rows: &[Row]) -> anyhow::Result<()> {
         },
         "rows": rows,
     });
+    if let Some(growth) = growth {
+        document["growth"] = growth;
+    }
     if let Some(dir) = args.output.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -47,9 +47,37 @@ pub fn topic_names(prefix: &str) -> [String; 2] {
 /// A produced backlog: what its events are about, and how long producing took.
 pub struct Backlog {
     pub products: Vec<Uuid>,
+    /// Every user the activity names (each has at least one action once the backlog holds
+    /// `users.len()` activities).
+    pub users: Vec<Uuid>,
     /// The first users with activity, in the order of their first action (at most 10).
     pub active_users: Vec<Uuid>,
     pub seconds: f64,
+}
+
+/// What a backlog's events are about and how its activity is spread over them.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Products created first, one `product.created` each.
+    pub products: usize,
+    /// Users the activity names, in turn (the `k`-th action is the user `k % users`'s).
+    pub users: usize,
+    /// `false`: the activity of [`produce`] (action `n % 4`, product `7n % products`: with the
+    /// default counts each user acts on one product). `true`: each action's product drawn from a
+    /// skewed pseudo-random distribution (the lower indexes more popular; density ∝ 1/√rank),
+    /// actions 70 % views, 15 % cart adds, 5 % cart removes, 10 % purchases, and each product
+    /// update of a pseudo-random product: every user acts on many products, every product has
+    /// co-buyers, as in a store.
+    pub spread: bool,
+}
+
+impl Shape {
+    /// The backlog of [`produce`]: 1 000 products, 10 000 users.
+    pub const CLASSIC: Shape = Shape {
+        products: 1000,
+        users: 10_000,
+        spread: false,
+    };
 }
 
 /// Produces `total` valid events into both topics, created with `layout`: one
@@ -61,6 +89,32 @@ pub async fn produce(
     prefix: &str,
     layout: TopicLayout,
     total: u64,
+) -> anyhow::Result<Backlog> {
+    produce_shaped(brokers, prefix, layout, total, Shape::CLASSIC).await
+}
+
+/// A pseudo-random 64-bit number of `n` (splitmix64): the same backlog every run.
+fn mix(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A product index below `products` for the event `n`, the lower indexes more often (the square
+/// of a uniform number in [0, 1)).
+fn skewed(n: u64, products: usize) -> usize {
+    let uniform = (mix(n) >> 11) as f64 / (1u64 << 53) as f64;
+    ((uniform * uniform * products as f64) as usize).min(products - 1)
+}
+
+/// As [`produce`], about `shape`'s products and users.
+pub async fn produce_shaped(
+    brokers: &str,
+    prefix: &str,
+    layout: TopicLayout,
+    total: u64,
+    shape: Shape,
 ) -> anyhow::Result<Backlog> {
     let partitions = layout.partitions;
     let [user_topic, product_topic] = topic_names(prefix);
@@ -80,8 +134,10 @@ pub async fn produce(
             .set("queue.buffering.max.messages", "500000")
             .set("message.timeout.ms", "120000")
             .create_with_context(SlogContext::new(logger()))?;
-    let products: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
-    let users: Vec<Uuid> = (0..10_000).map(|_| Uuid::new_v4()).collect();
+    let products: Vec<Uuid> = (0..shape.products).map(|_| Uuid::new_v4()).collect();
+    let users: Vec<Uuid> = (0..shape.users).map(|_| Uuid::new_v4()).collect();
+    // Activities produced so far (the spread shape names users in turn).
+    let mut activities = 0usize;
     let bar = bar(total, "producing");
     let started = Instant::now();
     let mut versions = vec![1; products.len()];
@@ -95,20 +151,37 @@ pub async fn produce(
             let p = products[n];
             (&product_topic, p, Event::ProductCreated(snapshot(p, n, 1)))
         } else if n.is_multiple_of(10) {
-            let slot = n % products.len();
+            let slot = if shape.spread {
+                (mix(i ^ 0x5eed) % products.len() as u64) as usize
+            } else {
+                n % products.len()
+            };
             versions[slot] += 1;
             let p = products[slot];
             let event = Event::ProductUpdated(snapshot(p, slot, versions[slot]));
             (&product_topic, p, event)
         } else {
-            let user = users[n % users.len()];
+            let (user, product, action) = if shape.spread {
+                let user = users[activities % users.len()];
+                let action = match mix(i ^ 0xac71) % 100 {
+                    0..70 => Action::View,
+                    70..85 => Action::CartAdd,
+                    85..90 => Action::CartRemove,
+                    _ => Action::Purchase,
+                };
+                (user, products[skewed(i, products.len())], action)
+            } else {
+                let user = users[n % users.len()];
+                (user, products[(n * 7) % products.len()], Action::ALL[n % 4])
+            };
+            activities += 1;
             if active_users.len() < 10 && !active_users.contains(&user) {
                 active_users.push(user);
             }
             let event = Event::UserActivity(UserActivity {
                 user_id: user,
-                product_id: products[(n * 7) % products.len()],
-                action: Action::ALL[n % 4],
+                product_id: product,
+                action,
                 quantity: (n % 3 + 1) as u32,
             });
             (&user_topic, user, event)
@@ -166,6 +239,7 @@ pub async fn produce(
     bar.finish();
     Ok(Backlog {
         products,
+        users,
         active_users,
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -72,6 +72,30 @@ impl Database {
     }
 }
 
+/// Runs `measure` with `config` on a database of its own and the topic prefix
+/// `<prefix><name>.`, then drops the database and deletes those topics and the groups, whatever
+/// `measure` answered: no measurement starts with what an earlier one left behind.
+pub async fn isolated<T, F, Fut>(
+    paths: &Paths,
+    config: &Config,
+    name: &str,
+    measure: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let database = Database::create(&paths.postgres).await?;
+    let mut config = config.clone();
+    config.database_url = database.url.clone();
+    config.topic_prefix = format!("{}{name}.", config.topic_prefix);
+    let (brokers, prefix) = (config.brokers.clone(), config.topic_prefix.clone());
+    let result = measure(config).await;
+    database.drop_now().await;
+    crate::pipeline::delete_topics_and_groups(&brokers, &prefix).await?;
+    result
+}
+
 /// The one value `sql` answers on the database at `url` (`psql -At`, the statement on stdin:
 /// it may be longer than one argument may be).
 pub async fn psql_value(url: &str, sql: &str) -> anyhow::Result<String> {

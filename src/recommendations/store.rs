@@ -232,8 +232,8 @@ pub async fn top(
         .await
 }
 
-/// The statement of [`top`] ordering by the accumulator `column`.
-fn top_sql(column: &str) -> String {
+/// The statement of [`top`] ordering by the accumulator `column` (`$1` categories, `$2` limit).
+pub fn top_sql(column: &str) -> String {
     format!(
         "SELECT c.product_id, c.name, c.price, c.category, s.{column} AS weight \
          FROM rec_catalog c LEFT JOIN rec_scores s ON s.product_id = c.product_id \
@@ -253,29 +253,9 @@ struct Flag {
     flag: bool,
 }
 
-/// Personal ranking: the global order without the user's products that `exclude` names
-/// (purchased ones by default) and each product's accumulator multiplied by (1 + the user's
-/// weighted activity share in its category). Only products of `categories` unless it is
-/// empty. `None` when the user has no history (callers fall back to the global ranking).
-pub async fn for_user(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    categories: &[String],
-    exclude: Exclude,
-    weights: &Weights,
-    limit: i64,
-) -> diesel::QueryResult<Option<Vec<Ranked>>> {
-    let known: Flag = crate::db::prepared(
-        "SELECT EXISTS (SELECT 1 FROM rec_user_products WHERE user_id = $1) AS flag",
-    )
-    .bind::<SqlUuid, _>(user_id)
-    .get_result(conn)
-    .await?;
-    if !known.flag {
-        return Ok(None);
-    }
-    crate::db::prepared(
-        "WITH mine AS ( \
+/// The statement of [`for_user`]: `$1` the user, `$2`-`$5` the weights of a view, a cart
+/// add, a cart removal and a purchase, `$6` the limit, `$7` the categories, `$8` `exclude`.
+pub const FOR_USER_SQL: &str = "WITH mine AS ( \
             SELECT p.product_id, c.category, p.purchases, p.views, p.cart_adds, \
                    GREATEST(p.views * $2 + p.cart_adds * $3 + p.cart_removes * $4 + p.purchases * $5, 0) AS w \
             FROM rec_user_products p LEFT JOIN rec_catalog c ON c.product_id = p.product_id \
@@ -298,20 +278,57 @@ pub async fn for_user(
          ORDER BY (s.acc IS NULL), weight DESC, \
                   CASE WHEN s.acc IS NULL THEN COALESCE(sh.share, 0) END DESC, \
                   CASE WHEN s.acc IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
-         LIMIT $6",
+         LIMIT $6";
+
+/// Personal ranking: the global order without the user's products that `exclude` names
+/// (purchased ones by default) and each product's accumulator multiplied by (1 + the user's
+/// weighted activity share in its category). Only products of `categories` unless it is
+/// empty. `None` when the user has no history (callers fall back to the global ranking).
+pub async fn for_user(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    categories: &[String],
+    exclude: Exclude,
+    weights: &Weights,
+    limit: i64,
+) -> diesel::QueryResult<Option<Vec<Ranked>>> {
+    let known: Flag = crate::db::prepared(
+        "SELECT EXISTS (SELECT 1 FROM rec_user_products WHERE user_id = $1) AS flag",
     )
     .bind::<SqlUuid, _>(user_id)
-    .bind::<Double, _>(weights.view)
-    .bind::<Double, _>(weights.cart_add)
-    .bind::<Double, _>(weights.cart_remove)
-    .bind::<Double, _>(weights.purchase)
-    .bind::<BigInt, _>(limit)
-    .bind::<Array<Text>, _>(categories)
-    .bind::<Text, _>(exclude.as_str())
-    .load(conn)
-    .await
-    .map(Some)
+    .get_result(conn)
+    .await?;
+    if !known.flag {
+        return Ok(None);
+    }
+    crate::db::prepared(FOR_USER_SQL)
+        .bind::<SqlUuid, _>(user_id)
+        .bind::<Double, _>(weights.view)
+        .bind::<Double, _>(weights.cart_add)
+        .bind::<Double, _>(weights.cart_remove)
+        .bind::<Double, _>(weights.purchase)
+        .bind::<BigInt, _>(limit)
+        .bind::<Array<Text>, _>(categories)
+        .bind::<Text, _>(exclude.as_str())
+        .load(conn)
+        .await
+        .map(Some)
 }
+
+/// The statement of [`similar`]: `$1` the product, `$2` and `$3` the weights of a purchase
+/// and a cart add, `$4` the limit, `$5` the categories.
+pub const SIMILAR_SQL: &str = "WITH buyers AS (SELECT user_id FROM rec_user_products \
+                         WHERE product_id = $1 AND (purchases > 0 OR cart_adds > 0)) \
+         SELECT c.product_id, c.name, c.price, c.category, \
+                SUM(q.purchases * $2 + q.cart_adds * $3) AS weight \
+         FROM rec_user_products q \
+         JOIN buyers b ON b.user_id = q.user_id \
+         JOIN rec_catalog c ON c.product_id = q.product_id AND NOT c.deleted AND c.name IS NOT NULL \
+         WHERE q.product_id <> $1 AND (q.purchases > 0 OR q.cart_adds > 0) \
+           AND (cardinality($5::text[]) = 0 OR c.category = ANY($5::text[])) \
+         GROUP BY c.product_id, c.name, c.price, c.category \
+         ORDER BY weight DESC, c.product_id \
+         LIMIT $4";
 
 /// "Users who bought or carted this also bought or carted": other live products, weighted by
 /// purchases and cart adds of the users who purchased or carted `product_id`. `None` when the
@@ -333,26 +350,13 @@ pub async fn similar(
     if !live.flag {
         return Ok(None);
     }
-    crate::db::prepared(
-        "WITH buyers AS (SELECT user_id FROM rec_user_products \
-                         WHERE product_id = $1 AND (purchases > 0 OR cart_adds > 0)) \
-         SELECT c.product_id, c.name, c.price, c.category, \
-                SUM(q.purchases * $2 + q.cart_adds * $3) AS weight \
-         FROM rec_user_products q \
-         JOIN buyers b ON b.user_id = q.user_id \
-         JOIN rec_catalog c ON c.product_id = q.product_id AND NOT c.deleted AND c.name IS NOT NULL \
-         WHERE q.product_id <> $1 AND (q.purchases > 0 OR q.cart_adds > 0) \
-           AND (cardinality($5::text[]) = 0 OR c.category = ANY($5::text[])) \
-         GROUP BY c.product_id, c.name, c.price, c.category \
-         ORDER BY weight DESC, c.product_id \
-         LIMIT $4",
-    )
-    .bind::<SqlUuid, _>(product_id)
-    .bind::<Double, _>(weights.purchase)
-    .bind::<Double, _>(weights.cart_add)
-    .bind::<BigInt, _>(limit)
-    .bind::<Array<Text>, _>(categories)
-    .load(conn)
-    .await
-    .map(Some)
+    crate::db::prepared(SIMILAR_SQL)
+        .bind::<SqlUuid, _>(product_id)
+        .bind::<Double, _>(weights.purchase)
+        .bind::<Double, _>(weights.cart_add)
+        .bind::<BigInt, _>(limit)
+        .bind::<Array<Text>, _>(categories)
+        .load(conn)
+        .await
+        .map(Some)
 }
