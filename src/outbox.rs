@@ -5,7 +5,7 @@
 //! acknowledged.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,8 @@ pub struct PgOutbox {
     cursor: Arc<Mutex<ReadCursor>>,
     /// Rows removed since the outbox was last vacuumed.
     removed: Arc<AtomicU64>,
+    /// Whether a vacuum is running.
+    vacuuming: Arc<AtomicBool>,
     /// Vacuum once this many were removed (`OUTBOX_VACUUM_ROWS`).
     vacuum_every: u64,
     logger: Logger,
@@ -161,34 +163,42 @@ impl PgOutbox {
                 last_full_read: Instant::now(),
             })),
             removed: Arc::new(AtomicU64::new(0)),
+            vacuuming: Arc::new(AtomicBool::new(false)),
             vacuum_every: vacuum_every.max(1),
             logger,
         }
     }
 
-    /// Counts `removed` rows; vacuums the outbox tables once `vacuum_every` were removed since
-    /// the last time. A failed vacuum is logged and tried again after the next batch.
-    async fn vacuum_if_due(&self, removed: usize) {
+    /// Counts `removed` rows; once `vacuum_every` were removed since the last vacuum, starts
+    /// one in a task of its own, one at a time: the relay goes on publishing meanwhile (a vacuum
+    /// waits for a table's lock, and holding the relay until then held every event behind it).
+    /// `SKIP_LOCKED` leaves a table that autovacuum is working on to autovacuum. A failed vacuum
+    /// is logged and tried again after the next batch.
+    fn vacuum_if_due(&self, removed: usize) {
         let total = self.removed.fetch_add(removed as u64, Ordering::Relaxed) + removed as u64;
-        if total < self.vacuum_every {
+        if total < self.vacuum_every || self.vacuuming.swap(true, Ordering::AcqRel) {
             return;
         }
-        let started = Instant::now();
-        let vacuumed = async {
-            let mut conn = self.pool.get().await?;
-            diesel::sql_query("VACUUM outbox, outbox_stamps")
-                .execute(&mut *conn)
-                .await?;
-            anyhow::Ok(())
-        }
-        .await;
-        match vacuumed {
-            Ok(()) => {
-                self.removed.fetch_sub(total, Ordering::Relaxed);
-                debug!(self.logger, "outbox vacuumed"; "removed_rows" => total, "ms" => started.elapsed().as_millis() as u64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let vacuumed = async {
+                let mut conn = this.pool.get().await?;
+                diesel::sql_query("VACUUM (SKIP_LOCKED) outbox, outbox_stamps")
+                    .execute(&mut *conn)
+                    .await?;
+                anyhow::Ok(())
             }
-            Err(e) => warn!(self.logger, "outbox vacuum failed"; "error" => format!("{e:#}")),
-        }
+            .await;
+            match vacuumed {
+                Ok(()) => {
+                    this.removed.fetch_sub(total, Ordering::Relaxed);
+                    debug!(this.logger, "outbox vacuumed"; "removed_rows" => total, "ms" => started.elapsed().as_millis() as u64);
+                }
+                Err(e) => warn!(this.logger, "outbox vacuum failed"; "error" => format!("{e:#}")),
+            }
+            this.vacuuming.store(false, Ordering::Release);
+        });
     }
 
     /// Where this read starts: from the cursor, or from the start when a full read is due.
@@ -479,7 +489,7 @@ impl OutboxStore for PgOutbox {
             if let Ok(BatchOutcome::Done { published, .. }) = &outcome {
                 // The pooled connection goes back first: the vacuum takes one of its own.
                 drop(conn);
-                vacuum.vacuum_if_due(*published).await;
+                vacuum.vacuum_if_due(*published);
             }
             outcome
         })
