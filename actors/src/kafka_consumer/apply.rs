@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -16,14 +16,55 @@ use crate::metrics::{KAFKA_MESSAGES_CONSUMED, KAFKA_PROCESSING_DURATION};
 use crate::observe::ObservedRecipient;
 use crate::retry;
 
+/// How often, at most, the positions are copied to Kafka. The copy only serves tools and a
+/// consumer that cannot ask its sink (which then re-reads at most this much and skips it), and
+/// each commit is a replicated write to `__consumer_offsets` on the brokers: once per batch,
+/// under a steady trickle, it cost the brokers more than the records did.
+const COPY_EVERY: Duration = Duration::from_secs(1);
+
+/// The positions not yet copied to Kafka, and when they last were.
+#[derive(Default)]
+pub(super) struct KafkaCopy {
+    pending: BTreeMap<(String, i32), i64>,
+    last: Option<Instant>,
+}
+
+impl KafkaCopy {
+    /// Adds a batch's positions; commits everything pending if [`COPY_EVERY`] has passed since
+    /// the last commit. What arrives after the last batch of a burst waits for the next batch.
+    fn record(
+        &mut self,
+        consumer: &StreamConsumer<GroupContext>,
+        positions: &[(String, i32, i64)],
+        logger: &Logger,
+    ) -> anyhow::Result<()> {
+        for (topic, partition, offset) in positions {
+            self.pending.insert((topic.clone(), *partition), *offset);
+        }
+        if self.last.is_some_and(|at| at.elapsed() < COPY_EVERY) {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.pending {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            warn!(logger, "offset commit to Kafka failed (positions are safe in the store)"; "error" => %e);
+        }
+        self.pending.clear();
+        self.last = Some(Instant::now());
+        Ok(())
+    }
+}
+
 /// Hands `batch` to the sink until it is durable, counts its records and tells Kafka the new
-/// positions.
+/// positions (through `copy`, at most once per [`COPY_EVERY`]).
 pub(super) async fn apply<T: Send + Sync + 'static>(
     consumer: &StreamConsumer<GroupContext>,
     sink: &ObservedRecipient<ApplyBatch<T>>,
     batch: Arc<Batch<T>>,
     started: Instant,
-    config: &ConsumerConfig,
+    (config, copy): (&ConsumerConfig, &mut KafkaCopy),
     logger: &Logger,
 ) -> anyhow::Result<()> {
     let applied = retry::until_ok(logger, "applying a batch", || {
@@ -61,16 +102,9 @@ pub(super) async fn apply<T: Send + Sync + 'static>(
             histogram.observe(elapsed);
         }
     }
-    // Kafka's own committed offsets only speed up resumption and feed lag metrics; the
-    // sink's positions are the truth.
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition, offset) in &batch.positions {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-    }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-        warn!(logger, "offset commit to Kafka failed (positions are safe in the store)"; "error" => %e);
-    }
-    Ok(())
+    // Kafka's own committed offsets only speed up resumption; the sink's positions are the
+    // truth (and what the lag is measured from).
+    copy.record(consumer, &batch.positions, logger)
 }
 
 /// Adds `(record, status)` pairs to `kafka_messages_consumed_total`, one increment per

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use slog::Logger;
 
-use super::apply::apply;
+use super::apply::{apply, KafkaCopy};
 use super::collect::{collect, TopicNames};
 use super::config::ConsumerConfig;
 use super::dead_letter::dead_letter;
@@ -56,10 +56,19 @@ pub(super) async fn run<T: Send + Sync + 'static>(
     // at least `max_wait` after its first record): the slower the sink, the larger its batches.
     let mut in_flight: Option<(Arc<Batch<T>>, Instant)> = None;
     let mut topic_names = TopicNames::default();
+    let mut copy = KafkaCopy::default();
     loop {
         let applying = async {
             if let Some((batch, started)) = in_flight.take() {
-                apply(&consumer, &sink, batch, started, &config, &logger).await?;
+                apply(
+                    &consumer,
+                    &sink,
+                    batch,
+                    started,
+                    (&config, &mut copy),
+                    &logger,
+                )
+                .await?;
             }
             anyhow::Ok(())
         };
