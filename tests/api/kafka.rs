@@ -143,8 +143,13 @@ impl KafkaCluster {
                 launches: 0,
             })
             .collect();
-        let cluster_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(uuid::Uuid::new_v4().as_bytes());
+        // As Kafka's own `Uuid.randomUuid` does, an id starting with `-` is drawn again: the
+        // storage tool would read it as an option (`-t -…`: "expected one argument").
+        let cluster_id = std::iter::repeat_with(|| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+        })
+        .find(|id| !id.starts_with('-'))
+        .expect("an id not starting with '-' comes within a few draws");
         Self {
             dir,
             cluster_id,
