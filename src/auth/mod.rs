@@ -210,9 +210,7 @@ impl JwtKeys {
         }
         Ok(claims)
     }
-}
 
-impl JwtKeys {
     /// The claims of `token` if these keys verified it on this thread and it has not expired
     /// since. Without the leeway a fresh check grants: an entry near its expiry is checked
     /// again, by the rule that applies to every token.

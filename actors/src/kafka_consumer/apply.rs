@@ -64,7 +64,8 @@ pub(super) async fn apply<T: Send + Sync + 'static>(
     sink: &ObservedRecipient<ApplyBatch<T>>,
     batch: Arc<Batch<T>>,
     started: Instant,
-    (config, copy): (&ConsumerConfig, &mut KafkaCopy),
+    config: &ConsumerConfig,
+    copy: &mut KafkaCopy,
     logger: &Logger,
 ) -> anyhow::Result<()> {
     let applied = retry::until_ok(logger, "applying a batch", || {

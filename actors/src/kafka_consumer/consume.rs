@@ -61,12 +61,7 @@ pub(super) async fn run<T: Send + Sync + 'static>(
         let applying = async {
             if let Some((batch, started)) = in_flight.take() {
                 apply(
-                    &consumer,
-                    &sink,
-                    batch,
-                    started,
-                    (&config, &mut copy),
-                    &logger,
+                    &consumer, &sink, batch, started, &config, &mut copy, &logger,
                 )
                 .await?;
             }
@@ -87,18 +82,20 @@ pub(super) async fn run<T: Send + Sync + 'static>(
         };
         let (batch, poison, started) = collected.split();
         // Poison records reach their dead-letter topic before the batch moves past them.
-        if !poison.is_empty() && dlq.is_none() {
-            dlq = Some(kafka::idempotent_producer(
-                &config.brokers,
-                &format!("{}-dlq", config.service),
-                Duration::from_secs(30),
-                logger.clone(),
-            )?);
-        }
-        for (message, reason) in &poison {
-            if let Some(dlq) = &dlq {
-                dead_letter(dlq, message, reason, &config, &logger).await;
+        if !poison.is_empty() {
+            let producer = match dlq.take() {
+                Some(producer) => producer,
+                None => kafka::idempotent_producer(
+                    &config.brokers,
+                    &format!("{}-dlq", config.service),
+                    Duration::from_secs(30),
+                    logger.clone(),
+                )?,
+            };
+            for (message, reason) in &poison {
+                dead_letter(&producer, message, reason, &config, &logger).await;
             }
+            dlq = Some(producer);
         }
         in_flight = Some((Arc::new(batch), started));
     }
