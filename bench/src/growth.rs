@@ -279,24 +279,9 @@ async fn measure_point(
         shape,
     )
     .await?;
-    let spawned = Instant::now();
-    let runtime = Runtime::start(
-        paths,
-        config,
-        &["recommendations", "analytics"],
-        "growth-runtime.log",
-    )
-    .await?;
-    let client = reqwest::Client::new();
-    let applied = apply(
-        &client,
-        &runtime,
-        &config.database_url,
-        events,
-        &[],
-        spawned,
-    )
-    .await?;
+    let (runtime, applied) =
+        start_and_apply(paths, config, "growth-runtime.log", events, &[]).await?;
+    let applied = applied?;
     let apply_seconds = applied.seconds;
     let tables = tables(&config.database_url, true).await?.1;
     let reads = reads(args, config, &runtime, &backlog).await;
@@ -352,6 +337,31 @@ struct Applied {
 
 /// Waits until both groups of `runtime` applied `total` records (then lag 0), recording each of
 /// `checkpoints` on the way.
+/// Starts a runtime hosting recommendations and analytics on `config` (its log in `log`) and
+/// waits until both groups applied `total` events (see [`apply`]); answers the runtime, still
+/// running, and how the applying went.
+async fn start_and_apply(
+    paths: &Paths,
+    config: &Config,
+    log: &str,
+    total: u64,
+    checkpoints: &[u64],
+) -> anyhow::Result<(Runtime, anyhow::Result<Applied>)> {
+    let spawned = Instant::now();
+    let runtime = Runtime::start(paths, config, &["recommendations", "analytics"], log).await?;
+    let client = reqwest::Client::new();
+    let applied = apply(
+        &client,
+        &runtime,
+        &config.database_url,
+        total,
+        checkpoints,
+        spawned,
+    )
+    .await;
+    Ok((runtime, applied))
+}
+
 async fn apply(
     client: &reqwest::Client,
     runtime: &Runtime,
@@ -868,24 +878,14 @@ async fn pipeline_point(
             "growth: {total} events produced in {:.1} s",
             backlog.seconds
         );
-        let spawned = Instant::now();
-        let runtime = Runtime::start(
+        let (runtime, applied) = start_and_apply(
             paths,
             &config,
-            &["recommendations", "analytics"],
             "growth-pipeline-runtime.log",
-        )
-        .await?;
-        let client = reqwest::Client::new();
-        let applied = apply(
-            &client,
-            &runtime,
-            &config.database_url,
             total,
             &args.growth_events,
-            spawned,
         )
-        .await;
+        .await?;
         runtime.stop().await;
         anyhow::Ok(applied?.checkpoints)
     })
