@@ -16,6 +16,7 @@ use diesel::sql_types::{Array, BigInt, Integer, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
+use recsys_actors::metrics::OUTBOX_BATCH_STEP;
 use recsys_actors::outbox_relay::{
     BatchOutcome, OutboxRecord, OutboxStore, PartitionCounts, Pending, Publish, Published,
     Reconciled,
@@ -218,8 +219,32 @@ impl PgOutbox {
     }
 }
 
-/// An outbox row as the relay reads it: id, topic, key, payload.
-type Row = (i64, String, String, String);
+/// Times the steps of one relay batch into `outbox_batch_step_seconds`.
+struct Step(Instant, Vec<&'static str>);
+
+impl Step {
+    fn start() -> Self {
+        Self(Instant::now(), Vec::new())
+    }
+
+    /// Records the step that just ended; the next starts now.
+    fn done(&mut self, step: &'static str) {
+        let now = Instant::now();
+        OUTBOX_BATCH_STEP
+            .with_label_values(&[step])
+            .observe((now - self.0).as_secs_f64());
+        self.0 = now;
+        self.1.push(step);
+    }
+
+    /// Whether `step` was recorded.
+    fn timed(&self, step: &str) -> bool {
+        self.1.contains(&step)
+    }
+}
+
+/// An outbox row as the relay reads it: id, topic, key, payload, written at.
+type Row = (i64, String, String, String, DateTime<Utc>);
 
 /// One row of `outbox_stamps`: outbox row `outbox_ids[i]` carries number `first_seq + i` of
 /// its topic's `stream`.
@@ -253,7 +278,7 @@ async fn stamp(
     // (topic, stream) -> the outbox ids getting its next numbers, in order.
     let mut streams: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
     let mut records = Vec::with_capacity(fresh.len());
-    for (id, topic, key, payload) in fresh {
+    for (id, topic, key, payload, written_at) in fresh {
         let count = *partitions
             .get(&topic)
             .with_context(|| format!("no partition count for topic {topic}"))?;
@@ -266,6 +291,7 @@ async fn stamp(
             payload,
             stream,
             seq: 0,
+            written_at: written_at.into(),
         });
     }
     if records.is_empty() {
@@ -367,6 +393,7 @@ impl OutboxStore for PgOutbox {
         let vacuum = self.clone();
         Box::pin(async move {
             let pool = this.pool.clone();
+            let mut step = Step::start();
             let mut conn = pool.get_owned().await?;
             let outcome: anyhow::Result<BatchOutcome> = conn
                 .transaction(async move |conn| -> anyhow::Result<BatchOutcome> {
@@ -384,7 +411,13 @@ impl OutboxStore for PgOutbox {
                     crate::db::prepared("SET LOCAL synchronous_commit = off")
                         .execute(conn)
                         .await?;
-                    let columns = (outbox::id, outbox::topic, outbox::key, outbox::payload);
+                    let columns = (
+                        outbox::id,
+                        outbox::topic,
+                        outbox::key,
+                        outbox::payload,
+                        outbox::created_at,
+                    );
                     // Rows stamped before but not acknowledged keep their stamp and go first.
                     // Normally there are none: a batch whose rows were all acknowledged removes
                     // its stamps with them.
@@ -413,17 +446,20 @@ impl OutboxStore for PgOutbox {
                             .order(outbox::id.asc())
                             .load(conn)
                             .await?;
-                        records.extend(rows.into_iter().map(|(id, topic, key, payload)| {
-                            let (stream, seq) = stamped[&id];
-                            OutboxRecord {
-                                id,
-                                topic,
-                                key,
-                                payload,
-                                stream,
-                                seq,
-                            }
-                        }));
+                        records.extend(rows.into_iter().map(
+                            |(id, topic, key, payload, written_at)| {
+                                let (stream, seq) = stamped[&id];
+                                OutboxRecord {
+                                    id,
+                                    topic,
+                                    key,
+                                    payload,
+                                    stream,
+                                    seq,
+                                    written_at: written_at.into(),
+                                }
+                            },
+                        ));
                     }
                     let room = limit - records.len() as i64;
                     let mut new_stamps = Vec::new();
@@ -449,7 +485,9 @@ impl OutboxStore for PgOutbox {
                         if let Some(last) = fresh.last() {
                             this.read_up_to(last.0);
                         }
+                        step.done("read");
                         let (stamped, ids) = stamp(&pool, fresh, &partitions).await?;
+                        step.done("stamp");
                         records.extend(stamped);
                         new_stamps = ids;
                     }
@@ -464,7 +502,11 @@ impl OutboxStore for PgOutbox {
                         });
                     }
                     let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
+                    if !step.timed("read") {
+                        step.done("read");
+                    }
                     let acknowledged = publish(records).await;
+                    step.done("publish");
                     diesel::delete(outbox::table.filter(outbox::id.eq_any(&acknowledged)))
                         .execute(conn)
                         .await?;
@@ -480,6 +522,7 @@ impl OutboxStore for PgOutbox {
                         .chain(new_stamps.iter().copied().filter(|_| left.is_empty()))
                         .collect();
                     forget_stamps(conn, done).await?;
+                    step.done("remove");
                     Ok(BatchOutcome::Done {
                         claimed,
                         published: acknowledged.len(),

@@ -58,6 +58,22 @@ pub static KAFKA_PROCESSING_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| 
     .expect("metric registers once")
 });
 
+/// `kafka_record_age_seconds{service,topic}`: from a record's production (its Kafka
+/// timestamp, the producer's clock) to its effect being committed: how old what a consumer
+/// applies is, end to end.
+pub static KAFKA_RECORD_AGE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "kafka_record_age_seconds",
+        "Time from a record's production to its effect being committed",
+        &["service", "topic"],
+        vec![
+            0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            60.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
 /// `kafka_consumer_lag{service,group,topic,partition}`: records behind the log end (log end
 /// offset minus the position stored with the consumer's state).
 pub static KAFKA_CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -99,14 +115,44 @@ pub static OUTBOX_OLDEST_AGE: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// `outbox_delivery_seconds`: from an event's transaction (its outbox row's `created_at`) to the
+/// broker's acknowledgement of its record.
+pub static OUTBOX_DELIVERY: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    prometheus::register_histogram!(
+        "outbox_delivery_seconds",
+        "Time from an event's transaction to the broker acknowledging its record",
+        vec![
+            0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            60.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// `outbox_batch_step_seconds{step}`: the steps of one relay batch: `read` (the lock and the
+/// pending rows), `stamp` (numbering and committing the stamps), `publish` (sending and waiting
+/// for every acknowledgement) and `remove` (deleting what was acknowledged, committing).
+pub static OUTBOX_BATCH_STEP: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "outbox_batch_step_seconds",
+        "Time of each step of one outbox relay batch",
+        &["step"],
+        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0]
+    )
+    .expect("metric registers once")
+});
+
 /// Touches every family so that `/metrics` lists them before their first sample.
 pub fn init() {
     LazyLock::force(&KAFKA_MESSAGES_PRODUCED);
     LazyLock::force(&OUTBOX_PENDING);
     LazyLock::force(&OUTBOX_OLDEST_AGE);
+    LazyLock::force(&OUTBOX_DELIVERY);
+    LazyLock::force(&OUTBOX_BATCH_STEP);
     LazyLock::force(&OUTBOX_RELAY_BUSY);
     LazyLock::force(&KAFKA_MESSAGES_CONSUMED);
     LazyLock::force(&KAFKA_PROCESSING_DURATION);
+    LazyLock::force(&KAFKA_RECORD_AGE);
     LazyLock::force(&KAFKA_REBALANCES);
     LazyLock::force(&KAFKA_ASSIGNED_PARTITIONS);
     LazyLock::force(&KAFKA_CONSUMER_LAG);

@@ -25,7 +25,7 @@ use slog::{debug, error, info, warn, Logger};
 
 use crate::kafka::{self, SlogContext};
 use crate::metrics::{
-    KAFKA_MESSAGES_PRODUCED, OUTBOX_OLDEST_AGE, OUTBOX_PENDING, OUTBOX_RELAY_BUSY,
+    KAFKA_MESSAGES_PRODUCED, OUTBOX_DELIVERY, OUTBOX_OLDEST_AGE, OUTBOX_PENDING, OUTBOX_RELAY_BUSY,
 };
 use crate::sequence;
 
@@ -44,6 +44,8 @@ pub struct OutboxRecord {
     pub stream: i32,
     /// Sequence number within (topic, stream), from 1, dense.
     pub seq: i64,
+    /// When the row's transaction wrote it.
+    pub written_at: std::time::SystemTime,
 }
 
 /// Partitions of each logical topic (what [`sequence::partition_for`] divides keys among).
@@ -546,12 +548,15 @@ async fn publish(
                 }
             }
         };
-        deliveries.push((record.id, topic, delivery));
+        deliveries.push((record.id, record.written_at, topic, delivery));
     }
     let mut acknowledged = Vec::with_capacity(records.len());
-    for (id, topic, delivery) in deliveries {
+    for (id, written_at, topic, delivery) in deliveries {
         match delivery.await {
             Ok(Ok(delivery)) => {
+                if let Ok(took) = written_at.elapsed() {
+                    OUTBOX_DELIVERY.observe(took.as_secs_f64());
+                }
                 KAFKA_MESSAGES_PRODUCED
                     .with_label_values(&[&topic, "ok"])
                     .inc();

@@ -27,6 +27,11 @@ pub struct Freshness {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The runtime's own histograms over the round, stage by stage (count, p50, p99): the
+    /// outbox relay (transaction to broker acknowledgement), the recommendations consumer
+    /// (record produced to batch committed), one ranking flush, one refresh of the global
+    /// answers. Filled in by the caller.
+    pub stages: Value,
 }
 
 /// A user who posts: `(id, token)`.
@@ -154,5 +159,6 @@ pub async fn run(
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         max_ms: histogram.max() as f64 / 1000.0,
+        stages: Value::Null,
     })
 }

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde_json::Value;
 use tokio::process::{Child, Command};
 
 /// Where the pieces are and how to reach the shared servers.
@@ -346,4 +347,69 @@ pub fn write_file(work: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf
     let path = work.join(name);
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// The cumulative buckets `(le, count)` of histogram `name` in a `/metrics` page, summed over
+/// the label sets that contain every `filter`, in `le` order.
+pub fn buckets_of(text: &str, name: &str, filters: &[&str]) -> Vec<(f64, f64)> {
+    let series = format!("{name}_bucket{{");
+    let mut sums: Vec<(f64, f64)> = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with(&series)) {
+        if !filters.iter().all(|f| line.contains(f)) {
+            continue;
+        }
+        let Some(le) = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|le| le.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        let Some(count) = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok()) else {
+            continue;
+        };
+        match sums.iter_mut().find(|(l, _)| *l == le) {
+            Some((_, sum)) => *sum += count,
+            None => sums.push((le, count)),
+        }
+    }
+    sums.sort_by(|a, b| a.0.total_cmp(&b.0));
+    sums
+}
+
+/// What a histogram observed between two `/metrics` pages: the count and the p50 and p99 in
+/// milliseconds, interpolated within buckets the way Prometheus' `histogram_quantile` does.
+pub fn histogram_window(before: &str, after: &str, name: &str, filters: &[&str]) -> Value {
+    let (first, last) = (
+        buckets_of(before, name, filters),
+        buckets_of(after, name, filters),
+    );
+    let delta: Vec<(f64, f64)> = last
+        .iter()
+        .map(|(le, count)| {
+            let earlier = first.iter().find(|(l, _)| l == le).map_or(0.0, |(_, c)| *c);
+            (*le, count - earlier)
+        })
+        .collect();
+    let total = delta.last().map_or(0.0, |(_, c)| *c);
+    let quantile = |q: f64| -> Option<f64> {
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let mut lower = (0.0, 0.0);
+        for &(le, count) in &delta {
+            if count >= rank {
+                if le.is_infinite() {
+                    return Some(lower.0 * 1000.0);
+                }
+                let within = (rank - lower.1) / (count - lower.1).max(f64::MIN_POSITIVE);
+                return Some((lower.0 + (le - lower.0) * within) * 1000.0);
+            }
+            lower = (le, count);
+        }
+        None
+    };
+    serde_json::json!({"count": total, "p50_ms": quantile(0.5), "p99_ms": quantile(0.99)})
 }

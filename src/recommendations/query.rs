@@ -17,7 +17,7 @@ use actix::prelude::*;
 use bigdecimal::BigDecimal;
 use chrono::Utc;
 use futures_util::{stream, StreamExt};
-use prometheus::{register_int_counter_vec, IntCounterVec};
+use prometheus::{register_histogram, register_int_counter_vec, Histogram, IntCounterVec};
 use recsys_actors::cache::refresh::{
     CacheDelete, CacheGetStamped, CacheMark, CacheMarked, CacheSetNewer,
 };
@@ -40,6 +40,17 @@ pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "recommendation_cache_requests_total",
         "Recommendation queries answered from the cache (hit) or Postgres (miss)",
         &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// `recommendation_refresh_seconds`: one refresh of the global answers a ranking change altered,
+/// from its start to the last answer written.
+pub static REFRESH_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "recommendation_refresh_seconds",
+        "Time to recompute and store the global answers a ranking change altered",
+        vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5]
     )
     .expect("metric registers once")
 });
@@ -489,6 +500,7 @@ impl Handler<Refresh> for RecommendationsActor {
         );
         let (weights, half_lives, ttl) = (self.weights, self.half_lives, self.ttl);
         let (logger, generation, changed) = (self.logger.clone(), msg.generation, msg.changed);
+        let started = std::time::Instant::now();
         let refresh = async move {
             let marked = cache
                 .send(CacheMarked {
@@ -534,6 +546,7 @@ impl Handler<Refresh> for RecommendationsActor {
             // A refresh that could not read the set or write an answer (Redis or Postgres away)
             // leaves the generation to the next one: the ranking actor's periodic `Everything`.
             if done.is_some() {
+                REFRESH_DURATION.observe(started.elapsed().as_secs_f64());
                 act.refreshed = act.refreshed.max(generation);
                 act.refreshes.finished();
             }
@@ -642,6 +655,7 @@ async fn query(
 /// Registers the query metric family.
 pub fn init_metrics() {
     LazyLock::force(&CACHE_REQUESTS);
+    LazyLock::force(&REFRESH_DURATION);
 }
 
 recsys_actors::observed_handlers!(RecommendationsActor => Recommend, Refresh);

@@ -359,6 +359,7 @@ async fn ranking_query_and_cache_actors_answer_typed_messages() {
                     stream: 0,
                     seq: i as i64 + 1,
                     label: e.event.type_name(),
+                    produced_ms: 0,
                     item: Fact::from(e.clone()),
                 })
                 .collect(),

@@ -206,6 +206,7 @@ async fn aggregation_and_query_actors_answer_typed_messages() {
                     stream: 1,
                     seq: i as i64 + 1,
                     label: e.event.type_name(),
+                    produced_ms: 0,
                     item: Fact::from(e.clone()),
                 })
                 .collect(),
@@ -303,6 +304,7 @@ async fn a_late_record_fills_its_gap_once() {
                     stream: 2,
                     seq,
                     label: item.event.type_name(),
+                    produced_ms: 0,
                     item: Fact::from(item),
                 }
             })

@@ -12,7 +12,7 @@ use slog::{warn, Logger};
 use super::config::ConsumerConfig;
 use super::messages::{ApplyBatch, Batch, Consumed};
 use super::rebalance::GroupContext;
-use crate::metrics::{KAFKA_MESSAGES_CONSUMED, KAFKA_PROCESSING_DURATION};
+use crate::metrics::{KAFKA_MESSAGES_CONSUMED, KAFKA_PROCESSING_DURATION, KAFKA_RECORD_AGE};
 use crate::observe::ObservedRecipient;
 use crate::retry;
 
@@ -93,14 +93,26 @@ pub(super) async fn apply<T: Send + Sync + 'static>(
             .zip(applied)
             .map(|(record, applied)| (record, if applied { "ok" } else { "duplicate" })),
     );
-    let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut per_topic: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for record in &batch.records {
-        *per_topic.entry(&record.topic).or_default() += 1;
+        per_topic
+            .entry(&record.topic)
+            .or_default()
+            .push(record.produced_ms);
     }
-    for (topic, n) in per_topic {
-        let histogram = KAFKA_PROCESSING_DURATION.with_label_values(&[config.service, topic]);
-        for _ in 0..n {
-            histogram.observe(elapsed);
+    for (topic, produced) in per_topic {
+        let labels = [config.service, topic];
+        let processing = KAFKA_PROCESSING_DURATION.with_label_values(&labels);
+        let age = KAFKA_RECORD_AGE.with_label_values(&labels);
+        for produced_ms in produced {
+            processing.observe(elapsed);
+            if produced_ms > 0 {
+                // Clocks of two machines may disagree a little: never a negative age.
+                age.observe((now_ms - produced_ms).max(0) as f64 / 1000.0);
+            }
         }
     }
     // Kafka's own committed offsets only speed up resumption; the sink's positions are the

@@ -16,7 +16,7 @@ use super::messages::{Batch, Consumed, Decoder};
 use super::rebalance::GroupContext;
 use crate::sequence;
 
-/// Most records a batch reserves room for up front (112 bytes each for the services' facts);
+/// Most records a batch reserves room for up front (120 bytes each for the services' facts);
 /// a larger `max_records` grows past it.
 const RESERVED_RECORDS: usize = 100_000;
 
@@ -128,6 +128,7 @@ pub(super) async fn collect<T>(
                 stream,
                 seq,
                 label,
+                produced_ms: message.timestamp().to_millis().unwrap_or(0),
                 item,
             }),
             Err(reason) => collected.poison.push((message.detach(), reason)),

@@ -18,6 +18,9 @@ pub struct Consumed<T> {
     pub seq: i64,
     /// The `type` metric label.
     pub label: &'static str,
+    /// When the record was produced (its Kafka timestamp, milliseconds since the epoch; 0
+    /// when it has none).
+    pub produced_ms: i64,
     pub item: T,
 }
 
