@@ -299,12 +299,14 @@ pub struct Settings {
     /// the previous one is being applied (and at least `CONSUMER_MAX_WAIT_MS` after its first
     /// record), so batches only grow this large when a backlog waits; each is folded per
     /// product and user before it is written, so large ones write far fewer rows per event.
-    /// Each consumer reserves room for two batches of this many records (112 bytes each).
+    /// Each consumer reserves room for two batches of this many records (120 bytes each).
     #[arg(long, env = "CONSUMER_MAX_BATCH", default_value_t = 50_000)]
     pub consumer_max_batch: usize,
 
-    /// How long a consumer batch waits for more records after its first (milliseconds).
-    #[arg(long, env = "CONSUMER_MAX_WAIT_MS", default_value_t = 20)]
+    /// How long a consumer batch waits for more records after its first (milliseconds): every
+    /// event of a trickle waits up to this long before it is applied, and the shorter it is,
+    /// the smaller (and costlier per event) the batches under a moderate load.
+    #[arg(long, env = "CONSUMER_MAX_WAIT_MS", default_value_t = 10)]
     pub consumer_max_wait_ms: u64,
 
     /// Messages an actor may have in flight; beyond it requests are refused with 503.

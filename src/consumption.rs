@@ -308,6 +308,15 @@ mod tests {
     use uuid::Uuid;
 
     #[test]
+    /// The size `CONSUMER_MAX_BATCH`'s documentation gives for a record held in a batch.
+    fn a_consumed_fact_takes_120_bytes() {
+        assert_eq!(
+            std::mem::size_of::<recsys_actors::kafka_consumer::Consumed<Fact>>(),
+            120
+        );
+    }
+
+    #[test]
     /// Valid envelopes decode; garbage, unknown types and contract violations are poison.
     fn decoding_separates_poison() {
         let user = Uuid::new_v4();

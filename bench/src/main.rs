@@ -78,6 +78,11 @@ struct Args {
     /// Seconds per round.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Seconds of unmeasured writes before each write phase's rounds: the Kafka nodes' JIT
+    /// compiles the produce and replication paths in the first seconds of load, as it has long
+    /// done on a broker in service.
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
     /// Events in the pipeline backlog.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
@@ -571,6 +576,17 @@ async fn write_phase(
         bail!("creating bench_single_row");
     }
     let duration = Duration::from_secs(args.seconds);
+    if args.warmup > 0 {
+        eprintln!("{phase}: {} s of warm-up writes", args.warmup);
+        load::wrk(
+            &url,
+            CONCURRENCY,
+            Duration::from_secs(args.warmup),
+            Some(&script),
+        )
+        .await?;
+        wait_outbox_empty(&database.url).await?;
+    }
     let (mut ours, mut ceiling) = (Vec::new(), Vec::new());
     // CPU microseconds per request of each round, by whom: where a write's cost goes. (Not
     // for pgbench: its server processes exit with it, their CPU time with them.)
@@ -665,20 +681,42 @@ async fn freshness_phase(args: &Args, runtime: &Runtime, seed: &Seed) -> anyhow:
     for round in 0..args.rounds {
         eprintln!("freshness round {}/{}", round + 1, args.rounds);
         let probes = &seed.probes[round * per_round..(round + 1) * per_round];
-        rounds.push(
-            freshness::run(
-                &client,
-                &runtime.url("users"),
-                &runtime.url("recommendations"),
-                &seed.users,
-                &seed.background,
-                probes,
-                args.fresh_rate,
-                Duration::from_secs(args.fresh_seconds),
-                PROBE_EVERY,
-            )
-            .await?,
-        );
+        let metrics_url = runtime.url("recommendations");
+        let before = runtime::metrics_text(&client, &metrics_url)
+            .await
+            .unwrap_or_default();
+        let mut measured = freshness::run(
+            &client,
+            &runtime.url("users"),
+            &runtime.url("recommendations"),
+            &seed.users,
+            &seed.background,
+            probes,
+            args.fresh_rate,
+            Duration::from_secs(args.fresh_seconds),
+            PROBE_EVERY,
+        )
+        .await?;
+        let after = runtime::metrics_text(&client, &metrics_url)
+            .await
+            .unwrap_or_default();
+        let stage = |name: &str, filters: &[&str]| {
+            runtime::histogram_window(&before, &after, name, filters)
+        };
+        measured.stages = json!({
+            "outbox_delivery": stage("outbox_delivery_seconds", &[]),
+            "record_age_at_ranking_commit": stage(
+                "kafka_record_age_seconds",
+                &["service=\"recommendations\""],
+            ),
+            "ranking_flush": stage("ranking_flush_duration_seconds", &[]),
+            "refresh": stage("recommendation_refresh_seconds", &[]),
+            "relay_read": stage("outbox_batch_step_seconds", &["step=\"read\""]),
+            "relay_stamp": stage("outbox_batch_step_seconds", &["step=\"stamp\""]),
+            "relay_publish": stage("outbox_batch_step_seconds", &["step=\"publish\""]),
+            "relay_remove": stage("outbox_batch_step_seconds", &["step=\"remove\""]),
+        });
+        rounds.push(measured);
     }
     let measured = median_by(&rounds, |r| r.p99_ms).context("no freshness round")?;
     let missed: u64 = rounds.iter().map(|r| r.missed).sum();
@@ -986,6 +1024,7 @@ fn report(args: &Args, rows: &[Row], growth: Option<Value>) -> anyhow::Result<()
         "parameters": {
             "rounds": args.rounds,
             "seconds_per_round": args.seconds,
+            "warmup_seconds": args.warmup,
             "events": args.events,
             "fresh_rate": args.fresh_rate,
             "fresh_seconds": args.fresh_seconds,

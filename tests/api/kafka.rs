@@ -33,18 +33,22 @@ fn libs() -> String {
     format!("{libs}/*")
 }
 
-/// The nodes' JVM options: `KAFKA_JVM_OPTS`, or `scripts/kafka/jvm.options`.
+/// The nodes' JVM options: `KAFKA_JVM_OPTS`, or `scripts/kafka/jvm.options`, with the JIT
+/// stopped at C1: a test's cluster lives for seconds, too short for C2's compilations to pay
+/// back the core they take from the tests running beside it.
 fn jvm_options() -> Vec<String> {
-    if let Ok(options) = std::env::var("KAFKA_JVM_OPTS") {
-        return options.split_whitespace().map(String::from).collect();
-    }
-    std::fs::read_to_string(kafka_scripts().join("jvm.options"))
-        .expect("scripts/kafka/jvm.options")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect()
+    let mut options: Vec<String> = match std::env::var("KAFKA_JVM_OPTS") {
+        Ok(options) => options.split_whitespace().map(String::from).collect(),
+        Err(_) => std::fs::read_to_string(kafka_scripts().join("jvm.options"))
+            .expect("scripts/kafka/jvm.options")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect(),
+    };
+    options.push("-XX:TieredStopAtLevel=1".into());
+    options
 }
 
 /// One node of a [`KafkaCluster`].
