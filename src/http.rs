@@ -187,6 +187,61 @@ pub fn json_error_bodies<B: MessageBody + 'static>() -> ErrorHandlers<B> {
     })
 }
 
+/// The `http_requests_total` and `http_request_duration_seconds` series a worker has used, by
+/// service, method label, route template and status. Finding a series in the families hashes
+/// every label value; a worker serves few distinct series, found here by a short scan that
+/// compares addresses (each template is one `Arc` per resource, held here so that its address
+/// is not reused for another).
+struct Series {
+    service: &'static str,
+    method: &'static str,
+    route: Arc<str>,
+    status: u16,
+    requests: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+}
+
+/// Most series one worker remembers; the rest are looked up in the families each time.
+const REMEMBERED_SERIES: usize = 64;
+
+thread_local! {
+    static SERIES: std::cell::RefCell<Vec<Series>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The series of a request served by a route registered through `Api`.
+fn request_metrics(
+    service: &'static str,
+    method: &'static str,
+    route: &Arc<str>,
+    status: actix_web::http::StatusCode,
+) -> (prometheus::IntCounter, prometheus::Histogram) {
+    SERIES.with_borrow_mut(|series| {
+        let known = series.iter().find(|s| {
+            std::ptr::eq(s.service, service)
+                && std::ptr::eq(s.method, method)
+                && Arc::ptr_eq(&s.route, route)
+                && s.status == status.as_u16()
+        });
+        if let Some(s) = known {
+            return (s.requests.clone(), s.duration.clone());
+        }
+        let requests =
+            metrics::HTTP_REQUESTS.with_label_values(&[service, method, route, status.as_str()]);
+        let duration = metrics::HTTP_DURATION.with_label_values(&[service, method, route]);
+        if series.len() < REMEMBERED_SERIES {
+            series.push(Series {
+                service,
+                method,
+                route: route.clone(),
+                status: status.as_u16(),
+                requests: requests.clone(),
+                duration: duration.clone(),
+            });
+        }
+        (requests, duration)
+    })
+}
+
 /// Records `http_requests_total` and `http_request_duration_seconds` under the route template,
 /// sets `X-Request-Id`, and writes one access-log line per request (errors with their cause).
 pub async fn observe(
@@ -216,7 +271,8 @@ pub async fn observe(
         let elapsed = started.elapsed();
         // Routes registered through `Api` carry their template; looking it up again in the
         // resource map would match the path a second time (a regex for every `{param}`).
-        let route: Arc<str> = match res.request().app_data::<RouteTemplate>() {
+        let template = res.request().app_data::<RouteTemplate>().cloned();
+        let route: Arc<str> = match &template {
             Some(template) => template.0.clone(),
             None => res
                 .request()
@@ -231,12 +287,20 @@ pub async fn observe(
         }
         if let Some(info) = info {
             let label = method_label(&method, status);
-            metrics::HTTP_REQUESTS
-                .with_label_values(&[info.name, label, &route, status.as_str()])
-                .inc();
-            metrics::HTTP_DURATION
-                .with_label_values(&[info.name, label, &route])
-                .observe(elapsed.as_secs_f64());
+            let (requests, duration) = match &template {
+                Some(_) => request_metrics(info.name, label, &route, status),
+                None => (
+                    metrics::HTTP_REQUESTS.with_label_values(&[
+                        info.name,
+                        label,
+                        &route,
+                        status.as_str(),
+                    ]),
+                    metrics::HTTP_DURATION.with_label_values(&[info.name, label, &route]),
+                ),
+            };
+            requests.inc();
+            duration.observe(elapsed.as_secs_f64());
             // Probes and scrapes come every few seconds from machines: DEBUG, so that INFO is
             // what clients did.
             let error = res.response().error();

@@ -41,7 +41,10 @@ impl Refreshes {
 pub struct MicroCache {
     ttl: Duration,
     refreshes: Refreshes,
-    entries: RefCell<HashMap<String, (Instant, u64, Bytes)>>,
+    /// Keyed by [`super::query::Query::key`], hashed with foldhash: randomly seeded, faster than
+    /// the standard hasher, weaker against crafted collisions; the map never holds more than
+    /// `MAX_ENTRIES`, which bounds what such keys could cost.
+    entries: RefCell<HashMap<String, (Instant, u64, Bytes), foldhash::fast::RandomState>>,
 }
 
 impl MicroCache {
@@ -51,7 +54,7 @@ impl MicroCache {
         Self {
             ttl,
             refreshes,
-            entries: RefCell::new(HashMap::new()),
+            entries: RefCell::new(HashMap::default()),
         }
     }
 

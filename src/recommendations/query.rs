@@ -170,8 +170,9 @@ pub enum Query {
 impl Query {
     /// The cache key part naming this query and `limit`.
     pub fn key(&self, limit: i64) -> String {
-        let json = |categories: &Vec<String>| {
-            serde_json::to_string(categories).expect("strings serialize")
+        let json = |categories: &Vec<String>| match categories.is_empty() {
+            true => "[]".to_string(),
+            false => serde_json::to_string(categories).expect("strings serialize"),
         };
         match self {
             Query::Global { categories, sort } => {
