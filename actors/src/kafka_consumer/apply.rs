@@ -104,9 +104,11 @@ pub(super) async fn apply<T: Send + Sync + 'static>(
             .push(record.produced_ms);
     }
     for (topic, produced) in per_topic {
+        // Observed once per record into local copies, added to the shared histograms once per
+        // batch: a backlog's batches hold tens of thousands of records.
         let labels = [config.service, topic];
-        let processing = KAFKA_PROCESSING_DURATION.with_label_values(&labels);
-        let age = KAFKA_RECORD_AGE.with_label_values(&labels);
+        let processing = KAFKA_PROCESSING_DURATION.with_label_values(&labels).local();
+        let age = KAFKA_RECORD_AGE.with_label_values(&labels).local();
         for produced_ms in produced {
             processing.observe(elapsed);
             if produced_ms > 0 {
@@ -114,6 +116,8 @@ pub(super) async fn apply<T: Send + Sync + 'static>(
                 age.observe((now_ms - produced_ms).max(0) as f64 / 1000.0);
             }
         }
+        processing.flush();
+        age.flush();
     }
     // Kafka's own committed offsets only speed up resumption; the sink's positions are the
     // truth (and what the lag is measured from).
