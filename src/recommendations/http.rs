@@ -102,6 +102,11 @@ string_enum_schema!(
     None
 );
 
+thread_local! {
+    /// The micro-cache key of the request being answered.
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// The worker's micro-cache first, then the query actor (which tries Redis, then Postgres).
 async fn answer(
     actor: &ObservedAddr<RecommendationsActor>,
@@ -109,10 +114,15 @@ async fn answer(
     query: Query,
     limit: i64,
 ) -> Result<HttpResponse, ApiError> {
-    let key = query.key(limit);
-    let (body, cache) = match micro.get(&key) {
-        Some(body) => (body, CacheResult::Hit),
-        None => {
+    // The key is built in a buffer each worker reuses: a hit allocates nothing for it.
+    let kept = KEY.with_borrow_mut(|key| {
+        key.clear();
+        query.write_key(limit, key);
+        micro.get(key).ok_or_else(|| key.clone())
+    });
+    let (body, cache) = match kept {
+        Ok(body) => (body, CacheResult::Hit),
+        Err(key) => {
             let asked = micro.asking();
             let answer = actor.send(Recommend { query, limit }).await??;
             let body = web::Bytes::from(answer.json);

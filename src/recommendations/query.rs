@@ -170,27 +170,39 @@ pub enum Query {
 impl Query {
     /// The cache key part naming this query and `limit`.
     pub fn key(&self, limit: i64) -> String {
-        let json = |categories: &Vec<String>| match categories.is_empty() {
-            true => "[]".to_string(),
-            false => serde_json::to_string(categories).expect("strings serialize"),
-        };
-        match self {
+        let mut key = String::new();
+        self.write_key(limit, &mut key);
+        key
+    }
+
+    /// Appends [`Query::key`] to `out` (a caller's reused buffer).
+    pub fn write_key(&self, limit: i64, out: &mut String) {
+        use std::fmt::Write as _;
+        // Writing to a String cannot fail.
+        let categories = match self {
             Query::Global { categories, sort } => {
-                format!("global:{}:{limit}:{}", sort.as_str(), json(categories))
+                let _ = write!(out, "global:{}:{limit}:", sort.as_str());
+                categories
             }
             Query::ForUser {
                 user_id,
                 categories,
                 exclude,
-            } => format!(
-                "user:{user_id}:{limit}:{}:{}",
-                exclude.as_str(),
-                json(categories)
-            ),
+            } => {
+                let _ = write!(out, "user:{user_id}:{limit}:{}:", exclude.as_str());
+                categories
+            }
             Query::Similar {
                 product_id,
                 categories,
-            } => format!("similar:{product_id}:{limit}:{}", json(categories)),
+            } => {
+                let _ = write!(out, "similar:{product_id}:{limit}:");
+                categories
+            }
+        };
+        match categories.is_empty() {
+            true => out.push_str("[]"),
+            false => out.push_str(&serde_json::to_string(categories).expect("strings serialize")),
         }
     }
 }
