@@ -113,6 +113,30 @@ pub fn common_routes(api: &mut Api) {
     crate::reference::routes(api);
 }
 
+/// A request body that must be a JSON object: `web::Json<Object<T>>`. Serde's derived
+/// structs also accept an array of their fields in order (`["name", null]`), which the API's
+/// schemas do not allow; this asks the parser for a map, so anything else is a 400.
+pub struct Object<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
 /// JSON bodies of at most `limit` bytes, every malformed one a JSON 4xx.
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()

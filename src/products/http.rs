@@ -24,7 +24,7 @@ use super::error::ProductsError;
 use super::store::ProductChanges;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
-use crate::http::QueryParams;
+use crate::http::{Object, QueryParams};
 use crate::idempotency::{IdempotencyKey, KeyOwner};
 use crate::openapi::Api;
 use crate::validate::{self, Given, MAX_CATEGORY};
@@ -215,9 +215,9 @@ async fn create_product(
     products: web::Data<ObservedAddr<ProductsActor>>,
     admin: Admin,
     key: IdempotencyKey,
-    body: web::Json<CreateBody>,
+    body: web::Json<Object<CreateBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let Object(body) = body.into_inner();
     let claim = key.claim(KeyOwner::User(admin.0.id()), "POST /products", &body)?;
     let msg = CreateProduct {
         name: validate::text("name", &body.name, MAX_NAME)?,
@@ -355,9 +355,9 @@ async fn update_product(
     products: web::Data<ObservedAddr<ProductsActor>>,
     _admin: Admin,
     id: web::Path<Uuid>,
-    body: web::Json<UpdateBody>,
+    body: web::Json<Object<UpdateBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let Object(body) = body.into_inner();
     let changes = ProductChanges {
         name: body
             .name

@@ -18,6 +18,7 @@ use super::actor::{
 use super::error::UsersError;
 use crate::auth::{Backend, Caller, JwtKeys, Recorder};
 use crate::error::{ApiError, ErrorBody};
+use crate::http::Object;
 use crate::idempotency::{IdempotencyKey, KeyOwner};
 use crate::openapi::Api;
 use crate::validate::{self, Given};
@@ -85,9 +86,9 @@ struct RegisterBody {
 async fn register(
     users: web::Data<ObservedAddr<UsersActor>>,
     key: IdempotencyKey,
-    body: web::Json<RegisterBody>,
+    body: web::Json<Object<RegisterBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let Object(body) = body.into_inner();
     let claim = key.claim(KeyOwner::Anonymous, "POST /users/register", &body)?;
     let msg = RegisterUser {
         name: validate::text("name", &body.name, MAX_NAME)?,
@@ -133,9 +134,9 @@ struct TokenBody {
 async fn login(
     users: web::Data<ObservedAddr<UsersActor>>,
     request: HttpRequest,
-    body: web::Json<LoginBody>,
+    body: web::Json<Object<LoginBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let Object(body) = body.into_inner();
     let unauthorized = || ApiError::from(UsersError::BadCredentials);
     // Malformed credentials get the same answer as wrong ones.
     let email = validate::email(&body.email).map_err(|_| unauthorized())?;
@@ -251,11 +252,11 @@ async fn update_user(
     request: HttpRequest,
     caller: Caller,
     id: web::Path<Uuid>,
-    body: web::Json<UpdateBody>,
+    body: web::Json<Object<UpdateBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     caller.require_self_or_admin(id)?;
-    let body = body.into_inner();
+    let Object(body) = body.into_inner();
     if body.name.is_none() && body.email.is_none() && body.password.is_none() {
         return Err(ApiError::invalid(
             "nothing to update: give name, email or password",
@@ -391,7 +392,7 @@ async fn record_activity(
     recorder: Recorder,
     key: IdempotencyKey,
     id: web::Path<Uuid>,
-    body: web::Json<ActivityBody>,
+    body: web::Json<Object<ActivityBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = id.into_inner();
     let caller = match recorder {
@@ -403,7 +404,7 @@ async fn record_activity(
         Recorder::User(caller) => Some(caller),
         Recorder::Backend => None,
     };
-    let body = body.into_inner();
+    let Object(body) = body.into_inner();
     let quantity = body.quantity.unwrap_or(1);
     if !(1..=1000).contains(&quantity) {
         return Err(ApiError::invalid("quantity must be between 1 and 1000"));
@@ -487,9 +488,9 @@ async fn record_batch(
     users: web::Data<ObservedAddr<UsersActor>>,
     _backend: Backend,
     key: IdempotencyKey,
-    body: web::Json<BatchBody>,
+    body: web::Json<Object<BatchBody>>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let Object(body) = body.into_inner();
     let claim = key.claim(KeyOwner::ApiKey, "POST /activity/batch", &body)?;
     let actions = body.actions;
     if actions.is_empty() || actions.len() > MAX_BATCH {

@@ -95,6 +95,52 @@ async fn malformed_json_is_a_json_bad_request() {
     assert_eq!(app.count("users").await, 1, "only the admin");
 }
 
+/// A body must be a JSON object: an array of the fields in order (which serde would read into
+/// the same struct) is a JSON 400 and changes nothing.
+#[actix_web::test]
+async fn a_body_that_is_not_an_object_is_a_json_bad_request() {
+    let app = spawn_app().await;
+    let admin = app.admin_login().await;
+    let product = app
+        .create_product("Lamp", json!("12.50"), Some("home"))
+        .await;
+    let id = product["id"].as_str().unwrap();
+
+    for body in [
+        r#"["John", "john@example.com", "password123"]"#,
+        "42",
+        r#""John""#,
+    ] {
+        let reply = send_raw(
+            &app,
+            Method::POST,
+            Service::Users,
+            "/users/register",
+            "application/json",
+            body,
+        )
+        .await;
+        assert_json_error(&reply, 400, "invalid_request");
+    }
+    assert_eq!(app.count("users").await, 1, "only the admin");
+
+    let reply = send_raw_as(
+        &app,
+        Some(&admin),
+        Method::PUT,
+        Service::Products,
+        &format!("/products/{id}"),
+        "application/json",
+        r#"["Renamed", null]"#,
+    )
+    .await;
+    assert_json_error(&reply, 400, "invalid_request");
+    let now = app
+        .get(Service::Products, &format!("/products/{id}"), None)
+        .await;
+    assert_eq!(now.body["name"], "Lamp", "{}", now.text);
+}
+
 /// A body over 64 KiB is a JSON 413 `payload_too_large`, on both services that take bodies
 /// (the products write carries the admin token, else its 401 comes first).
 #[actix_web::test]
