@@ -8,11 +8,17 @@
 //! batch carries all of them. A lone request is written at once (a batch of one, no waiting);
 //! under load batches grow by themselves, up to `max_batch`.
 //!
-//! Nothing here knows what is written: items and answers are the caller's types.
+//! Nothing here knows what is written: items and answers are the caller's types. Each group
+//! commit is named; its batches' sizes and write times go to `group_commit_batch_size{name}`
+//! and `group_commit_write_seconds{name}`.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
+use prometheus::Histogram;
 use tokio::sync::oneshot;
+
+use crate::metrics::{GROUP_COMMIT_BATCH_SIZE, GROUP_COMMIT_WRITE};
 
 /// How many batches may be written at once, and how large one may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +35,10 @@ pub struct GroupCommit<I, O> {
     queue: VecDeque<(I, oneshot::Sender<O>)>,
     in_flight: usize,
     limits: Limits,
+    /// This group commit's series of `group_commit_batch_size`.
+    sizes: Histogram,
+    /// This group commit's series of `group_commit_write_seconds`.
+    writes: Histogram,
 }
 
 /// Items taken off the queue together, with the answer slot of each.
@@ -36,11 +46,16 @@ pub struct GroupCommit<I, O> {
 pub struct Batch<I, O> {
     items: Vec<I>,
     answers: Vec<oneshot::Sender<O>>,
+    /// When the batch was taken off the queue.
+    taken: Instant,
+    /// Where its write time goes once answered.
+    writes: Histogram,
 }
 
 impl<I, O> GroupCommit<I, O> {
-    /// An empty group commit within `limits` (a limit of 0 counts as 1).
-    pub fn new(limits: Limits) -> Self {
+    /// An empty group commit within `limits` (a limit of 0 counts as 1), whose metrics carry
+    /// `name`.
+    pub fn new(name: &str, limits: Limits) -> Self {
         Self {
             queue: VecDeque::new(),
             in_flight: 0,
@@ -48,6 +63,8 @@ impl<I, O> GroupCommit<I, O> {
                 max_in_flight: limits.max_in_flight.max(1),
                 max_batch: limits.max_batch.max(1),
             },
+            sizes: GROUP_COMMIT_BATCH_SIZE.with_label_values(&[name]),
+            writes: GROUP_COMMIT_WRITE.with_label_values(&[name]),
         }
     }
 
@@ -75,7 +92,13 @@ impl<I, O> GroupCommit<I, O> {
         let n = self.queue.len().min(self.limits.max_batch);
         let (items, answers) = self.queue.drain(..n).unzip();
         self.in_flight += 1;
-        Some(Batch { items, answers })
+        self.sizes.observe(n as f64);
+        Some(Batch {
+            items,
+            answers,
+            taken: Instant::now(),
+            writes: self.writes.clone(),
+        })
     }
 
     /// A batch from [`GroupCommit::next_batch`] is written (answered or dropped).
@@ -100,8 +123,8 @@ impl<I, O> Batch<I, O> {
         &self.items
     }
 
-    /// Answers every item: `outcomes` in the order of [`Batch::items`]. A caller that stopped
-    /// waiting is skipped.
+    /// Answers every item: `outcomes` in the order of [`Batch::items`], and records the
+    /// batch's write time. A caller that stopped waiting is skipped.
     ///
     /// # Panics
     /// If there is not exactly one outcome per item (a bug in the writer).
@@ -111,6 +134,7 @@ impl<I, O> Batch<I, O> {
             self.answers.len(),
             "one outcome per batched item"
         );
+        self.writes.observe(self.taken.elapsed().as_secs_f64());
         for (answer, outcome) in self.answers.into_iter().zip(outcomes) {
             let _ = answer.send(outcome);
         }
@@ -125,10 +149,13 @@ mod tests {
     /// A lone item makes a batch at once; while the writer slots are taken items queue, and the
     /// next batch takes them together, bounded by the batch size.
     fn batches_grow_while_writers_are_busy() {
-        let mut group: GroupCommit<u32, u32> = GroupCommit::new(Limits {
-            max_in_flight: 1,
-            max_batch: 3,
-        });
+        let mut group: GroupCommit<u32, u32> = GroupCommit::new(
+            "test",
+            Limits {
+                max_in_flight: 1,
+                max_batch: 3,
+            },
+        );
         let first = group.push(1);
         let batch = group.next_batch().expect("a free slot and an item");
         assert_eq!(batch.items(), &[1]);

@@ -142,6 +142,29 @@ pub static OUTBOX_BATCH_STEP: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// `group_commit_batch_size{name}`: requests written by one batch of a group commit.
+pub static GROUP_COMMIT_BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "group_commit_batch_size",
+        "Requests written together by one batch of a group commit",
+        &["name"],
+        vec![1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0, 128.0, 256.0, 1024.0]
+    )
+    .expect("metric registers once")
+});
+
+/// `group_commit_write_seconds{name}`: from a batch being taken off the queue to its requests
+/// being answered (its statement and commit).
+pub static GROUP_COMMIT_WRITE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "group_commit_write_seconds",
+        "Time to write one batch of a group commit, from taking it to answering it",
+        &["name"],
+        vec![0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1, 1.0]
+    )
+    .expect("metric registers once")
+});
+
 /// Touches every family so that `/metrics` lists them before their first sample.
 pub fn init() {
     LazyLock::force(&KAFKA_MESSAGES_PRODUCED);
@@ -150,6 +173,8 @@ pub fn init() {
     LazyLock::force(&OUTBOX_DELIVERY);
     LazyLock::force(&OUTBOX_BATCH_STEP);
     LazyLock::force(&OUTBOX_RELAY_BUSY);
+    LazyLock::force(&GROUP_COMMIT_BATCH_SIZE);
+    LazyLock::force(&GROUP_COMMIT_WRITE);
     LazyLock::force(&KAFKA_MESSAGES_CONSUMED);
     LazyLock::force(&KAFKA_PROCESSING_DURATION);
     LazyLock::force(&KAFKA_RECORD_AGE);

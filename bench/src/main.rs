@@ -587,6 +587,7 @@ async fn write_phase(
         .await?;
         wait_outbox_empty(&database.url).await?;
     }
+    let (client, users) = (reqwest::Client::new(), runtime.url("users"));
     let (mut ours, mut ceiling) = (Vec::new(), Vec::new());
     // CPU microseconds per request of each round, by whom: where a write's cost goes. (Not
     // for pgbench: its server processes exit with it, their CPU time with them.)
@@ -613,7 +614,13 @@ async fn write_phase(
             runtime::postgres_cpu_seconds(),
             runtime::brokers_cpu_seconds(),
         );
+        let metrics_before = runtime::metrics_text(&client, &users)
+            .await
+            .unwrap_or_default();
         let activity = load::wrk(&url, CONCURRENCY, duration, Some(&script)).await?;
+        let metrics_after = runtime::metrics_text(&client, &users)
+            .await
+            .unwrap_or_default();
         if let Some(recording) = recording {
             recording.finish().await?;
         }
@@ -626,6 +633,36 @@ async fn write_phase(
                 "runtime": per(runtime.cpu_seconds().unwrap_or(f64::NAN) - before.0, requests),
                 "postgres": per(runtime::postgres_cpu_seconds() - before.1, requests),
                 "kafka_nodes": per(runtime::brokers_cpu_seconds() - before.2, requests),
+            },
+            // Where a request's time goes: the group commit's batches, the actor's answer
+            // (queue and batch) and the whole request as the runtime saw it.
+            "stages": {
+                "group_commit_batch_size": runtime::count_window(
+                    &metrics_before, &metrics_after, "group_commit_batch_size", &["name=\"activity\""],
+                ),
+                "group_commit_write": runtime::histogram_window(
+                    &metrics_before, &metrics_after, "group_commit_write_seconds", &["name=\"activity\""],
+                ),
+                "actor_record_activity": runtime::histogram_window(
+                    &metrics_before, &metrics_after, "actor_message_duration_seconds",
+                    &["message=\"RecordActivity\""],
+                ),
+                "relay_read": runtime::histogram_window(
+                    &metrics_before, &metrics_after, "outbox_batch_step_seconds", &["step=\"read\""],
+                ),
+                "relay_stamp": runtime::histogram_window(
+                    &metrics_before, &metrics_after, "outbox_batch_step_seconds", &["step=\"stamp\""],
+                ),
+                "relay_publish": runtime::histogram_window(
+                    &metrics_before, &metrics_after, "outbox_batch_step_seconds", &["step=\"publish\""],
+                ),
+                "relay_remove": runtime::histogram_window(
+                    &metrics_before, &metrics_after, "outbox_batch_step_seconds", &["step=\"remove\""],
+                ),
+                "http_activity": runtime::histogram_window(
+                    &metrics_before, &metrics_after, "http_request_duration_seconds",
+                    &["route=\"/users/{id}/activity\""],
+                ),
             },
         }));
         ceiling.push(pgbench);

@@ -378,9 +378,29 @@ pub fn buckets_of(text: &str, name: &str, filters: &[&str]) -> Vec<(f64, f64)> {
     sums
 }
 
-/// What a histogram observed between two `/metrics` pages: the count and the p50 and p99 in
-/// milliseconds, interpolated within buckets the way Prometheus' `histogram_quantile` does.
+/// What a histogram of seconds observed between two `/metrics` pages: the count and the p50
+/// and p99 in milliseconds, interpolated within buckets the way Prometheus'
+/// `histogram_quantile` does.
 pub fn histogram_window(before: &str, after: &str, name: &str, filters: &[&str]) -> Value {
+    let (total, p50, p99) = quantiles(before, after, name, filters, 1000.0);
+    serde_json::json!({"count": total, "p50_ms": p50, "p99_ms": p99})
+}
+
+/// The same for a histogram of counts (a batch's size): the count and the p50 and p99 as
+/// observed.
+pub fn count_window(before: &str, after: &str, name: &str, filters: &[&str]) -> Value {
+    let (total, p50, p99) = quantiles(before, after, name, filters, 1.0);
+    serde_json::json!({"count": total, "p50": p50, "p99": p99})
+}
+
+/// The observations between the two pages and their p50 and p99, times `scale`.
+fn quantiles(
+    before: &str,
+    after: &str,
+    name: &str,
+    filters: &[&str],
+    scale: f64,
+) -> (f64, Option<f64>, Option<f64>) {
     let (first, last) = (
         buckets_of(before, name, filters),
         buckets_of(after, name, filters),
@@ -402,14 +422,14 @@ pub fn histogram_window(before: &str, after: &str, name: &str, filters: &[&str])
         for &(le, count) in &delta {
             if count >= rank {
                 if le.is_infinite() {
-                    return Some(lower.0 * 1000.0);
+                    return Some(lower.0 * scale);
                 }
                 let within = (rank - lower.1) / (count - lower.1).max(f64::MIN_POSITIVE);
-                return Some((lower.0 + (le - lower.0) * within) * 1000.0);
+                return Some((lower.0 + (le - lower.0) * within) * scale);
             }
             lower = (le, count);
         }
         None
     };
-    serde_json::json!({"count": total, "p50_ms": quantile(0.5), "p99_ms": quantile(0.99)})
+    (total, quantile(0.5), quantile(0.99))
 }

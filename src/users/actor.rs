@@ -66,7 +66,7 @@ impl UsersActor {
             hasher,
             throttle: LoginThrottle::new(limits),
             shared,
-            activity: GroupCommit::new(activity),
+            activity: GroupCommit::new("activity", activity),
             logger,
         }
     }

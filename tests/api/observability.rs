@@ -204,6 +204,27 @@ async fn every_metric_family_is_exposed_with_its_labels() {
         &["service", "method", "route", "status"],
     );
     labelled("redis_requests_total", &["operation", "status"]);
+    labelled("group_commit_batch_size_bucket", &["name", "le"]);
+    labelled("group_commit_write_seconds_bucket", &["name", "le"]);
+    // Every recorded action went through one batch of the activity group commit, and every
+    // batch taken was written and timed.
+    let value = |name: &str, filter: &dyn Fn(&Sample) -> bool| -> f64 {
+        samples
+            .iter()
+            .filter(|s| s.name == name && filter(s))
+            .map(|s| s.value)
+            .sum()
+    };
+    let activity = |s: &Sample| s.label("name") == Some("activity");
+    let recorded = value("actor_messages_total", &|s| {
+        s.label("message") == Some("RecordActivity")
+    });
+    assert!(recorded > 0.0, "the workload records actions");
+    assert_eq!(value("group_commit_batch_size_sum", &activity), recorded);
+    assert_eq!(
+        value("group_commit_write_seconds_count", &activity),
+        value("group_commit_batch_size_count", &activity),
+    );
     for family in [
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
