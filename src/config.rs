@@ -71,6 +71,18 @@ impl Service {
         }
     }
 
+    /// HTTP worker threads when `HTTP_WORKERS` is unset. The users service's handlers only
+    /// check a request and hand it to the users actor, which writes on a thread of its own: one
+    /// worker keeps up, and a second only adds thread switches on the cores the actor and the
+    /// relay need. The other services serve reads from their handlers (the recommendations
+    /// micro-cache) and get two.
+    pub fn http_workers(self) -> usize {
+        match self {
+            Service::Users => 1,
+            Service::Products | Service::Recommendations | Service::Analytics => 2,
+        }
+    }
+
     /// Whether this service writes to the outbox (and so needs a relay).
     pub fn writes_events(self) -> bool {
         matches!(self, Service::Users | Service::Products)
@@ -236,9 +248,9 @@ pub struct Settings {
     #[arg(long, env = "ANALYTICS_PORT", default_value_t = 8083)]
     pub analytics_port: u16,
 
-    /// HTTP worker threads per service.
-    #[arg(long, env = "HTTP_WORKERS", default_value_t = 2)]
-    pub http_workers: usize,
+    /// HTTP worker threads per service; unset, 1 for users and 2 for each other service.
+    #[arg(long, env = "HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "term")]
@@ -423,6 +435,13 @@ impl Settings {
         }
     }
 
+    /// HTTP worker threads of `service`: `HTTP_WORKERS` if set (at least 1), else the
+    /// service's default.
+    pub fn http_workers(&self, service: Service) -> usize {
+        self.http_workers
+            .map_or_else(|| service.http_workers(), |n| n.max(1))
+    }
+
     /// How long a request handler waits for an actor's answer.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.max(1))
@@ -562,6 +581,19 @@ mod tests {
 
     fn settings(args: &[&str]) -> Settings {
         Cli::parse_from(std::iter::once("recsys").chain(args.iter().copied())).settings
+    }
+
+    #[test]
+    /// Unset, the users service gets one HTTP worker and the others two; set, every service
+    /// gets that many, at least one.
+    fn http_workers_default_per_service_and_one_setting_covers_all() {
+        let workers = |args: &[&str]| {
+            let settings = settings(args);
+            Service::ALL.map(|service| settings.http_workers(service))
+        };
+        assert_eq!(workers(&[]), [1, 2, 2, 2]);
+        assert_eq!(workers(&["--http-workers", "3"]), [3; 4]);
+        assert_eq!(workers(&["--http-workers", "0"]), [1; 4]);
     }
 
     #[test]

@@ -196,7 +196,7 @@ impl Application {
                         api.register(cfg)
                     })
             })
-            .workers(settings.http_workers.max(1))
+            .workers(settings.http_workers(service))
             .disable_signals()
             .shutdown_timeout(10)
             .listen(listener)?

@@ -1148,7 +1148,7 @@ async fn the_micro_cache_reuses_an_answer_until_the_ranking_is_refreshed() {
     let app = TestApp::builder()
         .with(|settings| {
             settings.recommendation_local_ttl_ms = 60_000;
-            settings.http_workers = 1;
+            settings.http_workers = Some(1);
         })
         .spawn()
         .await;
