@@ -934,8 +934,8 @@ async fn measure_pipeline(
     )
     .await?;
     let bare_brokers_before = runtime::brokers_cpu_seconds();
-    let bare_secs =
-        pipeline::drain_bare(&config.brokers, &config.topic_prefix, 2, args.events).await?;
+    let bare = pipeline::drain_bare(&config.brokers, &config.topic_prefix, 2, args.events).await?;
+    let bare_secs = bare.seconds;
     let bare_brokers_cpu = runtime::brokers_cpu_seconds() - bare_brokers_before;
     let postgres_before = runtime::postgres_cpu_seconds();
     let brokers_before = runtime::brokers_cpu_seconds();
@@ -1020,6 +1020,7 @@ async fn measure_pipeline(
         detail: json!({
             "produce_seconds": backlog.seconds,
             "bare_seconds": bare_secs,
+            "bare_first_record_seconds": bare.first_record_seconds,
             "bare_brokers_cpu_seconds": bare_brokers_cpu,
             "runtime_seconds_from_spawn": applied_secs,
             "ready_seconds_from_spawn": ready_secs,

@@ -335,16 +335,25 @@ fn snapshot(product: Uuid, n: usize, version: i32) -> ProductSnapshot {
     }
 }
 
+/// How long the bare consumers took.
+pub struct BareDrain {
+    /// From creating the consumers to every group having read `total` records.
+    pub seconds: f64,
+    /// From creating the consumers to the first record of the last group to get one: joining
+    /// the group and the first fetch.
+    pub first_record_seconds: f64,
+}
+
 /// Drains both topics from the beginning with one bare consumer per group (`groups` of them,
-/// concurrently, as the runtime's groups do); answers the seconds until every group read
-/// `total` records. Each is librdkafka at its fastest: its default fetch sizes, polled in a
-/// loop on a thread of its own, every record's payload touched and nothing else done.
+/// concurrently, as the runtime's groups do) until every group read `total` records. Each is
+/// librdkafka at its fastest: its default fetch sizes, polled in a loop on a thread of its
+/// own, every record's payload touched and nothing else done.
 pub async fn drain_bare(
     brokers: &str,
     prefix: &str,
     groups: usize,
     total: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<BareDrain> {
     let topics = topic_names(prefix);
     let bar = bar(total * groups as u64, "bare consumers");
     let started = Instant::now();
@@ -362,10 +371,12 @@ pub async fn drain_bare(
         tasks.push(tokio::task::spawn_blocking(move || {
             const STEP: u64 = 1024;
             let mut mine = 0u64;
+            let mut first = None;
             while mine < total {
                 match consumer.poll(Duration::from_millis(100)) {
                     Some(Ok(message)) => {
                         std::hint::black_box(message.payload().map(<[u8]>::len));
+                        first.get_or_insert_with(|| started.elapsed().as_secs_f64());
                         mine += 1;
                         if mine.is_multiple_of(STEP) {
                             bar.inc(STEP);
@@ -376,12 +387,16 @@ pub async fn drain_bare(
                 }
             }
             bar.inc(mine % STEP);
-            anyhow::Ok(())
+            anyhow::Ok(first.unwrap_or_default())
         }));
     }
+    let mut first_record_seconds: f64 = 0.0;
     for task in tasks {
-        task.await??;
+        first_record_seconds = first_record_seconds.max(task.await??);
     }
     bar.finish();
-    Ok(started.elapsed().as_secs_f64())
+    Ok(BareDrain {
+        seconds: started.elapsed().as_secs_f64(),
+        first_record_seconds,
+    })
 }
