@@ -23,7 +23,7 @@ use recsys_actors::outbox_relay::{
 };
 use recsys_actors::sequence;
 use recsys_schema::events::Envelope;
-use recsys_schema::tables::{outbox, outbox_sequences, outbox_stamps};
+use recsys_schema::tables::{outbox, outbox_stamps};
 use slog::{debug, warn, Logger};
 
 use crate::db::Pool;
@@ -251,12 +251,14 @@ struct Stamps {
     outbox_ids: Vec<i64>,
 }
 
+/// A new `outbox_stamps` row: its id and the first number it gives its (topic, stream).
 #[derive(QueryableByName)]
-#[diesel(table_name = outbox_sequences)]
-struct LastSeq {
+#[diesel(table_name = outbox_stamps)]
+struct NewStamp {
+    id: i64,
     topic: String,
     stream: i32,
-    last_seq: i64,
+    first_seq: i64,
 }
 
 /// Stamps the `fresh` rows (in their order: ascending id) and commits the stamps on a
@@ -295,53 +297,40 @@ async fn stamp(
         .iter()
         .map(|((topic, stream), ids)| (topic.as_str(), *stream, ids.len() as i64))
         .collect();
+    let ids: Vec<String> = streams
+        .values()
+        .map(|ids| crate::db::array_literal(ids))
+        .collect();
+    // One statement, so one transaction committed (and flushed) before it answers: each
+    // stream's counter moves past the batch's rows and the stamp row records where they start.
     let mut conn = pool.get().await?;
-    let (lasts, stamp_ids) = conn
-        .transaction(async |conn| -> anyhow::Result<(Vec<LastSeq>, Vec<i64>)> {
-            let lasts: Vec<LastSeq> = crate::db::prepared(
-                "INSERT INTO outbox_sequences AS s (topic, stream, last_seq) \
-                 SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[]) \
-                 ON CONFLICT (topic, stream) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq \
-                 RETURNING topic, stream, last_seq",
-            )
-            .bind::<Array<Text>, _>(&topics)
-            .bind::<Array<Integer>, _>(&stream_ids)
-            .bind::<Array<BigInt>, _>(&counts)
-            .load(conn)
-            .await?;
-            let firsts: Vec<i64> = streams
-                .iter()
-                .map(|((topic, stream), ids)| {
-                    lasts
-                        .iter()
-                        .find(|l| l.topic == *topic && l.stream == *stream)
-                        .map(|l| l.last_seq - ids.len() as i64 + 1)
-                        .context("a stream got no numbers")
-                })
-                .collect::<anyhow::Result<_>>()?;
-            let ids: Vec<String> = streams.values().map(|ids| crate::db::array_literal(ids)).collect();
-            let stamp_ids: Vec<StampId> = crate::db::prepared(
-                "INSERT INTO outbox_stamps (topic, stream, first_seq, outbox_ids) \
-                 SELECT t, s, f, i::int8[] FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[]) \
-                   AS x(t, s, f, i) \
-                 RETURNING id",
-            )
-            .bind::<Array<Text>, _>(&topics)
-            .bind::<Array<Integer>, _>(&stream_ids)
-            .bind::<Array<BigInt>, _>(&firsts)
-            .bind::<Array<Text>, _>(&ids)
-            .load(conn)
-            .await?;
-            Ok((lasts, stamp_ids.into_iter().map(|s| s.id).collect()))
-        })
-        .await?;
+    let stamped: Vec<NewStamp> = crate::db::prepared(
+        "WITH batch AS ( \
+            SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[]) \
+              AS b(topic, stream, n, ids)), \
+         counters AS ( \
+            INSERT INTO outbox_sequences AS s (topic, stream, last_seq) \
+            SELECT topic, stream, n FROM batch \
+            ON CONFLICT (topic, stream) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq \
+            RETURNING topic, stream, last_seq) \
+         INSERT INTO outbox_stamps (topic, stream, first_seq, outbox_ids) \
+         SELECT b.topic, b.stream, c.last_seq - b.n + 1, b.ids::int8[] \
+         FROM batch b JOIN counters c USING (topic, stream) \
+         RETURNING id, topic, stream, first_seq",
+    )
+    .bind::<Array<Text>, _>(&topics)
+    .bind::<Array<Integer>, _>(&stream_ids)
+    .bind::<Array<BigInt>, _>(&counts)
+    .bind::<Array<Text>, _>(&ids)
+    .load(&mut conn)
+    .await?;
+    if stamped.len() != streams.len() {
+        anyhow::bail!("{} streams stamped of {}", stamped.len(), streams.len());
+    }
     // Numbers in id order within each stream.
-    let mut next: HashMap<(String, i32), i64> = lasts
-        .into_iter()
-        .map(|l| {
-            let n = streams[&(l.topic.clone(), l.stream)].len() as i64;
-            ((l.topic, l.stream), l.last_seq - n + 1)
-        })
+    let mut next: HashMap<(String, i32), i64> = stamped
+        .iter()
+        .map(|s| ((s.topic.clone(), s.stream), s.first_seq))
         .collect();
     for record in &mut records {
         let slot = next
@@ -350,13 +339,7 @@ async fn stamp(
         record.seq = *slot;
         *slot += 1;
     }
-    Ok((records, stamp_ids))
-}
-
-#[derive(QueryableByName)]
-#[diesel(table_name = outbox_stamps)]
-struct StampId {
-    id: i64,
+    Ok((records, stamped.into_iter().map(|s| s.id).collect()))
 }
 
 /// Removes the `outbox_stamps` rows `ids`.
@@ -391,20 +374,27 @@ impl OutboxStore for PgOutbox {
             let mut conn = pool.get_owned().await?;
             let outcome: anyhow::Result<BatchOutcome> = conn
                 .transaction(async move |conn| -> anyhow::Result<BatchOutcome> {
-                    let locked: bool = diesel::select(pg_try_advisory_xact_lock(RELAY_LOCK))
-                        .get_result(conn)
-                        .await?;
-                    if !locked {
-                        return Ok(BatchOutcome::Busy);
-                    }
                     // This transaction only deletes what the broker acknowledged (the stamps
                     // were committed durably before anything was sent). If Postgres loses it in
                     // a crash, the rows are published again with the same stamps and consumers
                     // skip the copies; so its commit need not wait for the WAL flush, which the
-                    // writers' commits are waiting for.
-                    crate::db::prepared("SET LOCAL synchronous_commit = off")
-                        .execute(conn)
-                        .await?;
+                    // writers' commits are waiting for. (Set with the lock, in one round trip;
+                    // without the lock the transaction ends at once.)
+                    #[derive(QueryableByName)]
+                    struct Locked {
+                        #[diesel(sql_type = diesel::sql_types::Bool)]
+                        locked: bool,
+                    }
+                    let Locked { locked } = crate::db::prepared(
+                        "SELECT pg_try_advisory_xact_lock($1) AS locked, \
+                                set_config('synchronous_commit', 'off', true)",
+                    )
+                    .bind::<BigInt, _>(RELAY_LOCK)
+                    .get_result(conn)
+                    .await?;
+                    if !locked {
+                        return Ok(BatchOutcome::Busy);
+                    }
                     let columns = (
                         outbox::id,
                         outbox::topic,
@@ -502,21 +492,26 @@ impl OutboxStore for PgOutbox {
                     }
                     let acknowledged = publish(records).await;
                     step.done("publish");
-                    diesel::delete(outbox::table.filter(outbox::id.eq_any(&acknowledged)))
-                        .execute(conn)
-                        .await?;
                     // A stamp row goes once none of its rows is left: every row still in the
                     // outbox was read above, so what was read and not acknowledged is left.
                     let acked: HashSet<i64> = acknowledged.iter().copied().collect();
                     let left: HashSet<i64> =
                         ids.into_iter().filter(|id| !acked.contains(id)).collect();
-                    let done = stamps
+                    let done: Vec<i64> = stamps
                         .iter()
                         .filter(|s| !s.outbox_ids.iter().any(|id| left.contains(id)))
                         .map(|s| s.id)
                         .chain(new_stamps.iter().copied().filter(|_| left.is_empty()))
                         .collect();
-                    forget_stamps(conn, done).await?;
+                    // The acknowledged rows and their finished stamps, in one statement.
+                    crate::db::prepared(
+                        "WITH sent AS (DELETE FROM outbox WHERE id = ANY($1)) \
+                         DELETE FROM outbox_stamps WHERE id = ANY($2)",
+                    )
+                    .bind::<Array<BigInt>, _>(&acknowledged)
+                    .bind::<Array<BigInt>, _>(&done)
+                    .execute(conn)
+                    .await?;
                     step.done("remove");
                     Ok(BatchOutcome::Done {
                         claimed,
