@@ -634,36 +634,7 @@ async fn write_phase(
                 "postgres": per(runtime::postgres_cpu_seconds() - before.1, requests),
                 "kafka_nodes": per(runtime::brokers_cpu_seconds() - before.2, requests),
             },
-            // Where a request's time goes: the group commit's batches, the actor's answer
-            // (queue and batch) and the whole request as the runtime saw it.
-            "stages": {
-                "group_commit_batch_size": runtime::count_window(
-                    &metrics_before, &metrics_after, "group_commit_batch_size", &["name=\"activity\""],
-                ),
-                "group_commit_write": runtime::histogram_window(
-                    &metrics_before, &metrics_after, "group_commit_write_seconds", &["name=\"activity\""],
-                ),
-                "actor_record_activity": runtime::histogram_window(
-                    &metrics_before, &metrics_after, "actor_message_duration_seconds",
-                    &["message=\"RecordActivity\""],
-                ),
-                "relay_read": runtime::histogram_window(
-                    &metrics_before, &metrics_after, "outbox_batch_step_seconds", &["step=\"read\""],
-                ),
-                "relay_stamp": runtime::histogram_window(
-                    &metrics_before, &metrics_after, "outbox_batch_step_seconds", &["step=\"stamp\""],
-                ),
-                "relay_publish": runtime::histogram_window(
-                    &metrics_before, &metrics_after, "outbox_batch_step_seconds", &["step=\"publish\""],
-                ),
-                "relay_remove": runtime::histogram_window(
-                    &metrics_before, &metrics_after, "outbox_batch_step_seconds", &["step=\"remove\""],
-                ),
-                "http_activity": runtime::histogram_window(
-                    &metrics_before, &metrics_after, "http_request_duration_seconds",
-                    &["route=\"/users/{id}/activity\""],
-                ),
-            },
+            "stages": write_stages(&metrics_before, &metrics_after),
         }));
         ceiling.push(pgbench);
         ours.push(activity);
@@ -684,6 +655,40 @@ async fn write_phase(
         if phase == WRITE_ALL { 0.7 } else { 0.85 },
         json!({"activity": o, "pgbench": c, "rounds": {"activity": ours, "pgbench": ceiling, "cpu": cpu}}),
     ))
+}
+
+/// Where a write's time went between two `/metrics` pages of the runtime: the group commit's
+/// batch sizes and write times, the users actor's answer (queue and batch), the whole request
+/// as the runtime saw it, and the relay's steps.
+fn write_stages(before: &str, after: &str) -> Value {
+    let activity = ["name=\"activity\""];
+    let time =
+        |name: &str, filters: &[&str]| runtime::histogram_window(before, after, name, filters);
+    let mut stages = serde_json::Map::new();
+    stages.insert(
+        "group_commit_batch_size".into(),
+        runtime::count_window(before, after, "group_commit_batch_size", &activity),
+    );
+    stages.insert(
+        "group_commit_write".into(),
+        time("group_commit_write_seconds", &activity),
+    );
+    stages.insert(
+        "actor_record_activity".into(),
+        time(
+            "actor_message_duration_seconds",
+            &["message=\"RecordActivity\""],
+        ),
+    );
+    stages.insert(
+        "http_activity".into(),
+        time(
+            "http_request_duration_seconds",
+            &["route=\"/users/{id}/activity\""],
+        ),
+    );
+    stages.extend(runtime::relay_steps(before, after));
+    Value::Object(stages)
 }
 
 /// Waits until the relay published everything (so one round's backlog does not load the next).
@@ -748,11 +753,10 @@ async fn freshness_phase(args: &Args, runtime: &Runtime, seed: &Seed) -> anyhow:
             ),
             "ranking_flush": stage("ranking_flush_duration_seconds", &[]),
             "refresh": stage("recommendation_refresh_seconds", &[]),
-            "relay_read": stage("outbox_batch_step_seconds", &["step=\"read\""]),
-            "relay_stamp": stage("outbox_batch_step_seconds", &["step=\"stamp\""]),
-            "relay_publish": stage("outbox_batch_step_seconds", &["step=\"publish\""]),
-            "relay_remove": stage("outbox_batch_step_seconds", &["step=\"remove\""]),
         });
+        if let Value::Object(stages) = &mut measured.stages {
+            stages.extend(runtime::relay_steps(&before, &after));
+        }
         rounds.push(measured);
     }
     let measured = median_by(&rounds, |r| r.p99_ms).context("no freshness round")?;

@@ -386,6 +386,19 @@ pub fn histogram_window(before: &str, after: &str, name: &str, filters: &[&str])
     serde_json::json!({"count": total, "p50_ms": p50, "p99_ms": p99})
 }
 
+/// The relay's four steps (`outbox_batch_step_seconds`) between two `/metrics` pages, as
+/// [`histogram_window`]s named `relay_<step>`.
+pub fn relay_steps(before: &str, after: &str) -> serde_json::Map<String, Value> {
+    ["read", "stamp", "publish", "remove"]
+        .into_iter()
+        .map(|step| {
+            let filter = format!("step=\"{step}\"");
+            let window = histogram_window(before, after, "outbox_batch_step_seconds", &[&filter]);
+            (format!("relay_{step}"), window)
+        })
+        .collect()
+}
+
 /// The same for a histogram of counts (a batch's size): the count and the p50 and p99 as
 /// observed.
 pub fn count_window(before: &str, after: &str, name: &str, filters: &[&str]) -> Value {
