@@ -738,33 +738,40 @@ async fn reads(
         .collect())
 }
 
-/// The statements of `src/recommendations/store.rs` (`top` with `acc`, `for_user`, `similar`),
-/// prepared as the service prepares them, executed with the default weights (view 1, cart add
+/// The statements of `src/recommendations/store.rs` (`top` with `acc`, `for_user`, `similar`;
+/// of `top` and `for_user` the ordered one, which answers whenever the catalog has `limit`
+/// scored products), prepared as the service prepares them, executed with the default weights (view 1, cart add
 /// 3, cart remove -3, purchase 10): `EXPLAIN ANALYZE` of each says how its cost grows with the
 /// tables.
-fn statements() -> [(&'static str, String, &'static str); 3] {
+fn statements() -> [(&'static str, String, String); 3] {
     use recsys::recommendations::store;
     [
         (
             "global",
-            format!("PREPARE q(text[], bigint) AS {}", store::top_sql("acc")),
-            "EXECUTE q('{}', 10)",
+            format!(
+                "PREPARE q(text[], bigint) AS {}",
+                store::top_scored_sql("acc")
+            ),
+            "EXECUTE q('{}', 10)".to_string(),
         ),
         (
             "personal",
             format!(
                 "PREPARE q(uuid, float8, float8, float8, float8, bigint, text[], text) AS {}",
-                store::FOR_USER_SQL
+                store::FOR_USER_SCORED_SQL
             ),
-            "EXECUTE q('{user}', 1, 3, -3, 10, 10, '{}', 'purchased')",
+            "EXECUTE q('{user}', 1, 3, -3, 10, 10, '{}', 'purchased')".to_string(),
         ),
         (
             "similar",
             format!(
-                "PREPARE q(uuid, float8, float8, bigint, text[]) AS {}",
+                "PREPARE q(uuid, float8, float8, bigint, text[], bigint) AS {}",
                 store::SIMILAR_SQL
             ),
-            "EXECUTE q('{product}', 10, 3, 10, '{}')",
+            format!(
+                "EXECUTE q('{{product}}', 10, 3, 10, '{{}}', {})",
+                store::SIMILAR_BUYERS
+            ),
         ),
     ]
 }

@@ -181,6 +181,9 @@ diesel::table! {
         acc -> Float8,
         /// The trending accumulator: like `acc`, with the trending half-life and `trend_t0`.
         trend -> Float8,
+        /// The product's category in `rec_catalog` (copied so that an index orders each
+        /// category's scores); `None` for a product without one or not catalogued yet.
+        category -> Nullable<Text>,
     }
 }
 

@@ -100,8 +100,10 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
         let popular: Vec<f64> = fold.scores.values().map(|d| d.popular).collect();
         let trending: Vec<f64> = fold.scores.values().map(|d| d.trending).collect();
         crate::db::prepared(
-            "INSERT INTO rec_scores (product_id, acc, trend) \
-             SELECT * FROM unnest($1::uuid[], $2::float8[], $3::float8[]) \
+            "INSERT INTO rec_scores (product_id, acc, trend, category) \
+             SELECT u.id, u.acc, u.trend, c.category \
+             FROM unnest($1::uuid[], $2::float8[], $3::float8[]) AS u(id, acc, trend) \
+             LEFT JOIN rec_catalog c ON c.product_id = u.id \
              ON CONFLICT (product_id) DO UPDATE SET acc = rec_scores.acc + EXCLUDED.acc, \
                trend = rec_scores.trend + EXCLUDED.trend",
         )
@@ -189,6 +191,19 @@ pub async fn apply(conn: &mut AsyncPgConnection, fold: &Fold) -> diesel::QueryRe
         .execute(conn)
         .await?;
     }
+    // A product scored before its catalog row, or moved to another category, takes its
+    // category into its scores' row in the same transaction.
+    let catalogued = fold.catalog_products();
+    if !catalogued.is_empty() {
+        crate::db::prepared(
+            "UPDATE rec_scores s SET category = c.category FROM rec_catalog c \
+             WHERE c.product_id = s.product_id AND s.product_id = ANY($1::uuid[]) \
+               AND s.category IS DISTINCT FROM c.category",
+        )
+        .bind::<Array<SqlUuid>, _>(&catalogued)
+        .execute(conn)
+        .await?;
+    }
     Ok(())
 }
 
@@ -212,6 +227,10 @@ pub struct Ranked {
 /// Live products of the catalog (only of `categories` unless it is empty), scored first by the
 /// accumulator `sort` names (`acc` or `trend`), then products without activity, newest first;
 /// ties by id.
+///
+/// The scored products are read in the accumulator's order ([`top_scored_sql`]: at most `limit`
+/// rows of each index list); only when fewer than `limit` of them are live in `categories` does
+/// it read the whole catalog ([`top_sql`]) for the ones without activity.
 pub async fn top(
     conn: &mut AsyncPgConnection,
     categories: &[String],
@@ -219,20 +238,58 @@ pub async fn top(
     limit: i64,
 ) -> diesel::QueryResult<Vec<Ranked>> {
     // One text per accumulator, each prepared once: the column is part of the plan.
-    static POPULAR: LazyLock<String> = LazyLock::new(|| top_sql("acc"));
-    static TRENDING: LazyLock<String> = LazyLock::new(|| top_sql("trend"));
-    let sql = match sort {
-        Sort::Popular => POPULAR.as_str(),
-        Sort::Trending => TRENDING.as_str(),
+    static SCORED: LazyLock<[String; 2]> =
+        LazyLock::new(|| [top_scored_sql("acc"), top_scored_sql("trend")]);
+    static ALL: LazyLock<[String; 2]> = LazyLock::new(|| [top_sql("acc"), top_sql("trend")]);
+    let column = match sort {
+        Sort::Popular => 0,
+        Sort::Trending => 1,
     };
-    crate::db::prepared(sql)
+    let scored: Vec<Ranked> = crate::db::prepared(SCORED[column].as_str())
+        .bind::<Array<Text>, _>(categories)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await?;
+    if scored.len() as i64 >= limit {
+        return Ok(scored);
+    }
+    crate::db::prepared(ALL[column].as_str())
         .bind::<Array<Text>, _>(categories)
         .bind::<BigInt, _>(limit)
         .load(conn)
         .await
 }
 
-/// The statement of [`top`] ordering by the accumulator `column` (`$1` categories, `$2` limit).
+/// The live scored products of one category (`{category}`: an expression), best `{limit}` by
+/// the accumulator `column`, read in the order of its index.
+fn category_list(column: &str, category: &str, limit: &str) -> String {
+    format!(
+        "SELECT c.product_id, c.name, c.price, c.category, s.{column} AS weight \
+         FROM rec_scores s JOIN rec_catalog c ON c.product_id = s.product_id \
+         WHERE s.category = {category} AND c.category = {category} \
+           AND NOT c.deleted AND c.name IS NOT NULL \
+         ORDER BY s.{column} DESC, s.product_id LIMIT {limit}"
+    )
+}
+
+/// The statement of [`top`]'s scored products (`$1` categories, `$2` limit): the best `$2` of
+/// each category's list, or of the whole ranking when `$1` is empty, merged.
+pub fn top_scored_sql(column: &str) -> String {
+    format!(
+        "SELECT t.* FROM unnest($1::text[]) AS k(category) \
+           CROSS JOIN LATERAL ({per_category}) t \
+         UNION ALL \
+         (SELECT c.product_id, c.name, c.price, c.category, s.{column} AS weight \
+          FROM rec_scores s JOIN rec_catalog c ON c.product_id = s.product_id \
+          WHERE cardinality($1::text[]) = 0 AND NOT c.deleted AND c.name IS NOT NULL \
+          ORDER BY s.{column} DESC, s.product_id LIMIT $2) \
+         ORDER BY weight DESC, product_id LIMIT $2",
+        per_category = category_list(column, "k.category", "$2"),
+    )
+}
+
+/// The statement of [`top`] over the whole catalog, with the products without activity
+/// (`$1` categories, `$2` limit).
 pub fn top_sql(column: &str) -> String {
     format!(
         "SELECT c.product_id, c.name, c.price, c.category, s.{column} AS weight \
@@ -253,32 +310,78 @@ struct Flag {
     flag: bool,
 }
 
-/// The statement of [`for_user`]: `$1` the user, `$2`-`$5` the weights of a view, a cart
-/// add, a cart removal and a purchase, `$6` the limit, `$7` the categories, `$8` `exclude`.
-pub const FOR_USER_SQL: &str = "WITH mine AS ( \
+/// The user's rows (`mine`), the user's total weight and the share of each category in it, and
+/// the products `$8` excludes: the common part of [`FOR_USER_SQL`] and [`FOR_USER_SCORED_SQL`].
+macro_rules! personal_ctes {
+    () => {
+        "WITH mine AS ( \
             SELECT p.product_id, c.category, p.purchases, p.views, p.cart_adds, \
                    GREATEST(p.views * $2 + p.cart_adds * $3 + p.cart_removes * $4 + p.purchases * $5, 0) AS w \
             FROM rec_user_products p LEFT JOIN rec_catalog c ON c.product_id = p.product_id \
             WHERE p.user_id = $1), \
          total AS (SELECT NULLIF(SUM(w), 0) AS total FROM mine), \
          shares AS (SELECT category, SUM(w) / (SELECT total FROM total) AS share \
-                    FROM mine WHERE category IS NOT NULL GROUP BY category) \
-         SELECT c.product_id, c.name, c.price, c.category, \
-                s.acc * (1 + COALESCE(sh.share, 0)) AS weight \
-         FROM rec_catalog c \
-         LEFT JOIN rec_scores s ON s.product_id = c.product_id \
-         LEFT JOIN shares sh ON sh.category = c.category \
-         WHERE NOT c.deleted AND c.name IS NOT NULL \
-           AND c.product_id NOT IN ( \
-               SELECT product_id FROM mine \
+                    FROM mine WHERE category IS NOT NULL GROUP BY category), \
+         excluded AS (SELECT product_id, category FROM mine \
                WHERE CASE $8 WHEN 'purchased' THEN purchases > 0 \
                              WHEN 'interacted' THEN purchases > 0 OR views > 0 OR cart_adds > 0 \
-                             ELSE false END) \
-           AND (cardinality($7::text[]) = 0 OR c.category = ANY($7::text[])) \
-         ORDER BY (s.acc IS NULL), weight DESC, \
-                  CASE WHEN s.acc IS NULL THEN COALESCE(sh.share, 0) END DESC, \
-                  CASE WHEN s.acc IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
-         LIMIT $6";
+                             ELSE false END) "
+    };
+}
+
+/// The statement of [`for_user`] over the whole catalog: `$1` the user, `$2`-`$5` the weights
+/// of a view, a cart add, a cart removal and a purchase, `$6` the limit, `$7` the categories,
+/// `$8` `exclude`.
+pub const FOR_USER_SQL: &str = concat!(
+    personal_ctes!(),
+    "SELECT c.product_id, c.name, c.price, c.category, \
+            s.acc * (1 + COALESCE(sh.share, 0)) AS weight \
+     FROM rec_catalog c \
+     LEFT JOIN rec_scores s ON s.product_id = c.product_id \
+     LEFT JOIN shares sh ON sh.category = c.category \
+     WHERE NOT c.deleted AND c.name IS NOT NULL \
+       AND c.product_id NOT IN (SELECT product_id FROM excluded) \
+       AND (cardinality($7::text[]) = 0 OR c.category = ANY($7::text[])) \
+     ORDER BY (s.acc IS NULL), weight DESC, \
+              CASE WHEN s.acc IS NULL THEN COALESCE(sh.share, 0) END DESC, \
+              CASE WHEN s.acc IS NULL THEN c.created_at END DESC NULLS LAST, c.product_id \
+     LIMIT $6"
+);
+
+/// The statement of [`for_user`]'s scored products (the parameters of [`FOR_USER_SQL`]), from
+/// bounded lists read in the order of `acc`. A product's weight is `acc × (1 + share)` with the
+/// share of its category, so inside a category the order is that of `acc`, and each list is
+/// deep enough (`$6` plus the user's products it excludes there) to hold the best `$6` of its
+/// part that are not excluded: with `$7`, one list per category asked for; without, one per
+/// category the user has a share in, and one of every other product (whose weight is its `acc`).
+pub const FOR_USER_SCORED_SQL: &str = concat!(
+    personal_ctes!(),
+    ", named AS (SELECT category FROM shares WHERE cardinality($7::text[]) = 0 AND share > 0 \
+               UNION SELECT unnest($7::text[])), \
+     lists AS (SELECT category, $6 + (SELECT count(*) FROM excluded e \
+                                      WHERE e.category = named.category) AS n FROM named), \
+     others AS (SELECT $6 + count(*) AS n FROM excluded e \
+                WHERE e.category IS NULL OR e.category NOT IN (SELECT category FROM named)), \
+     candidates AS ( \
+       SELECT t.* FROM lists k CROSS JOIN LATERAL ( \
+         SELECT c.product_id, c.name, c.price, c.category, s.acc \
+         FROM rec_scores s JOIN rec_catalog c ON c.product_id = s.product_id \
+         WHERE s.category = k.category AND c.category = k.category \
+           AND NOT c.deleted AND c.name IS NOT NULL \
+         ORDER BY s.acc DESC, s.product_id LIMIT k.n) t \
+       UNION ALL \
+       (SELECT c.product_id, c.name, c.price, c.category, s.acc \
+        FROM rec_scores s JOIN rec_catalog c ON c.product_id = s.product_id \
+        WHERE cardinality($7::text[]) = 0 AND NOT c.deleted AND c.name IS NOT NULL \
+          AND (c.category IS NULL OR c.category NOT IN (SELECT category FROM named)) \
+        ORDER BY s.acc DESC, s.product_id LIMIT (SELECT n FROM others))) \
+     SELECT k.product_id, k.name, k.price, k.category, \
+            k.acc * (1 + COALESCE(sh.share, 0)) AS weight \
+     FROM candidates k LEFT JOIN shares sh ON sh.category = k.category \
+     WHERE k.product_id NOT IN (SELECT product_id FROM excluded) \
+     ORDER BY weight DESC, k.product_id \
+     LIMIT $6"
+);
 
 /// Personal ranking: the global order without the user's products that `exclude` names
 /// (purchased ones by default) and each product's accumulator multiplied by (1 + the user's
@@ -301,7 +404,45 @@ pub async fn for_user(
     if !known.flag {
         return Ok(None);
     }
-    crate::db::prepared(FOR_USER_SQL)
+    // Fewer than `limit` scored products means every list was read to its end: the rest of
+    // the answer are products without activity, which only the whole catalog orders.
+    let scored = personal(
+        conn,
+        FOR_USER_SCORED_SQL,
+        user_id,
+        categories,
+        exclude,
+        weights,
+        limit,
+    )
+    .await?;
+    if scored.len() as i64 >= limit {
+        return Ok(Some(scored));
+    }
+    personal(
+        conn,
+        FOR_USER_SQL,
+        user_id,
+        categories,
+        exclude,
+        weights,
+        limit,
+    )
+    .await
+    .map(Some)
+}
+
+/// Runs one of the personal statements.
+async fn personal(
+    conn: &mut AsyncPgConnection,
+    sql: &'static str,
+    user_id: Uuid,
+    categories: &[String],
+    exclude: Exclude,
+    weights: &Weights,
+    limit: i64,
+) -> diesel::QueryResult<Vec<Ranked>> {
+    crate::db::prepared(sql)
         .bind::<SqlUuid, _>(user_id)
         .bind::<Double, _>(weights.view)
         .bind::<Double, _>(weights.cart_add)
@@ -312,13 +453,18 @@ pub async fn for_user(
         .bind::<Text, _>(exclude.as_str())
         .load(conn)
         .await
-        .map(Some)
 }
 
+/// The buyers of a product whose other products [`similar`] weighs: its most engaged ones (by
+/// purchases, then cart adds), so that one answer reads at most this many users' rows, however
+/// popular the product.
+pub const SIMILAR_BUYERS: i64 = 500;
+
 /// The statement of [`similar`]: `$1` the product, `$2` and `$3` the weights of a purchase
-/// and a cart add, `$4` the limit, `$5` the categories.
+/// and a cart add, `$4` the limit, `$5` the categories, `$6` [`SIMILAR_BUYERS`].
 pub const SIMILAR_SQL: &str = "WITH buyers AS (SELECT user_id FROM rec_user_products \
-                         WHERE product_id = $1 AND (purchases > 0 OR cart_adds > 0)) \
+                         WHERE product_id = $1 AND (purchases > 0 OR cart_adds > 0) \
+                         ORDER BY purchases DESC, cart_adds DESC, user_id LIMIT $6) \
          SELECT c.product_id, c.name, c.price, c.category, \
                 SUM(q.purchases * $2 + q.cart_adds * $3) AS weight \
          FROM rec_user_products q \
@@ -331,7 +477,8 @@ pub const SIMILAR_SQL: &str = "WITH buyers AS (SELECT user_id FROM rec_user_prod
          LIMIT $4";
 
 /// "Users who bought or carted this also bought or carted": other live products, weighted by
-/// purchases and cart adds of the users who purchased or carted `product_id`. `None` when the
+/// purchases and cart adds of the users who purchased or carted `product_id` (its
+/// [`SIMILAR_BUYERS`] most engaged ones). `None` when the
 /// product is unknown or deleted. Only products of `categories` unless it is empty.
 pub async fn similar(
     conn: &mut AsyncPgConnection,
@@ -356,6 +503,7 @@ pub async fn similar(
         .bind::<Double, _>(weights.cart_add)
         .bind::<BigInt, _>(limit)
         .bind::<Array<Text>, _>(categories)
+        .bind::<BigInt, _>(SIMILAR_BUYERS)
         .load(conn)
         .await
         .map(Some)

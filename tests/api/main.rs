@@ -30,6 +30,7 @@ mod observability;
 mod openapi;
 mod outbox;
 mod products;
+mod ranking_lists;
 mod rebuild;
 mod recommendations;
 mod runtime;

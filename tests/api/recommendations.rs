@@ -359,6 +359,64 @@ async fn category_filter_returns_only_that_category() {
     assert_eq!(ids(&empty), [&ball, &atlas, &novel, &plain]);
 }
 
+/// A product moved to another category ranks in its new category at once, also where the
+/// answer is read from that category's ordered list (`limit` below the category's scored
+/// products), and no longer in its old one; the scores keep the catalog's categories.
+#[actix_web::test]
+async fn a_product_moved_to_another_category_ranks_in_the_new_one() {
+    let app = spawn_app().await;
+    let shopper = Shopper::new(&app).await;
+    let kite = product(&app, "Kite", "20.00", Some("toys")).await;
+    let yoyo = product(&app, "Yoyo", "2.00", Some("toys")).await;
+    let rake = product(&app, "Rake", "15.00", Some("garden")).await;
+    shopper.does(&app, "purchase", &kite, 1).await;
+    shopper.does(&app, "view", &yoyo, 1).await;
+    shopper.does(&app, "cart_add", &rake, 1).await;
+    settled(
+        &app,
+        "/recommendations",
+        None,
+        &[(&kite, 10.0), (&rake, 3.0), (&yoyo, 1.0)],
+    )
+    .await;
+
+    let patch = app
+        .request(
+            Method::PATCH,
+            Service::Products,
+            &format!("/products/{kite}"),
+            Some(json!({"category": "garden"})),
+            Some(&app.admin_token),
+        )
+        .await;
+    assert_eq!(patch.status, StatusCode::OK, "{}", patch.text);
+    let garden = eventually(PIPELINE, "the kite to lead the garden", || async {
+        let reply = recommend(&app, "/recommendations?category=garden&limit=1", None).await;
+        let items = reply.body.as_array()?.clone();
+        (ids(&items) == [kite.as_str()]).then_some(items)
+    })
+    .await;
+    assert_ranking(&garden, &[(&kite, 10.0)]);
+    assert_eq!(garden[0]["category"], "garden");
+    let toys = items(&recommend(&app, "/recommendations?category=toys&limit=1", None).await);
+    assert_ranking(&toys, &[(&yoyo, 1.0)]);
+    let both = items(&recommend(&app, "/recommendations?category=garden&limit=2", None).await);
+    assert_ranking(&both, &[(&kite, 10.0), (&rake, 3.0)]);
+    // Whichever came first, a product's activity or its catalog row, its scores' row carries
+    // its category as the catalog has it.
+    let stale = app
+        .db()
+        .number(
+            "SELECT count(*) FROM rec_scores s JOIN rec_catalog c USING (product_id) \
+             WHERE s.category IS DISTINCT FROM c.category",
+        )
+        .await;
+    assert_eq!(
+        stale, 0,
+        "scores' rows with another category than the catalog's"
+    );
+}
+
 /// `exclude` chooses what the personal ranking leaves out of the user's own products:
 /// `purchased` (the default, the same answer as without it), `interacted` (also what the user
 /// viewed or carted), `none`; any other value is a JSON 400.
