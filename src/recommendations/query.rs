@@ -9,15 +9,18 @@
 //! keep these answers fresh instead of emptying the cache. Personal and similar answers, one per
 //! user or product, carry the generation in their key instead: a flush makes them misses.
 
-use std::collections::BTreeSet;
-use std::sync::LazyLock;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use bigdecimal::BigDecimal;
 use chrono::Utc;
 use futures_util::{stream, StreamExt};
-use prometheus::{register_histogram, register_int_counter_vec, Histogram, IntCounterVec};
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
+    IntCounterVec,
+};
 use recsys_actors::cache::refresh::{
     CacheDelete, CacheGetStamped, CacheMark, CacheMarked, CacheSetNewer,
 };
@@ -40,6 +43,16 @@ pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "recommendation_cache_requests_total",
         "Recommendation queries answered from the cache (hit) or Postgres (miss)",
         &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// `recommendation_joined_computations_total`: cache misses answered by a computation of the
+/// same answer that another request had started (see [`InFlight`]).
+pub static JOINED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "recommendation_joined_computations_total",
+        "Cache misses answered by the computation another request of the same answer started"
     )
     .expect("metric registers once")
 });
@@ -231,6 +244,87 @@ pub struct Answer {
     pub cache: CacheResult,
 }
 
+/// Where the requests that joined a computation wait for its answer.
+type Waiters = Vec<tokio::sync::oneshot::Sender<Result<String, RecommendationsError>>>;
+
+/// The answers being computed, by cache key: one computation per key at a time, so that the
+/// readers of an answer that just expired (or of a generation just published) wait for one
+/// statement instead of each running it. A computation leaves the map when it finishes; the
+/// next miss of its key starts another.
+#[derive(Clone, Default)]
+struct InFlight(Arc<Mutex<HashMap<String, Waiters>>>);
+
+impl InFlight {
+    /// The answer under `key`: joins the computation running for it, or runs `compute` and
+    /// hands its answer to the requests that joined meanwhile.
+    async fn answer<F>(&self, key: String, compute: F) -> Result<String, RecommendationsError>
+    where
+        F: std::future::Future<Output = Result<String, RecommendationsError>>,
+    {
+        let joined = {
+            let mut running = self.lock();
+            match running.get_mut(&key) {
+                Some(waiters) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    running.insert(key.clone(), Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(answer) = joined {
+            JOINED.inc();
+            // A computation dropped unfinished (its actor stopping) leaves each to its own.
+            return match answer.await {
+                Ok(answer) => answer,
+                Err(_) => compute.await,
+            };
+        }
+        let leader = Leader {
+            map: self,
+            key: Some(key),
+        };
+        let answer = compute.await;
+        for waiter in leader.finish() {
+            let _ = waiter.send(answer.clone());
+        }
+        answer
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiters>> {
+        // The map is left consistent at every unlock; a panic elsewhere cannot corrupt it.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The request computing an answer: removes its key when it finishes, or is dropped.
+struct Leader<'a> {
+    map: &'a InFlight,
+    /// `None` once finished.
+    key: Option<String>,
+}
+
+impl Leader<'_> {
+    /// Removes the key; answers the requests that joined.
+    fn finish(mut self) -> Waiters {
+        let key = self.key.take().expect("a leader finishes once");
+        self.map.lock().remove(&key).unwrap_or_default()
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.map.lock().remove(&key);
+        }
+    }
+}
+
 /// Answers one query, best first, at most `limit` (1..=100) items.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Answer, RecommendationsError>")]
@@ -321,6 +415,8 @@ pub struct RecommendationsActor {
     /// The highest generation asked for while a refresh was running, and what the generations
     /// since the running refresh's changed.
     pending: Option<(u64, Changed)>,
+    /// The answers being computed for readers that missed the cache.
+    in_flight: InFlight,
     logger: Logger,
 }
 
@@ -346,6 +442,7 @@ impl RecommendationsActor {
             refreshing: false,
             refreshes,
             pending: None,
+            in_flight: InFlight::default(),
             logger,
         }
     }
@@ -419,9 +516,11 @@ impl Handler<Recommend> for RecommendationsActor {
             self.key_prefix.clone(),
         );
         let (weights, half_lives, ttl) = (self.weights, self.half_lives, self.ttl);
+        let in_flight = self.in_flight.clone();
         Box::pin(async move {
             if let Query::Global { categories, sort } = &msg.query {
                 let key = top_key(&prefix, &msg);
+                let flight = key.clone();
                 if let Ok(Some(answer)) = cache.send(CacheGetStamped { key: key.clone() }).await {
                     return Ok(hit(answer.value));
                 }
@@ -448,10 +547,13 @@ impl Handler<Recommend> for RecommendationsActor {
                         cache.do_send(CacheDelete { keys });
                     }
                 }
-                let (json, set) =
-                    global_answer(&pool, &msg, (&weights, half_lives), key, ttl).await?;
-                cache.do_send(set);
-                return Ok(miss(json));
+                let compute = async move {
+                    let (json, set) =
+                        global_answer(&pool, &msg, (&weights, half_lives), key, ttl).await?;
+                    cache.do_send(set);
+                    Ok(json)
+                };
+                return in_flight.answer(flight, compute).await.map(miss);
             }
             let generation = cache
                 .send(CacheGet {
@@ -467,16 +569,21 @@ impl Handler<Recommend> for RecommendationsActor {
                     return Ok(hit(json));
                 }
             }
-            let (items, _) = query(&pool, &msg, &weights, half_lives).await?;
-            let json = encode(&items)?;
-            if let Some(key) = key {
-                cache.do_send(CacheSet {
-                    key,
-                    value: json.clone(),
-                    ttl,
-                });
-            }
-            Ok(miss(json))
+            // Without Redis the query itself names the computation.
+            let flight = key.clone().unwrap_or_else(|| msg.query.key(msg.limit));
+            let compute = async move {
+                let (items, _) = query(&pool, &msg, &weights, half_lives).await?;
+                let json = encode(&items)?;
+                if let Some(key) = key {
+                    cache.do_send(CacheSet {
+                        key,
+                        value: json.clone(),
+                        ttl,
+                    });
+                }
+                Ok(json)
+            };
+            in_flight.answer(flight, compute).await.map(miss)
         })
     }
 }
@@ -668,6 +775,7 @@ async fn query(
 /// Registers the query metric family.
 pub fn init_metrics() {
     LazyLock::force(&CACHE_REQUESTS);
+    LazyLock::force(&JOINED);
     LazyLock::force(&REFRESH_DURATION);
 }
 

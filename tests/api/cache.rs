@@ -426,3 +426,74 @@ async fn a_product_moved_to_another_category_leaves_one_cached_answer_and_joins_
     )
     .await;
 }
+
+/// Requests that miss the same answer while it is being computed wait for that one computation
+/// instead of each running the statement: eight concurrent reads of a similar-items answer not
+/// cached yet, held in Postgres by a lock on the table it reads, are seven joins of one
+/// computation, and all eight get its answer.
+#[actix_web::test]
+async fn misses_of_one_answer_share_one_computation() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    let app = TestApp::builder()
+        .with(|settings| settings.recommendation_local_ttl_ms = 0)
+        .spawn()
+        .await;
+    let (user, token, _) = app.new_user().await;
+    let id = |p: Value| p["id"].as_str().unwrap().to_string();
+    let tent = id(app.create_product("Tent", json!("80.00"), None).await);
+    let lamp = id(app.create_product("Lamp", json!("9.00"), None).await);
+    app.post_activity(user, &token, &tent, "purchase", 1).await;
+    app.post_activity(user, &token, &lamp, "purchase", 1).await;
+    let listed = format!("/recommendations/products/{tent}/similar");
+    eventually(
+        Duration::from_secs(30),
+        "the lamp similar to the tent",
+        || async {
+            let reply = app.get(Service::Recommendations, &listed, None).await;
+            (reply.body[0]["product_id"] == json!(lamp)).then_some(())
+        },
+    )
+    .await;
+    let joined = || async {
+        app.metric("recommendation_joined_computations_total")
+            .await
+            .unwrap_or(0.0)
+    };
+    let before = joined().await;
+
+    // An answer no one asked for yet (its own limit), computed while the table is locked.
+    let path = format!("{listed}?limit=7");
+    let mut lock = AsyncPgConnection::establish(&app.database_url)
+        .await
+        .unwrap();
+    for sql in [
+        "BEGIN",
+        "LOCK TABLE rec_user_products IN ACCESS EXCLUSIVE MODE",
+    ] {
+        diesel::sql_query(sql).execute(&mut lock).await.unwrap();
+    }
+    let reads = futures_util::future::join_all(
+        (0..8).map(|_| app.get(Service::Recommendations, &path, None)),
+    );
+    let release = async {
+        eventually(
+            Duration::from_secs(4),
+            "seven reads to join the first",
+            || async { (joined().await - before >= 7.0).then_some(()) },
+        )
+        .await;
+        diesel::sql_query("COMMIT")
+            .execute(&mut lock)
+            .await
+            .unwrap();
+    };
+    let (replies, ()) = futures_util::future::join(reads, release).await;
+
+    assert_eq!(joined().await - before, 7.0);
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.body, replies[0].body);
+    }
+    assert_eq!(replies[0].body[0]["product_id"], json!(lamp));
+}
