@@ -352,16 +352,25 @@ pub const FOR_USER_SQL: &str = concat!(
 /// bounded lists read in the order of `acc`. A product's weight is `acc × (1 + share)` with the
 /// share of its category, so inside a category the order is that of `acc`, and each list is
 /// deep enough (`$6` plus the user's products it excludes there) to hold the best `$6` of its
-/// part that are not excluded: with `$7`, one list per category asked for; without, one per
-/// category the user has a share in, and one of every other product (whose weight is its `acc`).
+/// part that are not excluded. With `$7`: one list per category asked for. Without: one per
+/// category the user has a share in, and the best `$6` plus every excluded by `acc` overall
+/// (`top`), which holds the best of every other product (weight = `acc`) as long as its last
+/// `acc` is not negative (a boosted weight is then at least its `acc`); when it is, the list of
+/// the other products proper (`rest`: the whole ranking without the user's categories).
 pub const FOR_USER_SCORED_SQL: &str = concat!(
     personal_ctes!(),
     ", named AS (SELECT category FROM shares WHERE cardinality($7::text[]) = 0 AND share > 0 \
                UNION SELECT unnest($7::text[])), \
      lists AS (SELECT category, $6 + (SELECT count(*) FROM excluded e \
                                       WHERE e.category = named.category) AS n FROM named), \
-     others AS (SELECT $6 + count(*) AS n FROM excluded e \
-                WHERE e.category IS NULL OR e.category NOT IN (SELECT category FROM named)), \
+     depth AS (SELECT $6 + count(*) AS n FROM excluded), \
+     top AS MATERIALIZED ( \
+       SELECT c.product_id, c.name, c.price, c.category, s.acc \
+       FROM rec_scores s JOIN rec_catalog c ON c.product_id = s.product_id \
+       WHERE cardinality($7::text[]) = 0 AND NOT c.deleted AND c.name IS NOT NULL \
+       ORDER BY s.acc DESC, s.product_id LIMIT (SELECT n FROM depth)), \
+     rest AS (SELECT $6 + count(*) AS n FROM excluded e \
+              WHERE e.category IS NULL OR e.category NOT IN (SELECT category FROM named)), \
      candidates AS ( \
        SELECT t.* FROM lists k CROSS JOIN LATERAL ( \
          SELECT c.product_id, c.name, c.price, c.category, s.acc \
@@ -369,12 +378,14 @@ pub const FOR_USER_SCORED_SQL: &str = concat!(
          WHERE s.category = k.category AND c.category = k.category \
            AND NOT c.deleted AND c.name IS NOT NULL \
          ORDER BY s.acc DESC, s.product_id LIMIT k.n) t \
-       UNION ALL \
-       (SELECT c.product_id, c.name, c.price, c.category, s.acc \
+       UNION SELECT * FROM top \
+       UNION (SELECT c.product_id, c.name, c.price, c.category, s.acc \
         FROM rec_scores s JOIN rec_catalog c ON c.product_id = s.product_id \
-        WHERE cardinality($7::text[]) = 0 AND NOT c.deleted AND c.name IS NOT NULL \
+        WHERE (SELECT count(*) FROM top) = (SELECT n FROM depth) \
+          AND (SELECT min(acc) FROM top) < 0 \
+          AND NOT c.deleted AND c.name IS NOT NULL \
           AND (c.category IS NULL OR c.category NOT IN (SELECT category FROM named)) \
-        ORDER BY s.acc DESC, s.product_id LIMIT (SELECT n FROM others))) \
+        ORDER BY s.acc DESC, s.product_id LIMIT (SELECT n FROM rest))) \
      SELECT k.product_id, k.name, k.price, k.category, \
             k.acc * (1 + COALESCE(sh.share, 0)) AS weight \
      FROM candidates k LEFT JOIN shares sh ON sh.category = k.category \
@@ -464,16 +475,18 @@ pub const SIMILAR_BUYERS: i64 = 500;
 /// and a cart add, `$4` the limit, `$5` the categories, `$6` [`SIMILAR_BUYERS`].
 pub const SIMILAR_SQL: &str = "WITH buyers AS (SELECT user_id FROM rec_user_products \
                          WHERE product_id = $1 AND (purchases > 0 OR cart_adds > 0) \
-                         ORDER BY purchases DESC, cart_adds DESC, user_id LIMIT $6) \
-         SELECT c.product_id, c.name, c.price, c.category, \
-                SUM(q.purchases * $2 + q.cart_adds * $3) AS weight \
-         FROM rec_user_products q \
-         JOIN buyers b ON b.user_id = q.user_id \
-         JOIN rec_catalog c ON c.product_id = q.product_id AND NOT c.deleted AND c.name IS NOT NULL \
-         WHERE q.product_id <> $1 AND (q.purchases > 0 OR q.cart_adds > 0) \
-           AND (cardinality($5::text[]) = 0 OR c.category = ANY($5::text[])) \
-         GROUP BY c.product_id, c.name, c.price, c.category \
-         ORDER BY weight DESC, c.product_id \
+                         ORDER BY purchases DESC, cart_adds DESC, user_id LIMIT $6), \
+         together AS (SELECT q.product_id, SUM(q.purchases * $2 + q.cart_adds * $3) AS weight \
+                      FROM buyers b CROSS JOIN LATERAL ( \
+                        SELECT product_id, purchases, cart_adds FROM rec_user_products q \
+                        WHERE q.user_id = b.user_id AND q.product_id <> $1 \
+                          AND (q.purchases > 0 OR q.cart_adds > 0)) q \
+                      GROUP BY q.product_id) \
+         SELECT c.product_id, c.name, c.price, c.category, t.weight \
+         FROM together t \
+         JOIN rec_catalog c ON c.product_id = t.product_id AND NOT c.deleted AND c.name IS NOT NULL \
+         WHERE cardinality($5::text[]) = 0 OR c.category = ANY($5::text[]) \
+         ORDER BY t.weight DESC, c.product_id \
          LIMIT $4";
 
 /// "Users who bought or carted this also bought or carted": other live products, weighted by

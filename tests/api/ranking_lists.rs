@@ -68,7 +68,7 @@ fn filters() -> Vec<Vec<String>> {
         .collect()
 }
 
-const LIMITS: [i64; 7] = [1, 2, 5, 10, 40, 100, 300];
+const LIMITS: [i64; 10] = [1, 2, 5, 10, 40, 100, 200, 230, 260, 300];
 
 #[actix_web::test]
 async fn global_answers_read_in_order_equal_the_whole_catalogs() {
