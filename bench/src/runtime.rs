@@ -262,12 +262,23 @@ impl Runtime {
 
 /// User + system CPU time of process `pid`, in seconds (`/proc/PID/stat`).
 fn cpu_seconds(pid: u32) -> Option<f64> {
+    stat_seconds(pid, false)
+}
+
+/// User + system CPU time of `pid` and, with `reaped`, of its children that exited and were
+/// waited for (utime, stime, cutime and cstime: the 14th to 17th fields), in seconds.
+fn stat_seconds(pid: u32, reaped: bool) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    // Fields after the parenthesised command name, numbered from the 3rd.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / clock_ticks_per_second())
+    let wanted = if reaped { 11..15 } else { 11..13 };
+    let ticks: Option<f64> = fields
+        .get(wanted)?
+        .iter()
+        .map(|f| f.parse::<f64>().ok())
+        .sum();
+    Some(ticks? / clock_ticks_per_second())
 }
 
 /// `sysconf(_SC_CLK_TCK)`: 100 on Linux for every architecture this runs on.
@@ -275,11 +286,22 @@ fn clock_ticks_per_second() -> f64 {
     100.0
 }
 
-/// CPU seconds used so far by the processes named `postgres` now alive (the server and its
-/// backends). Sampled before and after a phase, the difference is what the phase cost Postgres,
-/// as long as the backends doing the work are still alive at the second sample.
+/// CPU seconds used so far by Postgres: the processes named `postgres` now alive (the server
+/// and its backends) and those that exited (a backend whose client disconnected, an autovacuum
+/// worker), which the server counts as its reaped children. Sampled before and after a phase,
+/// the difference is what the phase cost Postgres.
 pub fn postgres_cpu_seconds() -> f64 {
-    processes_cpu_seconds(|comm, _| comm == "postgres")
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(|pid| stat_seconds(pid, true))
+        .sum()
 }
 
 /// CPU seconds used so far by the Kafka nodes now alive (`java ... kafka.Kafka ...`).
