@@ -12,7 +12,8 @@
 //!    group's positions and seen streams, and records the rebuild (`projection_rebuilds`).
 //!    The recommendations generation moves on, so no cached answer of the old state is served.
 //! 3. Runs the service in this process until its consumer has replayed the topics up to where
-//!    they ended at the start, with a progress bar; then marks the rebuild finished and stops.
+//!    they ended at the start, with a progress bar; then analyzes the tables (fresh planner
+//!    statistics), marks the rebuild finished and stops.
 //!
 //! Interrupted after step 2, the next `recsys rebuild` resumes the replay where the stored
 //! positions are (so does a runtime hosting the service: the replay is ordinary consumption).
@@ -168,6 +169,11 @@ pub async fn rebuild(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bar.finish();
+    // The planner's statistics describe the emptied tables until autovacuum comes by; a
+    // personal recommendation planned on them can take seconds (docs/design.md, Known limits).
+    diesel::sql_query(format!("ANALYZE {tables}"))
+        .execute(&mut conn)
+        .await?;
     diesel::sql_query("UPDATE projection_rebuilds SET finished_at = now() WHERE service = $1")
         .bind::<Text, _>(service.name())
         .execute(&mut conn)

@@ -1,7 +1,7 @@
 //! `recsys rebuild`: after a workload, each read model is corrupted, rebuilt from the topics,
 //! and every table row and every answer of its API is what it was (scores to rounding and to
 //! the decay of the seconds in between). The rebuild refuses while the service's consumers
-//! run, and a resumed rebuild counts nothing twice.
+//! run, a resumed rebuild counts nothing twice, and the rebuilt tables are analyzed.
 
 use std::time::Duration;
 
@@ -239,6 +239,16 @@ async fn a_corrupted_read_model_is_rebuilt_to_every_answer_it_gave() {
         assert!(!rebuilt.resumed);
         assert!(rebuilt.records >= events, "{rebuilt:?}");
     }
+    // Each rebuilt table was analyzed by the rebuild itself (not left to autovacuum).
+    let unanalyzed = db
+        .number(
+            "SELECT count(*) FROM pg_stat_user_tables \
+             WHERE relname IN ('rec_catalog', 'rec_scores', 'rec_user_products', 'an_products', \
+                               'an_users', 'an_event_counts', 'an_product_hours') \
+               AND last_analyze IS NULL",
+        )
+        .await;
+    assert_eq!(unanalyzed, 0, "rebuilt tables without a manual ANALYZE");
     let rows_after = tables(&app).await;
     for ((table, before), (_, after)) in rows_before.iter().zip(&rows_after) {
         // Scores are sums of the same terms, perhaps grouped in other batches: equal to rounding.
