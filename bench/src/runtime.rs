@@ -241,7 +241,7 @@ impl Runtime {
 
     /// CPU time the process has used so far (user + system), in seconds.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        cpu_seconds(self.pid())
+        cpu_seconds(self.pid(), false)
     }
 
     /// Stops the process with SIGTERM and waits for it (SIGKILL after 20 s, said on stderr).
@@ -260,14 +260,9 @@ impl Runtime {
     }
 }
 
-/// User + system CPU time of process `pid`, in seconds (`/proc/PID/stat`).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    stat_seconds(pid, false)
-}
-
-/// User + system CPU time of `pid` and, with `reaped`, of its children that exited and were
-/// waited for (utime, stime, cutime and cstime: the 14th to 17th fields), in seconds.
-fn stat_seconds(pid: u32, reaped: bool) -> Option<f64> {
+/// User + system CPU time of process `pid` and, with `reaped`, of its children that exited and
+/// were waited for (utime, stime, cutime and cstime of `/proc/PID/stat`), in seconds.
+fn cpu_seconds(pid: u32, reaped: bool) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name, numbered from the 3rd.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -291,26 +286,17 @@ fn clock_ticks_per_second() -> f64 {
 /// worker), which the server counts as its reaped children. Sampled before and after a phase,
 /// the difference is what the phase cost Postgres.
 pub fn postgres_cpu_seconds() -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return f64::NAN;
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "postgres")
-        })
-        .filter_map(|pid| stat_seconds(pid, true))
-        .sum()
+    processes_cpu_seconds(|comm, _| comm == "postgres", true)
 }
 
 /// CPU seconds used so far by the Kafka nodes now alive (`java ... kafka.Kafka ...`).
 pub fn brokers_cpu_seconds() -> f64 {
-    processes_cpu_seconds(|_, cmdline| cmdline.contains("kafka.Kafka"))
+    processes_cpu_seconds(|_, cmdline| cmdline.contains("kafka.Kafka"), false)
 }
 
-/// CPU seconds of the live processes whose `comm` and NUL-separated command line pass `wanted`.
-fn processes_cpu_seconds(wanted: impl Fn(&str, &str) -> bool) -> f64 {
+/// CPU seconds of the live processes whose `comm` and NUL-separated command line pass `wanted`
+/// (with `reaped`, and of their children that exited).
+fn processes_cpu_seconds(wanted: impl Fn(&str, &str) -> bool, reaped: bool) -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return f64::NAN;
     };
@@ -321,7 +307,7 @@ fn processes_cpu_seconds(wanted: impl Fn(&str, &str) -> bool) -> f64 {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             wanted(comm.trim(), &String::from_utf8_lossy(&cmdline))
         })
-        .filter_map(cpu_seconds)
+        .filter_map(|pid| cpu_seconds(pid, reaped))
         .sum()
 }
 
