@@ -432,33 +432,22 @@ pub async fn for_user(
         return Ok(None);
     }
     // Reading the whole of a small catalog costs less than an index lookup per listed row.
-    if (0.0..SMALL_CATALOG).contains(&known.products) {
-        return personal(
+    // Otherwise, fewer than `limit` scored products means every list was read to its end: the
+    // rest of the answer are products without activity, which only the whole catalog orders.
+    if !(0.0..SMALL_CATALOG).contains(&known.products) {
+        let scored = personal(
             conn,
-            FOR_USER_SQL,
+            FOR_USER_SCORED_SQL,
             user_id,
             categories,
             exclude,
             weights,
             limit,
         )
-        .await
-        .map(Some);
-    }
-    // Fewer than `limit` scored products means every list was read to its end: the rest of
-    // the answer are products without activity, which only the whole catalog orders.
-    let scored = personal(
-        conn,
-        FOR_USER_SCORED_SQL,
-        user_id,
-        categories,
-        exclude,
-        weights,
-        limit,
-    )
-    .await?;
-    if scored.len() as i64 >= limit {
-        return Ok(Some(scored));
+        .await?;
+        if scored.len() as i64 >= limit {
+            return Ok(Some(scored));
+        }
     }
     personal(
         conn,
