@@ -70,6 +70,17 @@ fn filters() -> Vec<Vec<String>> {
 
 const LIMITS: [i64; 10] = [1, 2, 5, 10, 40, 100, 200, 230, 260, 300];
 
+/// Asserts that the store function's `answer` is the whole-catalog statement's, and so is the
+/// ordered statement's where it answered alone (`limit` rows); answers whether it did.
+fn agree(case: &str, limit: i64, whole: &[Ranked], answer: &[Ranked], scored: &[Ranked]) -> bool {
+    assert_eq!(rows(answer), rows(whole), "{case}");
+    let alone = scored.len() as i64 == limit;
+    if alone {
+        assert_eq!(rows(scored), rows(whole), "ordered, {case}");
+    }
+    alone
+}
+
 #[actix_web::test]
 async fn global_answers_read_in_order_equal_the_whole_catalogs() {
     let mut conn = seeded().await;
@@ -78,26 +89,23 @@ async fn global_answers_read_in_order_equal_the_whole_catalogs() {
         for categories in filters() {
             for limit in LIMITS {
                 let case = format!("{column} {categories:?} limit {limit}");
-                let whole: Vec<Ranked> = diesel::sql_query(store::top_sql(column))
-                    .bind::<Array<Text>, _>(&categories)
-                    .bind::<BigInt, _>(limit)
+                let statement = |sql: String| {
+                    diesel::sql_query(sql)
+                        .bind::<Array<Text>, _>(categories.clone())
+                        .bind::<BigInt, _>(limit)
+                };
+                let whole: Vec<Ranked> = statement(store::top_sql(column))
                     .load(&mut conn)
                     .await
                     .unwrap();
                 let answer = store::top(&mut conn, &categories, sort, limit)
                     .await
                     .unwrap();
-                assert_eq!(rows(&answer), rows(&whole), "{case}");
-                let scored: Vec<Ranked> = diesel::sql_query(store::top_scored_sql(column))
-                    .bind::<Array<Text>, _>(&categories)
-                    .bind::<BigInt, _>(limit)
+                let scored: Vec<Ranked> = statement(store::top_scored_sql(column))
                     .load(&mut conn)
                     .await
                     .unwrap();
-                if scored.len() as i64 == limit {
-                    ordered += 1;
-                    assert_eq!(rows(&scored), rows(&whole), "ordered, {case}");
-                }
+                ordered += usize::from(agree(&case, limit, &whole, &answer, &scored));
             }
         }
     }
@@ -146,15 +154,11 @@ async fn personal_answers_read_in_order_equal_the_whole_catalogs() {
                             .await
                             .unwrap()
                             .expect("the user has activity");
-                    assert_eq!(rows(&answer), rows(&whole), "{case}");
                     let scored: Vec<Ranked> = statement(store::FOR_USER_SCORED_SQL)
                         .load(&mut conn)
                         .await
                         .unwrap();
-                    if scored.len() as i64 == limit {
-                        ordered += 1;
-                        assert_eq!(rows(&scored), rows(&whole), "ordered, {case}");
-                    }
+                    ordered += usize::from(agree(&case, limit, &whole, &answer, &scored));
                 }
             }
         }
