@@ -345,6 +345,12 @@ pub struct Settings {
     #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 500)]
     pub outbox_poll_ms: u64,
 
+    /// Under load (a relay batch of 32 rows or more), the next batch starts no sooner than this
+    /// after the last one started, carrying the rows written meanwhile in one produce request
+    /// per broker (milliseconds; 0: as soon as the last one is done).
+    #[arg(long, env = "OUTBOX_GATHER_MS", default_value_t = 0)]
+    pub outbox_gather_ms: u64,
+
     /// The relay vacuums the outbox tables after removing this many rows (autovacuum visits a
     /// table at most once a minute, and every recorded action leaves a dead outbox row).
     #[arg(long, env = "OUTBOX_VACUUM_ROWS", default_value_t = 10_000)]

@@ -28,6 +28,9 @@ use slog::{debug, warn, Logger};
 
 use crate::db::Pool;
 
+/// Rows the relay reads, stamps and sends in one batch at most.
+pub const RELAY_BATCH: i64 = 500;
+
 /// Arbitrary constant naming the advisory lock that makes one relay publish at a time.
 pub const RELAY_LOCK: i64 = 0x7265_6373_7973; // "recsys"
 

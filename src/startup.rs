@@ -337,9 +337,10 @@ fn start_relay(
             topics::PRODUCT_UPDATES.to_string(),
         ],
         layout: settings.topic_layout(),
-        batch_size: 500,
+        batch_size: crate::outbox::RELAY_BATCH,
         poll_interval: settings.outbox_poll_interval(),
         delivery_timeout: Duration::from_millis(settings.kafka_delivery_timeout_ms),
+        gather: Duration::from_millis(settings.outbox_gather_ms),
     };
     let relay_logger = logger.new(o!("actor" => "outbox_relay"));
     let relay = OutboxRelay::new(

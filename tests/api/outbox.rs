@@ -232,3 +232,90 @@ async fn a_woken_relay_that_finds_the_outbox_busy_tries_again_without_waiting_fo
     )
     .await;
 }
+
+/// Under load the relay gathers: after a batch of at least `GATHER_ROWS` rows, the next one
+/// waits until `OUTBOX_GATHER_MS` after that batch started; after a full batch (a backlog) or a
+/// small one, the next goes at once. The load is made by holding the relay lock while a full
+/// batch and `GATHER_ROWS` + 8 more actions are written: after the release the relay sends
+/// the full batch, at once the rest, then holds the next.
+#[actix_web::test]
+async fn under_load_the_relay_gathers_rows_and_a_quiet_one_publishes_at_once() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use recsys_actors::outbox_relay::GATHER_ROWS;
+
+    const GATHER: Duration = Duration::from_secs(6);
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.outbox_poll_ms = 60_000;
+            settings.outbox_gather_ms = GATHER.as_millis() as u64;
+        })
+        .spawn()
+        .await;
+    let (user, token, _) = app.new_user().await;
+    let db = app.db();
+    eventually(
+        Duration::from_secs(30),
+        "the registration published",
+        || async { (db.count("outbox").await == 0).then_some(()) },
+    )
+    .await;
+
+    let mut holder = AsyncPgConnection::establish(&app.database_url)
+        .await
+        .unwrap();
+    let lock = |f: &str| format!("SELECT {f}({})::text", recsys::outbox::RELAY_LOCK);
+    diesel::sql_query(lock("pg_advisory_lock"))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let burst = recsys::outbox::RELAY_BATCH + GATHER_ROWS as i64 + 8;
+    for _ in 0..burst / 16 + 1 {
+        futures_util::future::join_all(
+            (0..16).map(|_| app.post_activity(user, &token, uuid::Uuid::new_v4(), "view", 1)),
+        )
+        .await;
+    }
+    let written = db.count("outbox").await;
+    assert!(written >= burst, "held back by the lock: {written}");
+    diesel::sql_query(lock("pg_advisory_unlock"))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let released = std::time::Instant::now();
+    eventually(
+        GATHER / 2,
+        "the burst published in two batches, the second right after the full first",
+        || async { (db.count("outbox").await == 0).then_some(()) },
+    )
+    .await;
+    assert!(released.elapsed() < GATHER / 2);
+    let after_burst = std::time::Instant::now();
+
+    // The batch after a large one is held: this action waits in the outbox for the first
+    // third of the gathering time (a relay that does not gather publishes it in milliseconds).
+    app.post_activity(user, &token, uuid::Uuid::new_v4(), "view", 1)
+        .await;
+    while after_burst.elapsed() < GATHER / 3 {
+        assert_eq!(db.count("outbox").await, 1, "published while gathering");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It goes at the end of the gathering time, not at the next poll (a minute away).
+    eventually(
+        GATHER + Duration::from_secs(10),
+        "the held action published",
+        || async { (db.count("outbox").await == 0).then_some(()) },
+    )
+    .await;
+
+    // That batch carried one row: the relay is quiet again and the next action goes at once.
+    let quiet = std::time::Instant::now();
+    app.post_activity(user, &token, uuid::Uuid::new_v4(), "view", 1)
+        .await;
+    eventually(
+        GATHER / 2,
+        "a quiet relay's action published without gathering",
+        || async { (db.count("outbox").await == 0).then_some(()) },
+    )
+    .await;
+    assert!(quiet.elapsed() < GATHER / 2);
+}
