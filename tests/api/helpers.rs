@@ -223,8 +223,12 @@ impl TestApp {
         database_url: String,
         prefix: String,
     ) -> Self {
+        // The runtime closes a connection idle for 5 s (actix-web's keep-alive): a pooled one
+        // reused at that moment fails with `IncompleteMessage`. Idle connections are dropped
+        // well before.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .unwrap();
         let mut test_app = TestApp {
