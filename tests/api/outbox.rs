@@ -177,35 +177,65 @@ async fn the_relay_vacuums_the_rows_it_removed() {
     .await;
 }
 
+/// A runtime whose relay polls once a minute, so that only wake-ups publish promptly, and a
+/// user whose registration the relay has published (the outbox is empty).
+async fn app_with_an_idle_poll(
+    adjust: impl FnOnce(&mut recsys::config::Settings),
+) -> (TestApp, uuid::Uuid, String) {
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.outbox_poll_ms = 60_000;
+            adjust(settings);
+        })
+        .spawn()
+        .await;
+    let (user, token, _) = app.new_user().await;
+    outbox_emptied(&app, Duration::from_secs(30), "the registration published").await;
+    (app, user, token)
+}
+
+/// Waits up to `deadline` for the relay to have published every outbox row.
+async fn outbox_emptied(app: &TestApp, deadline: Duration, what: &str) {
+    eventually(deadline, what, || async {
+        (app.outbox_rows().await == 0).then_some(())
+    })
+    .await;
+}
+
+/// The relay lock held by a session of the test: another process's relay, as far as the
+/// runtime's can tell.
+struct RelayLockHolder(diesel_async::AsyncPgConnection);
+
+impl RelayLockHolder {
+    async fn take(app: &TestApp) -> Self {
+        use diesel_async::AsyncConnection;
+        let mut holder = Self(
+            diesel_async::AsyncPgConnection::establish(&app.database_url)
+                .await
+                .unwrap(),
+        );
+        holder.call("pg_advisory_lock").await;
+        holder
+    }
+
+    async fn release(mut self) {
+        self.call("pg_advisory_unlock").await;
+    }
+
+    async fn call(&mut self, function: &str) {
+        use diesel_async::RunQueryDsl;
+        let sql = format!("SELECT {function}({})::text", recsys::outbox::RELAY_LOCK);
+        diesel::sql_query(sql).execute(&mut self.0).await.unwrap();
+    }
+}
+
 /// A relay woken by a write while another process's relay holds the outbox tries again shortly
 /// instead of waiting for its next poll: with the poll at 60 s, an action written while the test
 /// holds the relay lock is published soon after the lock is released.
 #[actix_web::test]
 async fn a_woken_relay_that_finds_the_outbox_busy_tries_again_without_waiting_for_its_poll() {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-
-    let app = TestApp::builder()
-        .with(|settings| settings.outbox_poll_ms = 60_000)
-        .spawn()
-        .await;
-    let (user, token, _) = app.new_user().await;
-    let db = app.db();
-    eventually(
-        Duration::from_secs(30),
-        "the registration published",
-        || async { (db.count("outbox").await == 0).then_some(()) },
-    )
-    .await;
-
-    // Another relay, as far as this one can tell: the lock held by a session of the test.
-    let mut holder = AsyncPgConnection::establish(&app.database_url)
-        .await
-        .unwrap();
-    let lock = |f: &str| format!("SELECT {f}({})::text", recsys::outbox::RELAY_LOCK);
-    diesel::sql_query(lock("pg_advisory_lock"))
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let (app, user, token) = app_with_an_idle_poll(|_| {}).await;
+    let holder = RelayLockHolder::take(&app).await;
     let busy = app.metric("outbox_relay_busy_total").await.unwrap_or(0.0);
     app.post_activity(user, &token, uuid::Uuid::new_v4(), "view", 1)
         .await;
@@ -216,19 +246,16 @@ async fn a_woken_relay_that_finds_the_outbox_busy_tries_again_without_waiting_fo
     )
     .await;
     assert_eq!(
-        db.count("outbox").await,
+        app.outbox_rows().await,
         1,
         "nothing published while the lock is held"
     );
-    diesel::sql_query(lock("pg_advisory_unlock"))
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    holder.release().await;
 
-    eventually(
+    outbox_emptied(
+        &app,
         Duration::from_secs(10),
         "the action published after the release",
-        || async { (db.count("outbox").await == 0).then_some(()) },
     )
     .await;
 }
@@ -240,34 +267,14 @@ async fn a_woken_relay_that_finds_the_outbox_busy_tries_again_without_waiting_fo
 /// the full batch, at once the rest, then holds the next.
 #[actix_web::test]
 async fn under_load_the_relay_gathers_rows_and_a_quiet_one_publishes_at_once() {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
     use recsys_actors::outbox_relay::GATHER_ROWS;
 
     const GATHER: Duration = Duration::from_secs(6);
-    let app = TestApp::builder()
-        .with(|settings| {
-            settings.outbox_poll_ms = 60_000;
-            settings.outbox_gather_ms = GATHER.as_millis() as u64;
-        })
-        .spawn()
-        .await;
-    let (user, token, _) = app.new_user().await;
-    let db = app.db();
-    eventually(
-        Duration::from_secs(30),
-        "the registration published",
-        || async { (db.count("outbox").await == 0).then_some(()) },
-    )
-    .await;
+    let (app, user, token) =
+        app_with_an_idle_poll(|settings| settings.outbox_gather_ms = GATHER.as_millis() as u64)
+            .await;
 
-    let mut holder = AsyncPgConnection::establish(&app.database_url)
-        .await
-        .unwrap();
-    let lock = |f: &str| format!("SELECT {f}({})::text", recsys::outbox::RELAY_LOCK);
-    diesel::sql_query(lock("pg_advisory_lock"))
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let holder = RelayLockHolder::take(&app).await;
     let burst = recsys::outbox::RELAY_BATCH + GATHER_ROWS as i64 + 8;
     for _ in 0..burst / 16 + 1 {
         futures_util::future::join_all(
@@ -275,17 +282,14 @@ async fn under_load_the_relay_gathers_rows_and_a_quiet_one_publishes_at_once() {
         )
         .await;
     }
-    let written = db.count("outbox").await;
+    let written = app.outbox_rows().await;
     assert!(written >= burst, "held back by the lock: {written}");
-    diesel::sql_query(lock("pg_advisory_unlock"))
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    holder.release().await;
     let released = std::time::Instant::now();
-    eventually(
+    outbox_emptied(
+        &app,
         GATHER / 2,
         "the burst published in two batches, the second right after the full first",
-        || async { (db.count("outbox").await == 0).then_some(()) },
     )
     .await;
     assert!(released.elapsed() < GATHER / 2);
@@ -296,14 +300,14 @@ async fn under_load_the_relay_gathers_rows_and_a_quiet_one_publishes_at_once() {
     app.post_activity(user, &token, uuid::Uuid::new_v4(), "view", 1)
         .await;
     while after_burst.elapsed() < GATHER / 3 {
-        assert_eq!(db.count("outbox").await, 1, "published while gathering");
+        assert_eq!(app.outbox_rows().await, 1, "published while gathering");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // It goes at the end of the gathering time, not at the next poll (a minute away).
-    eventually(
+    outbox_emptied(
+        &app,
         GATHER + Duration::from_secs(10),
         "the held action published",
-        || async { (db.count("outbox").await == 0).then_some(()) },
     )
     .await;
 
@@ -311,10 +315,10 @@ async fn under_load_the_relay_gathers_rows_and_a_quiet_one_publishes_at_once() {
     let quiet = std::time::Instant::now();
     app.post_activity(user, &token, uuid::Uuid::new_v4(), "view", 1)
         .await;
-    eventually(
+    outbox_emptied(
+        &app,
         GATHER / 2,
         "a quiet relay's action published without gathering",
-        || async { (db.count("outbox").await == 0).then_some(()) },
     )
     .await;
     assert!(quiet.elapsed() < GATHER / 2);
